@@ -1,0 +1,70 @@
+"""Backbones: one classifier interface over Qwen2.5-VL and CLIP (see DESIGN.md, "Backbones").
+
+    clf = load_classifier("assets/backbones/tiny-qwen2.5-vl", task="fundus")
+    clf = add_lora(clf)                      # r=32, alpha=64, dropout 0.05
+    logits = clf(clf.preprocess(images))     # [B, 2]
+    margin = certainty_margin(logits, labels)
+    save_adapter(clf, run_dir / "adapter")
+
+The family is read from the checkpoint's config.json (`model_type`), so the tiny checkpoints in
+assets/ and `Qwen/Qwen2.5-VL-7B-Instruct` / `openai/clip-vit-base-patch16` go through the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig
+
+from training.backbones.base import Classifier, ParameterCount, certainty_margin, lora_module_names, trainable_parameters
+from training.backbones.clip import ClipClassifier
+from training.backbones.lora import add_lora, load_adapter, save_adapter, set_adapter
+from training.backbones.qwen2_5_vl import QwenVLClassifier, pool_last_token
+from training.tasks import Task, get_task
+
+FAMILIES: dict[str, type[Classifier]] = {"qwen2_5_vl": QwenVLClassifier, "clip": ClipClassifier}
+
+__all__ = [
+    "FAMILIES", "Classifier", "ClipClassifier", "ParameterCount", "QwenVLClassifier", "add_lora",
+    "certainty_margin", "detect_family", "load_adapter", "load_classifier", "lora_module_names",
+    "pool_last_token", "save_adapter", "set_adapter", "trainable_parameters",
+]
+
+
+def detect_family(name_or_path: str) -> str:
+    """The backbone family of a checkpoint, from its config.json `model_type`."""
+    model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"{name_or_path!r} is a {model_type!r} model; FairDx supports: {', '.join(FAMILIES)}"
+        )
+    return model_type
+
+
+def load_classifier(
+    name_or_path: str,
+    *,
+    task: str | Task,
+    dtype: torch.dtype = torch.float32,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    image_size: int | None = None,
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+) -> Classifier:
+    """Load a pretrained checkpoint (hub id or local folder) as a binary classifier for `task`.
+
+    min_pixels / max_pixels: Qwen2.5-VL image budget (default: the checkpoint's preprocessor_config).
+    image_size: CLIP input resolution (default: the checkpoint's; others interpolate position embeddings).
+    gradient_checkpointing: recompute activations in backward (non-reentrant, so it works with PEFT).
+    seed: seeds the initialisation of the Qwen head, independent of the global RNG.
+    """
+    task = get_task(task)
+    family = detect_family(str(name_or_path))
+    common = dict(task=task, dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed)
+    if family == "clip":
+        if min_pixels is not None or max_pixels is not None:
+            raise ValueError("min_pixels/max_pixels set the Qwen2.5-VL image budget; for CLIP use image_size")
+        return ClipClassifier.from_pretrained(str(name_or_path), image_size=image_size, **common)
+    if image_size is not None:
+        raise ValueError("image_size sets the CLIP input resolution; for Qwen2.5-VL use min_pixels/max_pixels")
+    return QwenVLClassifier.from_pretrained(str(name_or_path), min_pixels=min_pixels, max_pixels=max_pixels, **common)

@@ -1,0 +1,479 @@
+"""Build the tiny Qwen2.5-VL and CLIP checkpoints that ship in assets/backbones/.
+
+    python -m training.build_assets [--out assets/backbones] [--no-pretrain]
+
+Each is the real architecture at toy width, saved in Hugging Face format (config.json,
+model.safetensors, tokenizer, image-processor config), so it loads through exactly the code path
+that loads ``Qwen/Qwen2.5-VL-7B-Instruct`` or ``openai/clip-vit-base-patch16``. Nothing downloads:
+the tokenizers are trained here with `tokenizers` on the task prompts plus a few medical sentences.
+
+``build(out)`` = `build_architecture` (random init from fixed seeds) then `pretrain`: brief
+full-parameter training on synthetic fundus and skin images drawn with a seed the benchmark never
+uses, regressing label-free image statistics (`image_statistics`: colour, layout, the brightest and
+darkest structures). Self-supervised on purpose: the model learns to look at fundus- and skin-like
+images but is told nothing about labels or groups, so every method starts from the same unadapted
+model. (Measured on the benchmark's fundus test split, a logistic-regression probe on the frozen
+features reaches 0.64 / 0.74 accuracy for Qwen / CLIP after pretraining, 0.59 / 0.63 before.)
+
+Same command, same bytes: seeds are fixed, training runs on one thread (matmul reduction order
+depends on the thread count), and every file is written deterministically; each folder's
+``fairdx_build.json`` records seeds, pretraining steps and losses, versions and file hashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import peft
+import tokenizers
+import torch
+import transformers
+from PIL import Image
+from tokenizers import AddedToken, pre_tokenizers
+from torch import nn
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessorPil,
+)
+
+from training.backbones import load_classifier
+from training.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("assets/backbones")
+QWEN_DIR = "tiny-qwen2.5-vl"
+CLIP_DIR = "tiny-clip"
+BUILD_INFO = "fairdx_build.json"
+
+ARCHITECTURE_SEED = 0
+PRETRAIN_SEED = 0
+PRETRAIN_DATA_SEED = 90_210  # never a benchmark seed: the benchmark and the demos use small seeds
+PRETRAIN_IMAGES_PER_TASK = 192
+PRETRAIN_STEPS = 300
+PRETRAIN_BATCH = 16
+PRETRAIN_LR = 1e-3
+
+# Image budgets of the tiny checkpoints (written to their preprocessor_config.json; a 7B checkpoint
+# keeps its own). A 224x224 synthetic image becomes 168x168 for Qwen -> 12x12 patches of 14 px ->
+# 36 image tokens after the 2x2 merger, and 160x160 for CLIP -> 10x10 patches of 16 px. The optic
+# disc (~13% of the width) then spans ~22 px, about 2x2 patches; at 112x112 it would be one patch.
+# Measured on 1 CPU thread, batch 8, LoRA forward + backward + AdamW: Qwen 27 ms (+13 ms
+# preprocessing), CLIP 19 ms (+9 ms); at 224x224 Qwen takes 37 ms (64 tokens).
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 168 * 168
+CLIP_IMAGE_SIZE = 160
+CLIP_PATCH = 16
+
+# Qwen2.5-VL's special tokens in their published order (ids 151643..151656 there, 400..413 here).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+QWEN_BPE_VOCAB = 400
+# Qwen2.5-VL-Instruct's published chat template.
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_BPE_VOCAB = 768  # 512 bytes and word-final bytes + 256 merges
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+MEDICAL_SENTENCES = (
+    "You are a helpful assistant.",
+    "system user assistant",
+    "The optic disc is round with a sharp margin and a pink neuroretinal rim.",
+    "An enlarged cup to disc ratio and a thin inferior rim suggest glaucomatous optic neuropathy.",
+    "The retinal vessels emerge from the optic nerve head and branch across the fundus.",
+    "The macula and fovea appear normal without haemorrhage or exudate.",
+    "Glaucoma damages the optic nerve and causes irreversible loss of the visual field.",
+    "A notch in the neuroretinal rim is a sign of glaucoma.",
+    "Colour fundus photographs are taken with a fundus camera after pupil dilation.",
+    "The patient has elevated intraocular pressure and a family history of glaucoma.",
+    "Dermoscopy shows a symmetric pigment network with regular dots and globules.",
+    "An asymmetric lesion with irregular borders and several colours raises concern for melanoma.",
+    "Melanoma, basal cell carcinoma and actinic keratosis are malignant or premalignant lesions.",
+    "A melanocytic nevus, seborrheic keratosis, dermatofibroma or vascular lesion is benign.",
+    "The lesion has a diameter larger than six millimetres and is evolving over time.",
+    "Blue white veil, atypical vessels and regression structures are dermoscopic warning signs.",
+    "Skin tone, age and sun damage change how a lesion looks under the dermatoscope.",
+    "Answer yes or no. Yes. No. The answer is yes. The answer is no.",
+    "Is this image normal or abnormal? Describe the findings in this medical image.",
+)
+
+
+# ============================================================================= tokenizers
+
+
+def _corpus() -> list[str]:
+    texts = list(MEDICAL_SENTENCES)
+    for task in TASKS.values():
+        texts += [task.question, *task.class_prompts, *task.classes]
+    return texts
+
+
+def _words(tokenizer_class: type, end_of_word: str = "") -> Counter:
+    """The corpus split into symbol sequences exactly as `tokenizer_class` pre-tokenizes text."""
+    backend = tokenizer_class().backend_tokenizer
+    words = Counter()
+    for text in _corpus():
+        for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            words[(*piece[:-1], piece[-1] + end_of_word)] += 1
+    return words
+
+
+def learn_bpe(words: Counter, alphabet: Sequence[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-pair encoding learnt greedily until the vocabulary holds `vocab_size` symbols.
+
+    Written out here rather than using `tokenizers.trainers.BpeTrainer`, whose ids for the alphabet
+    follow hash-map order and whose ties between equally frequent pairs fall differently from run to
+    run, so tokenizer.json changed bytes between builds. Ties go to the lexicographically smallest pair.
+    Vocabulary order: the alphabet sorted, then each merge's result. Merges are tuples (strings raise
+    "failed to extract enum PyMerges").
+    """
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    words = dict(words)
+    merges = []
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            raise RuntimeError(f"the corpus allows only {len(vocab)} BPE symbols, not {vocab_size}; add sentences")
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        words = {_merge(word, best): count for word, count in words.items()}
+    return vocab, merges
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def train_qwen_tokenizer() -> Qwen2Tokenizer:
+    """Byte-level BPE split like Qwen2's, then Qwen's 14 special tokens at fixed ids 400..413."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab, merges = learn_bpe(_words(Qwen2Tokenizer), alphabet, QWEN_BPE_VOCAB)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)
+    # Register on the backend: v5 `add_tokens` silently skips strings it can already encode, which
+    # would split <|image_pad|> into bytes (FEASIBILITY §2).
+    missing = [t for t in QWEN_SPECIAL_TOKENS if t not in tok.get_vocab()]
+    tok.backend_tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    ids = [tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS]
+    if ids != list(range(QWEN_BPE_VOCAB, QWEN_BPE_VOCAB + len(QWEN_SPECIAL_TOKENS))):
+        raise RuntimeError(f"Qwen special tokens got ids {ids}")
+    tok.eos_token = "<|im_end|>"  # as in Qwen2.5-VL-*-Instruct; pad stays <|endoftext|>
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
+
+
+def train_clip_tokenizer() -> CLIPTokenizer:
+    """CLIP-style BPE: lower-cased words ending in </w>; every byte and byte</w>, merges, then bos/eos last."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab, merges = learn_bpe(_words(CLIPTokenizer, "</w>"), alphabet + [c + "</w>" for c in alphabet], CLIP_BPE_VOCAB)
+    vocab[CLIP_BOS], vocab[CLIP_EOS] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+# ============================================================================= architectures
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return multiple * math.ceil(n / multiple)
+
+
+def build_tiny_qwen(out_dir: Path, *, seed: int = ARCHITECTURE_SEED) -> Path:
+    """Qwen2.5-VL at toy width (FEASIBILITY §2), saved as the hub repos are: ForConditionalGeneration."""
+    tok = train_qwen_tokenizer()
+    ids = tok.convert_tokens_to_ids
+    text = dict(
+        vocab_size=_round_up(len(tok), 64), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        max_window_layers=2,
+        # M-RoPE: temporal/height/width sections must sum to head_dim / 2 = 64 / 4 / 2 = 8.
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+    )
+    vision = dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], out_hidden_size=64,
+        tokens_per_second=2,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(
+        min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    _save(out_dir, model, tok, processor)
+    return out_dir
+
+
+def build_tiny_clip(out_dir: Path, *, seed: int = ARCHITECTURE_SEED) -> Path:
+    """CLIP at toy width (FEASIBILITY §3); text eos_token_id = the tokenizer's eos id (else argmax pooling)."""
+    tok = train_clip_tokenizer()
+    text = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, projection_dim=32,
+    )
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH, projection_dim=32,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+    )
+    _save(out_dir, model, tok, processor)
+    return out_dir
+
+
+def _save(out_dir: Path, model, tokenizer, image_processor) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_model(out_dir, model)
+    tokenizer.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+
+
+def _save_model(out_dir: Path, model) -> None:
+    model.save_pretrained(out_dir)
+    (out_dir / "model.safetensors").chmod(0o644)  # written 0600; a container user must be able to read it
+
+
+def build_architecture(out: Path, *, seed: int = ARCHITECTURE_SEED) -> dict[str, Path]:
+    """Both tiny checkpoints, randomly initialised from `seed`, under `out`."""
+    return {
+        "qwen2_5_vl": build_tiny_qwen(Path(out) / QWEN_DIR, seed=seed),
+        "clip": build_tiny_clip(Path(out) / CLIP_DIR, seed=seed),
+    }
+
+
+# ============================================================================= pretraining
+
+
+def image_statistics(image: Image.Image) -> list[float]:
+    """Seventeen cheap label-free targets describing colour, layout and the brightest / darkest structures.
+
+    RGB means and spreads, centre-minus-surround brightness, edge energy, upper brightness quantiles
+    and the share of very bright pixels (where a fundus's optic disc and cup are), the share of pixels
+    much darker than the median and their colour spread (where a skin lesion is). None uses a label.
+    """
+    x = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0
+    grey = x.mean(axis=2)
+    centre = grey[16:48, 16:48].mean() - grey.mean()
+    edges = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
+    dark = grey < 0.6 * np.median(grey)
+    return [
+        *x.mean(axis=(0, 1)).tolist(), *x.std(axis=(0, 1)).tolist(), float(centre), float(edges),
+        *np.quantile(grey, [0.9, 0.97, 0.99, 0.999]).tolist(),
+        *[float((grey > t).mean()) for t in (0.6, 0.7, 0.8)],
+        float(dark.mean()), float(x[dark].std()) if dark.sum() > 5 else 0.0,
+    ]
+
+
+def synthetic_pretraining_data(
+    n_per_task: int = PRETRAIN_IMAGES_PER_TASK, *, seed: int = PRETRAIN_DATA_SEED, image_size: int = 224
+) -> dict[str, list[tuple[Image.Image, list[float]]]]:
+    """(image, image statistics) pairs per task from training.synth, unbiased (strength 0), seed `seed`.
+
+    The sets are written in the real layouts to a temporary folder and read back with the real
+    loaders, so pretraining sees exactly what training will. All splits are used: none of this is the
+    benchmark's data.
+    """
+    from training.data import load_dataset
+    from training.synth import BiasConfig, generate_fundus, generate_skin
+
+    data = {}
+    with tempfile.TemporaryDirectory(prefix="fairdx-pretrain-") as tmp:
+        for task, generate in (("fundus", generate_fundus), ("skin", generate_skin)):
+            root = generate(
+                Path(tmp) / task, n=n_per_task, seed=seed, bias=BiasConfig(strength=0.0),
+                image_size=image_size, workers=1, progress=False,
+            )
+            samples = load_dataset(root, task=task).samples
+            images = [s.load_image() for s in samples]
+            data[task] = [(im, image_statistics(im)) for im in images]
+    return data
+
+
+def pretrain(
+    model_dir: Path,
+    data: Mapping[str, Iterable[tuple[Image.Image, Sequence[float]]]],
+    *,
+    steps: int = PRETRAIN_STEPS,
+    seed: int = PRETRAIN_SEED,
+    batch_size: int = PRETRAIN_BATCH,
+    lr: float = PRETRAIN_LR,
+) -> dict:
+    """Full-parameter training of the checkpoint in `model_dir` on (image, target vector) pairs; re-saves it.
+
+    `data` maps a task name to its pairs; steps alternate between tasks so the Qwen model sees each
+    task's own question. A throw-away linear probe on the classifier's embedding (Qwen: last-token
+    state; CLIP: image embedding) regresses the z-scored targets with MSE; only the backbone is kept.
+    Returns the loss curve summary that goes into fairdx_build.json.
+    """
+    with torch.random.fork_rng(devices=[]):  # seeded here without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        return _pretrain(Path(model_dir), data, steps=steps, seed=seed, batch_size=batch_size, lr=lr)
+
+
+def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, lr: float) -> dict:
+    rng = np.random.default_rng(seed)
+    pairs = {task: list(items) for task, items in data.items()}
+    targets = {t: torch.tensor([y for _, y in items], dtype=torch.float32) for t, items in pairs.items()}
+    every = torch.cat(list(targets.values()))
+    mean, std = every.mean(0), every.std(0).clamp_min(1e-6)
+    tasks = sorted(pairs)
+
+    clf = load_classifier(model_dir, task=tasks[0]).train()
+    with torch.no_grad():
+        dim = clf.embed(clf.preprocess([pairs[tasks[0]][0][0]])).shape[-1]
+    probe = nn.Linear(dim, every.shape[1])
+    params = list(clf.hf_model.parameters()) + list(probe.parameters())
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        task = tasks[step % len(tasks)]
+        clf.set_task(task)
+        idx = rng.choice(len(pairs[task]), size=min(batch_size, len(pairs[task])), replace=False)
+        batch = clf.preprocess([pairs[task][i][0] for i in idx])
+        y = (targets[task][idx] - mean) / std
+        loss = nn.functional.mse_loss(probe(clf.embed(batch).float()), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            log.info("  %s step %d/%d: loss %.4f", model_dir.name, step + 1, steps, np.mean(losses[-20:]))
+    _resave_backbone(model_dir, clf.hf_model)
+    window = max(1, min(20, steps // 5))
+    return {
+        "objective": "MSE of a linear probe regressing z-scored image statistics (training.build_assets.image_statistics)",
+        "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW(weight_decay=0)", "seed": seed,
+        "images": {t: len(v) for t, v in pairs.items()},
+        "loss_first": round(float(np.mean(losses[:window])), 4), "loss_last": round(float(np.mean(losses[-window:])), 4),
+    }
+
+
+def _resave_backbone(model_dir: Path, trained: nn.Module) -> None:
+    """Copy trained weights into the checkpoint's own class (e.g. ForConditionalGeneration) and save it."""
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    full = getattr(transformers, config.architectures[0]).from_pretrained(model_dir)
+    full.base_model.load_state_dict(trained.state_dict())
+    _save_model(model_dir, full.eval())
+
+
+# ============================================================================= orchestration
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_build_info(model_dir: Path, info: dict) -> None:
+    files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != BUILD_INFO)
+    info = {**info, "files": {name: sha256(model_dir / name) for name in files}}
+    (model_dir / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def build(out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int = PRETRAIN_STEPS) -> dict[str, Path]:
+    """Build both checkpoints into `out` (replacing them), pre-train unless told not to, record how."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same bytes on every machine: results depend on the thread count
+    try:
+        out = Path(out)
+        for name in (QWEN_DIR, CLIP_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        dirs = build_architecture(out)
+        data = None
+        if pretraining:
+            log.info("generating %d synthetic images per task (seed %d) for pretraining", PRETRAIN_IMAGES_PER_TASK,
+                     PRETRAIN_DATA_SEED)
+            data = synthetic_pretraining_data()
+        for family, model_dir in dirs.items():
+            info = {
+                "built_by": "python -m training.build_assets",
+                "family": family,
+                "architecture_seed": ARCHITECTURE_SEED,
+                "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
+                             "tokenizers": tokenizers.__version__, "peft": peft.__version__},
+                "pretraining": None,
+            }
+            if data is not None:
+                started = time.perf_counter()
+                summary = pretrain(model_dir, data, steps=steps)
+                log.info("pretrained %s in %.1f s: %s", model_dir, time.perf_counter() - started, summary)
+                info["pretraining"] = {
+                    **summary, "data": f"training.synth, seed {PRETRAIN_DATA_SEED}, BiasConfig(strength=0), all splits",
+                }
+            _write_build_info(model_dir, info)
+        return dirs
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for tiny-qwen2.5-vl/ and tiny-clip/")
+    parser.add_argument("--no-pretrain", action="store_true", help="random initialisation only (seconds)")
+    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS, help="pretraining steps per model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dirs = build(args.out, pretraining=not args.no_pretrain, steps=args.steps)
+    for family, model_dir in dirs.items():
+        size = sum(p.stat().st_size for p in model_dir.iterdir())
+        print(f"{family}: {model_dir} ({size / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
