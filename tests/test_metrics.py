@@ -51,7 +51,7 @@ def make_predictions(seed: int, n: int = 600) -> pd.DataFrame:
 
 def group_values(df: pd.DataFrame, spec: str) -> pd.Series:
     columns = spec.split("+")
-    return df[columns].astype(str).agg("+".join, axis=1)
+    return df[columns].astype(str).agg(" & ".join, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_groups_and_gaps_match_fairlearn(seed, attribute):
     report = group_metrics(df, attribute)
 
     def by_name(series):
-        return {"+".join(map(str, k)) if isinstance(k, tuple) else str(k): v for k, v in series.items()}
+        return {" & ".join(map(str, k)) if isinstance(k, tuple) else str(k): v for k, v in series.items()}
 
     for metric in ["accuracy", "tpr", "fpr", "selection_rate"]:
         expected = by_name(frame.by_group[metric])
@@ -428,7 +428,7 @@ def test_cli_json_matches_evaluate(tmp_path, capsys):
     assert printed["attributes"]["race"]["groups"]["White"]["auc"] == pytest.approx(
         roc_auc_score(white["label"], white["prob"]), abs=1e-12
     )
-    assert printed["attributes"]["gender+age_group"]["groups"]["Female+60+"]["n"] == int(
+    assert printed["attributes"]["gender+age_group"]["groups"]["Female & 60+"]["n"] == int(
         ((test_rows["gender"] == "Female") & (test_rows["age_group"] == "60+")).sum()
     )
 
@@ -475,3 +475,10 @@ def test_cli_missing_file_and_warnings(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("warning: attribute 'race': group 'Asian' has no negative labels")
     assert json.loads(captured.out)["attributes"]["race"]["groups"]["Asian"]["fpr"] is None
+
+
+def test_group_labels_match_the_loaders_spelling():
+    from training import data
+
+    assert metrics.INTERSECTION == data.ATTRIBUTE_JOINER
+    assert metrics.GROUP_JOINER == data.GROUP_JOINER

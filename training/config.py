@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from training.data_spec import SYNTH_PREFIX, data_problems, parse_synth
 from training.losses import METHODS
 
 Method = Literal["vanilla", "fr", "gr", "hybrid", "cmac"]
@@ -102,7 +103,7 @@ class TrainConfig:
     @property
     def task(self) -> str | None:
         """Task of a synthetic data spec ('fundus' / 'skin'); None for a folder (read from the data)."""
-        if self.data.startswith("synth:"):
+        if self.data.startswith(SYNTH_PREFIX):
             return self.data.split(":")[1]
         return None
 
@@ -170,10 +171,11 @@ def static_problems(cfg: TrainConfig) -> list[str]:
     for t in cfg.trackers:
         if t not in ("tensorboard", "trackio", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive"):
             p.append(f"tracker '{t}' is unknown to accelerate")
-    if cfg.data.startswith("synth:"):
-        parts = cfg.data.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("fundus", "skin"):
-            p.append(f"data '{cfg.data}' is not a synthetic spec; use synth:fundus or synth:skin[:n=2000,seed=0]")
+    if cfg.data.startswith(SYNTH_PREFIX):
+        try:
+            parse_synth(cfg.data)
+        except ValueError as err:
+            p.append(str(err))
     return p
 
 
@@ -185,8 +187,6 @@ def validate(cfg: TrainConfig, *, check_data: bool = True) -> None:
     """
     problems = static_problems(cfg)
     if check_data:
-        from training.data_spec import data_problems  # local: keeps `import training.config` light
-
         problems += data_problems(cfg)
     if problems:
         raise ConfigError(problems)

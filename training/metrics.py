@@ -3,8 +3,8 @@
 Input is a ``predictions.csv`` (see DESIGN.md, "Run directory") read into a DataFrame with columns
 ``label`` (0/1), ``prob`` (probability of class 1), optionally ``margin`` (certainty margin) and
 ``split``, and one column per demographic attribute. An attribute spec ``"a+b"`` is the
-intersection of columns ``a`` and ``b``; its groups are the values joined with ``"+"``
-(``"Female+60+"``). A spec that is itself a column name is that column.
+intersection of columns ``a`` and ``b``; its groups are the values joined with ``" & "``
+(``"Female & 60+"``, as ``training.data.group_key`` spells them). A spec that is itself a column name is that column.
 
 A sample is predicted positive when ``prob >= threshold``. Per group we report ``n``, ``n_pos``,
 ``accuracy``, ``auc``, ``tpr``, ``fpr``, ``selection_rate`` (and ``mean_margin``), and between groups:
@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 LABEL, PROB, MARGIN, SPLIT = "label", "prob", "margin", "split"
-INTERSECTION = "+"
+INTERSECTION = "+"  # joins attribute names in a spec, as training.data.ATTRIBUTE_JOINER
+GROUP_JOINER = " & "  # joins the values in a group label, as training.data.GROUP_JOINER
 GAPS = ("max_acc_gap", "delta_tpr", "equalized_odds", "dpd", "es_auc")
 GROUP_METRICS = ("accuracy", "auc", "tpr", "fpr", "selection_rate")
 ECE_BINS = 10
@@ -338,7 +339,7 @@ class _Partition:
         columns = _attribute_columns(spec, preds.frame.columns)
         values = preds.frame[columns[0]].astype(str)
         for column in columns[1:]:
-            values = values + INTERSECTION + preds.frame[column].astype(str)
+            values = values + GROUP_JOINER + preds.frame[column].astype(str)
         codes, names = pd.factorize(values, sort=True)
         groups = [_RankIndex.build(np.flatnonzero(codes == g), preds) for g in range(len(names))]
         return cls(spec, [str(name) for name in names], codes, groups)

@@ -12,6 +12,8 @@ assets/ and `Qwen/Qwen2.5-VL-7B-Instruct` / `openai/clip-vit-base-patch16` go th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig
 
@@ -23,8 +25,31 @@ from training.tasks import Task, get_task
 
 FAMILIES: dict[str, type[Classifier]] = {"qwen2_5_vl": QwenVLClassifier, "clip": ClipClassifier}
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The embedded default of each demo task, as the demo runs use them (paper 000: a VLM for fundus;
+# paper 004: CLIP for skin). Paths are relative to the repository so runs stay portable.
+EMBEDDED_BACKBONES: dict[str, str] = {
+    "fundus": "assets/backbones/tiny-qwen2.5-vl",
+    "skin": "assets/backbones/tiny-clip",
+}
+
+
+def default_backbone(task: str) -> str:
+    """The embedded checkpoint a task uses when no --backbone is given."""
+    return EMBEDDED_BACKBONES[get_task(task).name]
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """A hub id stays as it is; a relative folder is found from the working directory or the repository."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    if not path.is_absolute() and (REPO_ROOT / path).is_dir():
+        return str(REPO_ROOT / path)
+    return name_or_path
+
 __all__ = [
-    "FAMILIES", "Classifier", "ClipClassifier", "ParameterCount", "QwenVLClassifier", "add_lora",
+    "EMBEDDED_BACKBONES", "FAMILIES", "Classifier", "default_backbone", "resolve_backbone", "ClipClassifier", "ParameterCount", "QwenVLClassifier", "add_lora",
     "certainty_margin", "detect_family", "load_adapter", "load_classifier", "lora_module_names",
     "pool_last_token", "save_adapter", "set_adapter", "trainable_parameters",
 ]
@@ -59,12 +84,17 @@ def load_classifier(
     seed: seeds the initialisation of the Qwen head, independent of the global RNG.
     """
     task = get_task(task)
-    family = detect_family(str(name_or_path))
+    recorded_id = str(name_or_path)  # what runs record: a hub id or a repo-relative folder, portable
+    name_or_path = resolve_backbone(recorded_id)
+    family = detect_family(name_or_path)
     common = dict(task=task, dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed)
     if family == "clip":
         if min_pixels is not None or max_pixels is not None:
             raise ValueError("min_pixels/max_pixels set the Qwen2.5-VL image budget; for CLIP use image_size")
-        return ClipClassifier.from_pretrained(str(name_or_path), image_size=image_size, **common)
-    if image_size is not None:
-        raise ValueError("image_size sets the CLIP input resolution; for Qwen2.5-VL use min_pixels/max_pixels")
-    return QwenVLClassifier.from_pretrained(str(name_or_path), min_pixels=min_pixels, max_pixels=max_pixels, **common)
+        clf = ClipClassifier.from_pretrained(name_or_path, image_size=image_size, **common)
+    else:
+        if image_size is not None:
+            raise ValueError("image_size sets the CLIP input resolution; for Qwen2.5-VL use min_pixels/max_pixels")
+        clf = QwenVLClassifier.from_pretrained(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, **common)
+    clf.base_model_id = recorded_id
+    return clf

@@ -1,0 +1,133 @@
+"""What a ``--data`` value means: a dataset folder, or a synthetic benchmark generated on first use.
+
+``synth:fundus`` and ``synth:skin[:n=2000,seed=0,strength=1.0]`` name a synthetic benchmark
+(``training.synth``) by its arguments. It is written once into the data cache
+(``$FAIRDX_DATA_DIR``, default ``data/`` in the repository) under a folder named after those
+arguments, and then read back by the same loaders as a real Harvard-FairVLMed or HAM10000 folder,
+so the demo exercises the real code path. Anything else is a folder path.
+
+`data_problems` is the data half of `training.config.validate`: it reads metadata only (no
+images) and names every problem (missing folder, unknown attribute, a group with no training
+samples) in words a user can act on.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from training import synth
+from training.data import Dataset, DatasetError, check_groups, load_dataset
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SYNTH_PREFIX = "synth:"
+SYNTH_DEFAULTS = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
+SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int}
+
+BAD_SYNTH_SPEC = (
+    "data '{spec}' is not a valid synthetic spec: {reason}; write e.g. synth:fundus or "
+    "synth:skin:n=2000,seed=0,strength=1.0"
+)
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """The arguments of one synthetic benchmark; its folder name spells them out."""
+
+    task: str
+    n: int = SYNTH_DEFAULTS["n"]
+    seed: int = SYNTH_DEFAULTS["seed"]
+    strength: float = SYNTH_DEFAULTS["strength"]
+    image_size: int = SYNTH_DEFAULTS["image_size"]
+
+    @property
+    def folder_name(self) -> str:
+        return f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
+
+    def __str__(self) -> str:
+        return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g}"
+
+
+def data_dir() -> Path:
+    """Where synthetic benchmarks are cached (``$FAIRDX_DATA_DIR`` or ``data/`` in the repository)."""
+    return Path(os.environ.get("FAIRDX_DATA_DIR") or REPO_ROOT / "data")
+
+
+def parse_synth(spec: str) -> SynthSpec:
+    """Parse ``synth:<task>[:k=v,...]``; raise ValueError naming what is wrong."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] != "synth":
+        raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason="expected synth:<task>[:key=value,...]"))
+    task = parts[1]
+    if task not in synth.GENERATORS:
+        raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=f"task '{task}' is not one of fundus, skin"))
+    values: dict[str, float | int] = {}
+    for item in filter(None, (parts[2].split(",") if len(parts) == 3 else [])):
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key not in SYNTH_KEYS:
+            raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=f"unknown key '{key}' (known: {', '.join(SYNTH_KEYS)})"))
+        try:
+            values[key] = SYNTH_KEYS[key](raw)
+        except ValueError:
+            raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=f"{key}='{raw}' is not a number")) from None
+    parsed = SynthSpec(task, **values)  # type: ignore[arg-type]
+    try:
+        synth.validate_args(n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
+                            image_size=parsed.image_size, workers=1)
+    except ValueError as err:
+        raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=str(err))) from None
+    return parsed
+
+
+def materialize(spec: str, *, progress: bool = True) -> Path:
+    """The folder a data spec points to; a synthetic benchmark is generated into the cache first.
+
+    A file lock makes concurrent jobs that need the same benchmark wait for one generator instead
+    of writing it twice; the generator itself renames its output into place only when complete.
+    """
+    if not spec.startswith(SYNTH_PREFIX):
+        return Path(spec).expanduser()
+    parsed = parse_synth(spec)
+    out = data_dir() / parsed.folder_name
+    if (out / synth.CONFIG_NAME).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{parsed.folder_name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / synth.CONFIG_NAME).is_file():
+            synth.GENERATORS[parsed.task](
+                out, n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
+                image_size=parsed.image_size, workers=min(2, os.cpu_count() or 1), progress=progress,
+            )
+    return out
+
+
+def load(spec: str, *, progress: bool = True) -> Dataset:
+    """The dataset a data spec names (generating a synthetic one on first use)."""
+    return load_dataset(materialize(spec, progress=progress))
+
+
+def data_problems(cfg: TrainConfig) -> list[str]:
+    """Every problem with the data and the attributes a config names (metadata only, no images)."""
+    if cfg.data.startswith(SYNTH_PREFIX):
+        try:
+            parse_synth(cfg.data)
+        except ValueError:
+            return []  # static_problems already names it
+    try:
+        dataset = load(cfg.data, progress=False)
+    except (DatasetError, ValueError) as err:
+        return [str(err)]
+    problems = []
+    for attribute in dict.fromkeys(a for a in (cfg.attribute, cfg.cmac_attribute, *cfg.eval_attributes) if a):
+        try:
+            check_groups(dataset, attribute, "train")
+        except DatasetError as err:
+            problems.append(str(err))
+    return problems
