@@ -1,0 +1,32 @@
+"""Shared fixtures: one small synthetic benchmark per task, generated once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough to generate in ~1 s, large enough that every group of race/ethnicity and sex x age_group
+# has training samples.
+FUNDUS_SPEC = "synth:fundus:n=240,seed=3"
+SKIN_SPEC = "synth:skin:n=240,seed=3"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory) -> Path:
+    """Every test (and every training subprocess it starts) caches synthetic data in one session folder."""
+    path = Path(os.environ.get("FAIRDX_TEST_DATA_DIR") or tmp_path_factory.mktemp("fairdx-data"))
+    os.environ["FAIRDX_DATA_DIR"] = str(path)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m <args>` from the repository root, capturing output."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

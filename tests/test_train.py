@@ -1,0 +1,185 @@
+"""The training CLI end to end on the tiny embedded checkpoints and a small synthetic benchmark."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from tests.conftest import FUNDUS_SPEC, REPO, SKIN_SPEC, run_cli
+from training import data_spec, rundir
+from training.backbones import pool_last_token, resolve_backbone
+from training.backbones.qwen2_5_vl import QwenVLClassifier
+from training.config import TrainConfig
+from training.evaluate import load_run_classifier
+from training.train import training_samples
+
+FAST = ["--epochs", "1", "--max-samples", "48", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "20",
+        "--no-progress"]
+
+
+def train_run(runs: Path, name: str, *extra: str, data: str = FUNDUS_SPEC) -> Path:
+    run_cli("training.train", "--data", data, "--runs-dir", str(runs), "--run-name", name, *FAST, *extra, check=True)
+    return runs / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.mark.parametrize("method", ["vanilla", "fr", "gr", "hybrid", "cmac"])
+def test_each_method_writes_a_complete_run(runs, method):
+    run = train_run(runs, f"fundus-{method}", "--method", method, "--lambda", "0.5")
+    assert rundir.missing_files(run) == []
+    assert not list(runs.glob(".staging-*")), "the staging folder must be renamed away"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["method"], config["task"], config["family"]) == (method, "fundus", "qwen2_5_vl")
+    assert config["training"]["steps"] == 12  # 48 samples / batch 4
+    predictions = pd.read_csv(run / "predictions.csv")
+    dataset = data_spec.load(FUNDUS_SPEC)
+    assert len(predictions) == len(dataset.split("val")) + len(dataset.split("test"))
+    assert set(predictions.columns) >= {"id", "split", "label", "prob", "margin", "race", "ethnicity", "gender"}
+    assert predictions["prob"].between(0, 1).all()
+    report = json.loads((run / "eval.json").read_text())["report"]
+    race = report["attributes"]["race"]
+    accuracies = [g["accuracy"] for g in race["groups"].values() if g["accuracy"] is not None]
+    assert race["max_acc_gap"] == pytest.approx(max(accuracies) - min(accuracies))
+    assert race["ci"]["max_acc_gap"] is not None
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [s for s in steps if "step" in s and "loss" in s]
+    assert len(logged) == 12 and all(s["loss"] > 0 for s in logged)
+    if method in ("fr", "hybrid", "cmac"):
+        assert any(s["fairness"] > 0 for s in logged), "the fairness term must be active"
+    else:
+        assert all(s["fairness"] == 0 for s in logged)
+
+
+def test_plain_peft_loads_the_adapter_and_matches_predictions(runs):
+    """A user without FairDx: AutoModel + PeftModel.from_pretrained + the saved head give our probabilities."""
+    run = runs / "fundus-vanilla"
+    if not run.exists():
+        run = train_run(runs, "fundus-vanilla")
+    config = json.loads((run / "config.json").read_text())
+    base = AutoModel.from_pretrained(resolve_backbone(config["backbone"]))
+    model = PeftModel.from_pretrained(base, run / "adapter").eval()
+    head = load_file(str(run / "adapter" / "head.safetensors"))
+    helper = QwenVLClassifier.from_pretrained(resolve_backbone(config["backbone"]), task=config["task"])
+    predictions = pd.read_csv(run / "predictions.csv").head(6)
+    samples = {s.id: s for s in data_spec.load(FUNDUS_SPEC).samples}
+    batch = helper.preprocess([samples[i].load_image() for i in predictions["id"]])
+    with torch.inference_mode():
+        hidden = model(**batch, use_cache=False).last_hidden_state
+        logits = pool_last_token(hidden, batch["attention_mask"]) @ head["weight"].T + head["bias"]
+    assert torch.allclose(logits.softmax(-1)[:, 1], torch.tensor(predictions["prob"].values, dtype=torch.float32),
+                          atol=1e-5)
+
+
+def test_same_command_twice_gives_identical_predictions(runs, tmp_path):
+    first = train_run(tmp_path, "a", "--method", "fr")
+    second = train_run(tmp_path, "b", "--method", "fr")
+    assert (first / "predictions.csv").read_bytes() == (second / "predictions.csv").read_bytes()
+
+
+def test_interrupted_then_resumed_matches_uninterrupted(tmp_path):
+    args = ["--data", FUNDUS_SPEC, "--runs-dir", str(tmp_path), "--method", "hybrid", "--epochs", "2",
+            "--max-samples", "48", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "0", "--no-progress"]
+    run_cli("training.train", *args, "--run-name", "straight", check=True)
+
+    cmd = [sys.executable, "-m", "training.train", *args, "--run-name", "resumed"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = rundir.staging_dir(tmp_path, "resumed") / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"step": 3,' not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "resume with the same flags plus --resume" in err
+    assert not (tmp_path / "resumed").exists(), "an interrupted run must not be listed"
+    assert rundir.list_runs(tmp_path)[0].run_id == "straight"
+
+    run_cli("training.train", *args, "--run-name", "resumed", "--resume", check=True)
+    straight = pd.read_csv(tmp_path / "straight" / "predictions.csv")
+    resumed = pd.read_csv(tmp_path / "resumed" / "predictions.csv")
+    pd.testing.assert_frame_equal(straight, resumed, rtol=0, atol=1e-6)
+    resumed_config = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert resumed_config["training"]["resumed_from_step"] >= 3
+
+
+def test_effective_batch_statistics_do_not_depend_on_accumulation(tmp_path):
+    """FR's group statistics span the whole effective batch: 4 x 2 micro-batches == one batch of 8."""
+    common = ["--method", "fr", "--lambda", "1.0", "--lora-dropout", "0", "--eval-bootstrap", "0", "--epochs", "1",
+              "--max-samples", "48", "--warmup-steps", "2", "--no-progress", "--data", FUNDUS_SPEC,
+              "--runs-dir", str(tmp_path)]
+    run_cli("training.train", *common, "--batch-size", "8", "--grad-accum", "1", "--run-name", "one", check=True)
+    run_cli("training.train", *common, "--batch-size", "4", "--grad-accum", "2", "--run-name", "two", check=True)
+    one = pd.read_csv(tmp_path / "one" / "predictions.csv")["prob"]
+    two = pd.read_csv(tmp_path / "two" / "predictions.csv")["prob"]
+    assert (one - two).abs().max() < 1e-4
+
+
+def test_clip_cmac_on_skin_intersection(tmp_path):
+    run = train_run(tmp_path, "skin-cmac", "--method", "cmac", "--attribute", "sex+age_group", data=SKIN_SPEC)
+    config = json.loads((run / "config.json").read_text())
+    assert config["family"] == "clip" and config["task"] == "skin"
+    report = json.loads((run / "eval.json").read_text())["report"]
+    assert "sex+age_group" in report["attributes"]
+    assert " & " in next(iter(report["attributes"]["sex+age_group"]["groups"]))
+    # the run loads back through the evaluation path and reproduces its own predictions
+    clf = load_run_classifier(rundir.read_run(run))
+    predictions = pd.read_csv(run / "predictions.csv").head(4)
+    samples = {s.id: s for s in data_spec.load(SKIN_SPEC).samples}
+    with torch.inference_mode():
+        probs = clf(clf.preprocess([samples[i].load_image() for i in predictions["id"]])).softmax(-1)[:, 1]
+    assert torch.allclose(probs, torch.tensor(predictions["prob"].values, dtype=torch.float32), atol=1e-5)
+
+
+def test_invalid_config_names_every_problem_and_writes_nothing(tmp_path):
+    proc = run_cli("training.train", "--data", str(tmp_path / "missing"), "--lambda", "-1", "--w-max", "0.5",
+                   "--epochs", "0", "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "invalid training configuration (4 problems)" in proc.stderr
+    for text in ("lambda must be ≥ 0", "w_max must be ≥ 1", "epochs must be a whole number ≥ 1", "does not exist"):
+        assert text in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_attribute_and_bad_config_file(tmp_path):
+    proc = run_cli("training.train", "--data", FUNDUS_SPEC, "--attribute", "religion")
+    assert proc.returncode == 2 and "unknown attribute 'religion'" in proc.stderr
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    proc = run_cli("training.train", "--config", str(bad))
+    assert proc.returncode == 2 and f"cannot read config file {bad}" in proc.stderr
+
+
+def test_config_file_round_trip(tmp_path):
+    out = tmp_path / "cfg.json"
+    run_cli("training.train", "--method", "gr", "--w-max", "5", "--data", FUNDUS_SPEC, "--save-config", str(out),
+            check=True)
+    saved = TrainConfig.from_json(out)
+    assert (saved.method, saved.w_max, saved.data) == ("gr", 5, FUNDUS_SPEC)
+
+
+def test_max_samples_is_stratified_and_keeps_every_group():
+    dataset = data_spec.load(FUNDUS_SPEC)
+    cfg = TrainConfig(data=FUNDUS_SPEC, max_samples=30, attribute="race")
+    subset = training_samples(dataset, cfg)
+    assert len(subset) == 30
+    assert {s.attributes["race"] for s in subset} == {"Asian", "Black", "White"}
+    full = dataset.group_counts("race")
+    white_share = sum(s.attributes["race"] == "White" for s in subset) / 30
+    assert white_share == pytest.approx(full["White"] / sum(full.values()), abs=0.1)

@@ -1,0 +1,110 @@
+"""``python -m training.demos``: rebuild the shipped demo runs (5 methods x 2 tasks) in assets/runs/.
+
+- fundus: the synthetic Harvard-FairVLMed-layout benchmark on the embedded tiny Qwen2.5-VL, fairness
+  attribute race (seed 000 also reports ethnicity; eval.json covers every attribute);
+- skin: the synthetic HAM10000-layout benchmark on the embedded tiny CLIP, fairness attribute the
+  sex x age intersection (seed 004).
+
+Every run is one call of the training CLI's `train()` with the settings in DEMOS, written to a
+temporary runs folder and moved into assets/runs/<task>-<method> only when complete, so an
+interrupted rebuild never leaves a half-written demo. The settings are the same for every method of
+a task (only the method changes), so the comparison is fair; they are not tuned per method.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from training.config import TrainConfig
+from training.losses import METHODS
+from training.rundir import DEMO_RUNS_DIR
+from training.train import train
+
+# One base config per task; the method is the only thing that changes between the five runs.
+DEMOS: dict[str, TrainConfig] = {
+    "fundus": TrainConfig(data="synth:fundus", attribute="race", lam=0.5, w_max=10.0, epochs=3, batch_size=8,
+                          warmup_steps=30, eval_bootstrap=1000, seed=42),
+    "skin": TrainConfig(data="synth:skin", attribute="sex+age_group", lam=0.5, w_max=10.0, epochs=3, batch_size=8,
+                        warmup_steps=30, eval_bootstrap=1000, seed=42),
+}
+
+
+def demo_config(task: str, method: str, runs_dir: Path) -> TrainConfig:
+    return replace(DEMOS[task], method=method, runs_dir=str(runs_dir), run_name=f"{task}-{method}")
+
+
+def build(out: Path = DEMO_RUNS_DIR, *, tasks: Sequence[str] = tuple(DEMOS), methods: Sequence[str] = METHODS,
+          progress: bool = True) -> dict[str, float]:
+    """Train every demo run and move it into `out`; return the wall time of each run in seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    with tempfile.TemporaryDirectory(prefix=".demos-", dir=out) as scratch:
+        for task in tasks:
+            for method in methods:
+                cfg = demo_config(task, method, Path(scratch))
+                start = time.perf_counter()
+                run = train(cfg, progress=progress)
+                times[cfg.run_name] = round(time.perf_counter() - start, 1)
+                _replace(run, out / cfg.run_name)
+                print(f"{cfg.run_name}: {times[cfg.run_name]} s", file=sys.stderr)
+    return times
+
+
+def _replace(run: Path, target: Path) -> None:
+    """Swap the new run in; the old one is removed only after the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        target.rename(old)
+    run.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+EXAMPLES_DIR = DEMO_RUNS_DIR.parent / "examples"
+EXAMPLE_SEED = 7_777  # neither a benchmark seed (0, 3, ...) nor the pretraining seed
+
+
+def write_examples(out: Path = EXAMPLES_DIR, per_class: int = 2) -> list[Path]:
+    """Bundled Diagnose examples: a few images per class of each task from a seed no run trains on."""
+    from training import data_spec
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in DEMOS:
+        dataset = data_spec.load(f"synth:{task}:n=40,seed={EXAMPLE_SEED}", progress=False)
+        for label in (0, 1):
+            chosen = [s for s in dataset.samples if s.label == label][:per_class]
+            for i, sample in enumerate(chosen):
+                path = out / f"{task}-{'positive' if label else 'negative'}-{i + 1}.png"
+                sample.load_image().save(path, optimize=True)
+                written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.demos", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEMO_RUNS_DIR, help="folder for the demo runs")
+    parser.add_argument("--task", action="append", choices=sorted(DEMOS), help="only this task (repeatable)")
+    parser.add_argument("--method", action="append", choices=METHODS, help="only this method (repeatable)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--examples-only", action="store_true", help="only rewrite the bundled example images")
+    args = parser.parse_args(argv)
+    write_examples()
+    if args.examples_only:
+        return 0
+    start = time.perf_counter()
+    times = build(args.out, tasks=args.task or tuple(DEMOS), methods=args.method or METHODS,
+                  progress=not args.no_progress)
+    total = time.perf_counter() - start
+    print(json.dumps({"seconds": times, "total_seconds": round(total, 1)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

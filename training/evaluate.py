@@ -1,0 +1,99 @@
+"""``python -m training.evaluate RUN_DIR [--data SPEC]``: re-evaluate a finished run.
+
+Without ``--data`` it recomputes the run's eval.json from its predictions.csv (e.g. with more bootstrap
+resamples or other attributes) and prints the report. With ``--data`` it loads the run's base model
+and adapter, predicts every val/test sample of that dataset (external validation: another site,
+another bias strength, the real Harvard-FairVLMed) and writes ``RUN_DIR/external/<name>/``
+(predictions.csv + eval.json); the run itself is never modified in that case.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from training import data_spec, rundir
+from training.backbones import Classifier, load_adapter, load_classifier
+from training.data import DatasetError
+from training.metrics import MetricsError, evaluate, format_report, read_predictions
+from training.train import DTYPES, predict
+
+TASK_MISMATCH = "run '{run}' was trained for task '{task}' but {data} is a '{other}' dataset"
+
+
+def load_run_classifier(run: rundir.RunInfo) -> Classifier:
+    """The run's base model with its adapter (and head) loaded, in eval mode."""
+    cfg = run.config
+    clf = load_classifier(cfg["backbone"], task=run.task, dtype=DTYPES[cfg.get("dtype", "float32")],
+                          min_pixels=cfg.get("min_pixels"), max_pixels=cfg.get("max_pixels"))
+    load_adapter(clf, run.path / rundir.ADAPTER, adapter_name="default")
+    return clf.eval()
+
+
+def report_attributes(run: rundir.RunInfo, columns: Sequence[str], requested: Sequence[str]) -> list[str]:
+    """Requested attributes, else the run's, keeping those whose columns exist in the predictions."""
+    wanted = list(requested) or list(run.config.get("dataset", {}).get("group_counts", {})) or [run.config["attribute"]]
+    return [a for a in wanted if all(part in columns for part in a.split("+"))]
+
+
+def reevaluate(run: rundir.RunInfo, *, attributes: Sequence[str] = (), bootstrap: int = 200) -> dict:
+    """Recompute eval.json from the run's own predictions.csv (atomically replaced)."""
+    predictions = read_predictions(run.path / rundir.PREDICTIONS)
+    reported = report_attributes(run, predictions.columns, attributes)
+    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0))
+    payload = {"run_id": run.run_id, "split": "test", "attributes": reported, "report": report}
+    rundir.write_json_atomic(run.path / rundir.EVAL, payload)
+    return payload
+
+
+def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), bootstrap: int = 200,
+             progress: bool = True) -> Path:
+    """Predict another dataset with the run's adapter; write RUN_DIR/external/<name>/."""
+    dataset = data_spec.load(spec, progress=progress)
+    if dataset.task != run.task:
+        raise DatasetError(TASK_MISMATCH.format(run=run.run_id, task=run.task, data=spec, other=dataset.task))
+    clf = load_run_classifier(run)
+    with torch.inference_mode():
+        predictions = predict(clf, dataset.split("val") + dataset.split("test"), dataset.attributes, progress)
+    out = run.path / "external" / re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec).strip("_")
+    out.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(out / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
+    reported = report_attributes(run, predictions.columns, attributes)
+    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0))
+    rundir.write_json_atomic(out / rundir.EVAL, {"run_id": run.run_id, "data": spec, "split": "test",
+                                                 "attributes": reported, "report": report})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a complete run directory")
+    parser.add_argument("--data", help="dataset folder or synth spec for external validation")
+    parser.add_argument("--attribute", action="append", default=[], help="attribute or a+b; repeatable")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        run = rundir.read_run(args.run_dir)
+        if args.data:
+            out = external(run, args.data, attributes=args.attribute, bootstrap=args.bootstrap,
+                           progress=not args.no_progress)
+            payload = pd.read_json(out / rundir.EVAL, typ="series").to_dict()
+            print(f"wrote {out}")
+        else:
+            payload = reevaluate(run, attributes=args.attribute, bootstrap=args.bootstrap)
+            print(f"updated {run.path / rundir.EVAL}")
+    except (ValueError, DatasetError, MetricsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(payload["report"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

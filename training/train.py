@@ -1,0 +1,453 @@
+"""``python -m training.train``: fine-tune a fair LoRA adapter and write a complete run directory.
+
+One loop you can read top to bottom (torchtune / litgpt style): set up → train → evaluate → publish.
+
+    setup     validate the config (every problem at once), load the data, the backbone, add LoRA
+    train     for each optimiser step: forward every micro-batch of the effective batch, compute the
+              objective ONCE on their concatenated logits (so FR's per-group soft accuracy and CMAC's
+              subgroup MMD see the whole effective batch, and all ranks' samples under accelerate),
+              one backward, clip, step, log to metrics.jsonl
+    evaluate  predictions for the val and test splits → predictions.csv, eval.json (training.metrics)
+    publish   config.json, model card; the staging folder is renamed into runs/<run_id>/
+
+SIGTERM (the Studio's Cancel) stops at the next step boundary, saves a checkpoint in the staging folder
+and exits with code 3; ``--resume`` continues from it and reaches the same weights as an uninterrupted
+run (same data order, restored RNG, optimiser and scheduler state).
+
+Computing the loss on the concatenated micro-batches keeps every micro-batch's graph until the one
+backward: memory grows with ``grad_accum``. That is the price of exact group statistics; on several GPUs
+prefer more devices over more accumulation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from training import data_spec, rundir
+from training.backbones import (
+    Classifier, add_lora, certainty_margin, default_backbone, load_classifier, resolve_backbone, save_adapter,
+)
+from training.config import PAPER_LR, ConfigError, TrainConfig, add_arguments, from_args, validate
+from training.data import Dataset, DatasetError, Sample, group_key
+from training.distributed import gather_with_grad
+from training.losses import compute_loss, group_weights
+from training.metrics import evaluate
+
+EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EVAL_BATCH = 32
+
+STAGING_WITHOUT_CHECKPOINT = "found an unfinished run folder {path} with no checkpoint; it was removed"
+STAGING_HAS_CHECKPOINT = (
+    "run '{name}' was interrupted and has a checkpoint in {path}; rerun with --resume to continue it, "
+    "or delete that folder to start over"
+)
+NOTHING_TO_RESUME = "--resume: run '{name}' has no checkpoint in {path}; start it without --resume"
+CHECKPOINT_MISMATCH = "--resume: the checkpoint was made with a different config ({fields}); use the same flags"
+GROUP_LOST = "max_samples={n} leaves group '{group}' of '{attribute}' with no training samples; raise max_samples"
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after SIGTERM/SIGINT, once the checkpoint is on disk."""
+
+
+# ----------------------------------------------------------------------------------------- setup
+def resolve(cfg: TrainConfig, task: str) -> TrainConfig:
+    """Fill what the config left to defaults: backbone, 'auto' lr, run name."""
+    backbone = cfg.backbone or default_backbone(task)
+    lr = cfg.lr if cfg.lr != "auto" else recommended_lr(backbone)
+    run_name = cfg.run_name or f"{task}-{cfg.method}-{cfg.attribute.replace('+', 'x')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return replace(cfg, backbone=backbone, lr=float(lr), run_name=run_name)
+
+
+def recommended_lr(backbone: str) -> float:
+    """The lr a checkpoint recommends in its fairdx_build.json (our embedded ones do), else seed 000's 1e-5."""
+    info = Path(resolve_backbone(backbone)) / "fairdx_build.json"
+    if info.is_file():
+        return float(json.loads(info.read_text()).get("recommended_lr", PAPER_LR))
+    return PAPER_LR
+
+
+def training_samples(dataset: Dataset, cfg: TrainConfig) -> list[Sample]:
+    """The training split, or a stratified subset of max_samples (by group of --attribute and label).
+
+    Samples are ordered by their fractional rank within their stratum after a seeded shuffle, so the
+    first k are spread over the strata in proportion to their size, and each stratum's first sample
+    comes before any stratum's second.
+    """
+    train = dataset.split("train")
+    if cfg.max_samples is None or cfg.max_samples >= len(train):
+        return train
+    rng = np.random.default_rng(cfg.seed)
+    strata = [(group_key(s, cfg.attribute), s.label) for s in train]
+    sizes = pd.Series(strata).value_counts()
+    seen: dict[tuple[str, int], int] = {}
+    keys = []
+    for i in rng.permutation(len(train)):
+        rank = seen.get(strata[i], 0)
+        seen[strata[i]] = rank + 1
+        keys.append((rank / sizes[strata[i]], i))
+    chosen = sorted(i for _, i in sorted(keys)[: cfg.max_samples])
+    subset = [train[i] for i in chosen]
+    missing = set(dataset.group_counts(cfg.attribute, "train")) - {group_key(s, cfg.attribute) for s in subset}
+    if missing:
+        raise ConfigError([GROUP_LOST.format(n=cfg.max_samples, group=sorted(missing)[0], attribute=cfg.attribute)])
+    return subset
+
+
+def group_ids(samples: Sequence[Sample], attribute: str) -> tuple[Tensor, list[str]]:
+    """Integer group id per sample (ids index the sorted group names)."""
+    keys = [group_key(s, attribute) for s in samples]
+    names = sorted(set(keys))
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[k] for k in keys], dtype=torch.long), names
+
+
+def epoch_order(n: int, epoch: int, cfg: TrainConfig, groups: Tensor) -> Tensor:
+    """Sample indices for one epoch, a pure function of (seed, epoch) so a resumed run sees the same order.
+
+    balanced_sampling draws n samples with replacement, each group equally likely (weights 1/N_s).
+    """
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    if not cfg.balanced_sampling:
+        return torch.randperm(n, generator=generator)
+    counts = torch.bincount(groups).double()
+    return torch.multinomial(1.0 / counts[groups], n, replacement=True, generator=generator)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (seed 000 §4.2)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ------------------------------------------------------------------------------------ checkpoint
+def save_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, step: int, cfg: TrainConfig) -> None:
+    """Trainable weights (safetensors), optimiser/scheduler state, step and RNG: all a resume needs."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().cpu().contiguous() for n, p in clf.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    torch.save({
+        "step": step, "config": cfg.to_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].tolist(),
+        "python_rng": list(random.getstate()[1]),
+    }, tmp / "state.pt")
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        path.rename(old)
+        tmp.rename(path)
+        _rmtree(old)
+    else:
+        tmp.rename(path)
+
+
+def load_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, cfg: TrainConfig) -> int:
+    state = torch.load(path / "state.pt", weights_only=True)
+    differs = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k not in ("trackers",)]
+    if differs:
+        raise ConfigError([CHECKPOINT_MISMATCH.format(fields=", ".join(differs))])
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(clf.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(("MT19937", np.array(state["numpy_rng"], dtype=np.uint32), 0, 0, 0.0))
+    random.setstate((3, tuple(state["python_rng"]), None))
+    return int(state["step"])
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------- evaluate
+@torch.inference_mode()
+def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str], progress: bool) -> pd.DataFrame:
+    """One row per sample: id, split, label, prob of class 1, certainty margin, every attribute."""
+    clf.eval()
+    rows = []
+    for chunk in tqdm(list(batches(samples, EVAL_BATCH)), desc="evaluate", unit="batch", disable=not progress):
+        logits = clf(clf.preprocess([s.load_image() for s in chunk]))
+        labels = torch.tensor([s.label for s in chunk])
+        probs = logits.softmax(-1)[:, 1]
+        margins = certainty_margin(logits, labels)
+        for s, p, m in zip(chunk, probs.tolist(), margins.tolist()):
+            rows.append({"id": s.id, "split": s.split, "label": s.label, "prob": p, "margin": m,
+                         **{a: s.attributes[a] for a in attributes}})
+    return pd.DataFrame(rows)
+
+
+def eval_attributes(cfg: TrainConfig, dataset: Dataset) -> list[str]:
+    """What eval.json reports: the training attribute(s) and every single attribute of the dataset."""
+    chosen = [cfg.attribute, cfg.cmac_attribute, *(cfg.eval_attributes or dataset.attributes)]
+    return list(dict.fromkeys(a for a in chosen if a))
+
+
+# ----------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run one training job end to end and return the published run directory."""
+    validate(cfg)
+    dataset = data_spec.load(cfg.data, progress=progress)
+    cfg = resolve(cfg, dataset.task)
+    runs_dir = Path(cfg.runs_dir)
+    final, staging = runs_dir / cfg.run_name, rundir.staging_dir(runs_dir, cfg.run_name)
+    checkpoint = staging / rundir.CHECKPOINT
+    if final.exists():
+        raise ConfigError([rundir.RUN_EXISTS.format(name=cfg.run_name, runs_dir=runs_dir)])
+    if resume and not checkpoint.is_dir():
+        raise ConfigError([NOTHING_TO_RESUME.format(name=cfg.run_name, path=staging)])
+    if not resume and staging.exists():
+        if checkpoint.is_dir():
+            raise ConfigError([STAGING_HAS_CHECKPOINT.format(name=cfg.run_name, path=staging)])
+        _rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+
+    accelerator = Accelerator(log_with=cfg.trackers or None, project_dir=str(staging / "trackers"))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+
+    # data: the fairness groups come from the training split (Eq. 8 counts N_s)
+    samples = training_samples(dataset, cfg)
+    groups, group_names = group_ids(samples, cfg.attribute)
+    subgroups, _ = group_ids(samples, cfg.cmac_attribute or cfg.attribute)
+    counts = torch.bincount(groups, minlength=len(group_names))
+    weights = group_weights(counts, cfg.w_max)
+    labels = torch.tensor([s.label for s in samples])
+
+    # model: frozen backbone + LoRA (+ the Qwen head)
+    clf = load_classifier(cfg.backbone, task=dataset.task, dtype=DTYPES[cfg.dtype], min_pixels=cfg.min_pixels,
+                          max_pixels=cfg.max_pixels, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    add_lora(clf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+    clf.to(accelerator.device)
+    params = [p for p in clf.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    effective = cfg.batch_size * cfg.grad_accum * world
+    steps_per_epoch = math.ceil(len(samples) / effective)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
+    model, optimizer, scheduler = accelerator.prepare(clf, optimizer, scheduler)
+    start_step = load_checkpoint(checkpoint, clf, optimizer, scheduler, cfg) if resume else 0
+
+    log_path = staging / rundir.METRICS
+    log = _open_log(log_path, start_step, total_steps)
+    if cfg.trackers:
+        accelerator.init_trackers(cfg.run_name, config={k: str(v) for k, v in cfg.to_dict().items()})
+    print(f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
+          f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective}", file=sys.stderr)
+
+    stop = _StopFlag()
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step", disable=not progress)
+    started, step_times, loss, done = time.perf_counter(), [], float("nan"), start_step
+    order, order_epoch = None, -1
+    model.train()
+    for step in range(start_step, total_steps):
+        if stop.requested:
+            break
+        t0 = time.perf_counter()
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(samples), epoch, cfg, groups), epoch
+        index = order[position * effective:(position + 1) * effective][rank::world]
+        logits = torch.cat([model(clf.preprocess([samples[i].load_image() for i in micro]))
+                            for micro in batches(index.tolist(), cfg.batch_size)])
+        # every rank computes the loss of the whole effective batch (differentiable all-gather)
+        parts = compute_loss(
+            cfg.method, gather_with_grad(logits), gather_with_grad(labels[index].to(logits.device)),
+            gather_with_grad(groups[index].to(logits.device)), lam=cfg.lam, group_weight=weights.to(logits.device),
+            bandwidth=cfg.bandwidth, subgroups=gather_with_grad(subgroups[index].to(logits.device)),
+        )
+        accelerator.backward(parts.total)
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_times.append(time.perf_counter() - t0)
+        loss = parts.total.item()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+            record = {"step": step + 1, "total_steps": total_steps, "epoch": round((step + 1) / steps_per_epoch, 4),
+                      "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(),
+                      "lr": scheduler.get_last_lr()[0], "samples_per_s": len(index) * world / step_times[-1],
+                      "elapsed_s": round(time.perf_counter() - started, 3)}
+            _write_line(log, record)
+            accelerator.log({k: v for k, v in record.items() if k != "total_steps"}, step=step + 1)
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", fair=f"{parts.fairness.item():.4f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, step + 1, cfg)
+    bar.close()
+    if stop.requested and done < total_steps:
+        save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, done, cfg)
+        _write_line(log, {"event": "interrupted", "step": done, "time": time.time()})
+        log.close()
+        raise Interrupted(f"stopped at step {done}/{total_steps}; checkpoint saved in {checkpoint}")
+    stop.restore()
+    seconds = time.perf_counter() - started
+    _write_line(log, {"event": "end", "seconds": round(seconds, 3), "time": time.time()})
+    log.close()
+    accelerator.end_training()
+
+    if accelerator.is_main_process:
+        publish(cfg, dataset, accelerator.unwrap_model(model), staging, final, counts, group_names, {
+            "steps": total_steps - start_step, "total_steps": total_steps, "seconds": round(seconds, 3),
+            "seconds_per_step": round(float(np.median(step_times)), 5) if step_times else None,
+            "samples_per_s": round(effective / float(np.median(step_times)), 2) if step_times else None,
+            "effective_batch": effective, "train_samples": len(samples), "final_loss": loss,
+            "resumed_from_step": start_step or None,
+        }, progress)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def publish(cfg: TrainConfig, dataset: Dataset, clf: Classifier, staging: Path, final: Path, counts: Tensor,
+            group_names: list[str], summary: dict, progress: bool) -> None:
+    """Evaluate, write every run file into the staging folder, then rename it into place."""
+    from training.card import write_card
+
+    attributes = list(dataset.attributes)
+    save_adapter(clf, staging / rundir.ADAPTER)
+    predictions = predict(clf, dataset.split("val") + dataset.split("test"), attributes, progress)
+    predictions.to_csv(staging / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
+    reported = eval_attributes(cfg, dataset)
+    report = evaluate(predictions, reported, split="test", bootstrap=cfg.eval_bootstrap, seed=cfg.seed)
+    rundir.write_json_atomic(staging / rundir.EVAL, {"run_id": cfg.run_name, "split": "test",
+                                                     "attributes": reported, "report": report})
+    import peft
+    import transformers
+
+    config = {
+        **cfg.to_dict(), "task": dataset.task, "family": clf.family, "run_id": cfg.run_name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "fairdx": FAIRDX_VERSION},
+        "dataset": {
+            "spec": cfg.data, "root": str(dataset.root), "attributes": attributes,
+            "n": {split: len(dataset.split(split)) for split in ("train", "val", "test")},
+            "group_counts": {a: dataset.group_counts(a, "train") for a in reported},
+            "trained_groups": dict(zip(group_names, counts.tolist())),
+        },
+        "training": summary,
+    }
+    rundir.write_json_atomic(staging / rundir.CONFIG, config)
+    write_card(staging)
+    rundir.finalize(staging, final)
+
+
+FAIRDX_VERSION = "0.1.0"
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop checks it between steps, so a step is never half-applied."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _open_log(path: Path, start_step: int, total_steps: int):
+    """metrics.jsonl: on resume keep only what the checkpoint covers, then append."""
+    kept = []
+    if start_step and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= start_step and record.get("event") != "interrupted":
+                kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+    log = path.open("a")
+    _write_line(log, {"event": "resume" if start_step else "start", "step": start_step,
+                      "total_steps": total_steps, "time": time.time()})
+    return log
+
+
+def _write_line(log, record: dict) -> None:
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, help="JSON config file (e.g. from --save-config); flags override it")
+    parser.add_argument("--save-config", type=Path, help="write the validated config to this file and exit")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (logs still go to metrics.jsonl)")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        base = _read_config_file(args.config) if args.config else None
+        cfg = from_args(args, base)
+        if args.save_config:
+            validate(cfg)
+            args.save_config.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            print(f"wrote {args.save_config}")
+            return EXIT_OK
+        run = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Interrupted as err:
+        print(f"interrupted: {err}; resume with the same flags plus --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"run complete: {run}")
+    return EXIT_OK
+
+
+def _read_config_file(path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_json(path)
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise ConfigError([f"cannot read config file {path}: {err}"]) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
