@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
     stop = _StopFlag()
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step", disable=not progress)
-    started, step_times, loss, done = time.perf_counter(), [], float("nan"), start_step
+    started, step_times, loss, done, active = time.perf_counter(), [], float("nan"), start_step, 0
     order, order_epoch = None, -1
     model.train()
     for step in range(start_step, total_steps):
@@ -298,6 +298,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
         step_times.append(time.perf_counter() - t0)
         loss = parts.total.item()
+        active += bool(parts.fairness.item() > 0)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             record = {"step": step + 1, "total_steps": total_steps, "epoch": round((step + 1) / steps_per_epoch, 4),
                       "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(),
@@ -329,6 +330,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             "samples_per_s": round(effective / float(np.median(step_times)), 2) if step_times else None,
             "effective_batch": effective, "train_samples": len(samples), "final_loss": loss,
             "resumed_from_step": start_step or None,
+            # share of steps whose batch let the fairness term act (FR needs 2 groups, CMAC 2 subgroups of >= 2)
+            "fairness_active_fraction": round(active / max(1, total_steps - start_step), 4),
         }, progress)
     accelerator.wait_for_everyone()
     return final
