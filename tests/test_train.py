@@ -42,14 +42,15 @@ def runs(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("method", ["vanilla", "fr", "gr", "hybrid", "cmac"])
 def test_each_method_writes_a_complete_run(runs, method):
-    # CMAC compares subgroups with >= 2 samples in the batch: balanced batches make that likely at batch 4
-    extra = ["--balanced-sampling"] if method == "cmac" else []
+    # CMAC compares subgroups with >= 2 samples in a batch: balanced batches of 8 make that likely
+    extra = ["--balanced-sampling", "--batch-size", "8"] if method == "cmac" else []
     run = train_run(runs, f"fundus-{method}", "--method", method, "--lambda", "0.5", *extra)
     assert rundir.missing_files(run) == []
     assert not list(runs.glob(".staging-*")), "the staging folder must be renamed away"
     config = json.loads((run / "config.json").read_text())
     assert (config["method"], config["task"], config["family"]) == (method, "fundus", "qwen2_5_vl")
-    assert config["training"]["steps"] == 8  # 32 samples / batch 4
+    n_steps = 32 // config["training"]["effective_batch"]
+    assert config["training"]["steps"] == n_steps
     predictions = pd.read_csv(run / "predictions.csv")
     dataset = data_spec.load(FUNDUS_SPEC)
     assert len(predictions) == len(dataset.split("val")) + len(dataset.split("test"))
@@ -62,7 +63,7 @@ def test_each_method_writes_a_complete_run(runs, method):
     assert race["ci"]["max_acc_gap"] is not None
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [s for s in steps if "step" in s and "loss" in s]
-    assert len(logged) == 8 and all(s["loss"] > 0 for s in logged)
+    assert len(logged) == n_steps and all(s["loss"] > 0 for s in logged)
     if method in ("fr", "hybrid", "cmac"):
         assert any(s["fairness"] > 0 for s in logged), "the fairness term must be active"
     else:
