@@ -193,7 +193,7 @@ def validate(cfg: TrainConfig, *, check_data: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------- CLI
-def _cli_flag(f: dataclasses.Field) -> str:
+def cli_flag(f: dataclasses.Field) -> str:
     return f.metadata.get("cli", "--" + f.name.replace("_", "-"))
 
 
@@ -201,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, with the field's help and default; the config *is* the CLI."""
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        flag, default = _cli_flag(f), getattr(defaults, f.name)
+        flag, default = cli_flag(f), getattr(defaults, f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                               "help": f"{f.metadata['help']} (default: {default!r})"}
         if f.type in ("bool",) or isinstance(default, bool):
