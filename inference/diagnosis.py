@@ -48,7 +48,7 @@ READING_HIGH = "high certainty: {label} — a decision aid, not a diagnosis"
 READINGS = {"low": READING_LOW, "moderate": READING_MODERATE, "high": READING_HIGH}
 
 # Methods whose objective has a fairness weight λ (training.config: "fr, hybrid, cmac").
-METHODS_WITH_LAMBDA = ("fr", "hybrid", "cmac")
+from training.losses import LAMBDA_METHODS as METHODS_WITH_LAMBDA  # noqa: E402
 
 
 def certainty_level(probability: float) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 METHODS = ("vanilla", "fr", "gr", "hybrid", "cmac")
+LAMBDA_METHODS = ("fr", "hybrid", "cmac")  # objectives with a λ-weighted fairness term
 """Objective names accepted by :func:`compute_loss`."""
 
 # Error messages: module constants so that callers and tests can match them word for word.

@@ -218,7 +218,19 @@ def eval_attributes(cfg: TrainConfig, dataset: Dataset) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run one training job end to end and return the published run directory."""
+    """Run one training job end to end and return the published run directory.
+
+    SIGTERM/SIGINT are caught from the start, so a cancel while the model loads still ends with a
+    checkpoint and exit code 3; the previous handlers are restored however the run ends.
+    """
+    stop = _StopFlag()
+    try:
+        return _train(cfg, resume=resume, progress=progress, stop=stop)
+    finally:
+        stop.restore()
+
+
+def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -> Path:
     validate(cfg)
     dataset = data_spec.load(cfg.data, progress=progress)
     cfg = resolve(cfg, dataset.task)
@@ -268,7 +280,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     print(f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
           f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective}", file=sys.stderr)
 
-    stop = _StopFlag()
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step", disable=not progress)
     started, step_times, loss, done, active = time.perf_counter(), [], float("nan"), start_step, 0
     order, order_epoch = None, -1
@@ -317,7 +328,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         _write_line(log, {"event": "interrupted", "step": done, "time": time.time()})
         log.close()
         raise Interrupted(f"stopped at step {done}/{total_steps}; checkpoint saved in {checkpoint}")
-    stop.restore()
     seconds = time.perf_counter() - started
     _write_line(log, {"event": "end", "seconds": round(seconds, 3), "time": time.time()})
     log.close()

@@ -1,0 +1,678 @@
+"""The Studio's persistent job store: training runs queued, started, watched and cancelled.
+
+DESIGN.md "Jobs". A job is one run of the training CLI (``python -m training.train``) in its own
+process group, with stdout and stderr in ``<runs_dir>/.jobs/<job_id>.log`` and its resolved config
+in ``<runs_dir>/.jobs/<job_id>.json``. Jobs live in a SQLite table beside the runs
+(``<runs_dir>/jobs.sqlite3``), so a page reload, a second tab or a restarted app sees the same
+jobs. Every change is one ``BEGIN IMMEDIATE`` transaction on a WAL database, which makes the store
+safe to share between threads and between processes.
+
+States: queued → running → succeeded | failed | cancelled.
+
+- ``tick()`` reaps finished workers, escalates overdue cancels to SIGKILL and starts queued jobs
+  while fewer than ``max_concurrent`` run (default 1: one GPU job at a time). The UI's timer, the
+  optional scheduler thread (``start_scheduler``) and a watcher thread per worker (which reaps it
+  the moment it exits, so no zombie waits for a poll) all call it.
+- A process is identified by its pid *and* its start time (field 22 of ``/proc/<pid>/stat``), so
+  a reused pid is never taken for a worker, nor signalled.
+- Only the process that started a worker (its supervisor, recorded the same way) can learn its
+  exit code. When the supervisor is gone (the app was restarted or killed) the worker goes on in
+  its own session; once it is gone too, its outcome is read from disk: a published run means it
+  succeeded, otherwise the log's last ``error:`` or "worker process disappeared".
+- Cancel = SIGTERM to the worker's process group: the trainer saves a checkpoint and exits 3.
+  A worker still alive ``cancel_grace_s`` later gets SIGKILL.
+
+No Gradio here: app.py wires these calls to buttons and a ``gr.Timer``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import secrets
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.progress import DEFAULT_TAIL_LINES, Progress, read_progress, tail_lines
+from training import rundir
+from training.config import ConfigError, TrainConfig, validate
+from training.data_spec import load as load_dataset_spec
+
+logger = logging.getLogger(__name__)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+DB_NAME = "jobs.sqlite3"
+JOBS_DIR = ".jobs"
+SCHEMA_VERSION = 1
+EXIT_INTERRUPTED = 3  # the trainer's exit code after SIGTERM, once its checkpoint is saved
+from training.losses import LAMBDA_METHODS  # noqa: E402
+DEFAULT_LAMBDAS = (0.1, 0.5, 1.0)  # seed 000 §4.2
+DEFAULT_CANCEL_GRACE_S = 30.0
+BUSY_TIMEOUT_S = 30.0
+ERROR_LINE = re.compile(r"^(?:[\w./-]+: )?error: ?(.*)$")  # "error: ..." and argparse's "train.py: error: ..."
+
+# Reasons a job ended, stored with it and shown to the user.
+REASON_DISAPPEARED = "worker process disappeared (app restarted or killed)"
+REASON_SIGNAL = "killed by signal {signum}"
+REASON_CRASH = "training crashed (exit code {code}): {detail}"
+REASON_INTERRUPTED = ("training was stopped by a SIGTERM from outside the Studio; its checkpoint is in {staging} "
+                      "(python -m training.train --resume with the same flags continues it)")
+REASON_NO_RUN = "training exited with code 0 but published no complete run at {path}"
+REASON_UNWATCHED_SUCCESS = "finished while no app was watching it (exit code unknown); its run is complete"
+REASON_SPAWN = "could not start the training process: {error}"
+REASON_CANCELLED_QUEUED = "cancelled before it started"
+REASON_CANCELLED_RUNNING = "cancelled while running"
+REASON_CANCELLED_CHECKPOINT = "cancelled while running; the checkpoint it saved is in {staging}"
+REASON_CANCELLED_KILLED = "cancelled; it did not stop within {grace:g} s of SIGTERM and was killed"
+
+# Errors a caller can act on.
+ERR_UNKNOWN_JOB = "no job '{job_id}' in {db}"
+ERR_QUEUE_FULL = ("the queue is full ({queued} job(s) waiting, at most {limit}); wait for a job to start "
+                  "or cancel one")
+ERR_OWNER_LIMIT = ("'{owner}' already has {active} active job(s) (at most {limit}); wait for one to finish "
+                   "or cancel one")
+ERR_RUN_TAKEN = ("run_name '{name}' is taken in {runs_dir} (by a run, a staging folder or an active job); "
+                 "pick another name or delete the folder")
+ERR_SWEEP_METHOD = "a λ sweep needs method fr, hybrid or cmac; λ has no effect on method '{method}'"
+ERR_SWEEP_EMPTY = "a λ sweep needs at least one λ value"
+ERR_SWEEP_DUPLICATES = "λ values of a sweep must differ (got {lambdas})"
+ERR_BAD_LIMIT = "{name} must be a whole number ≥ {minimum} (got {value!r})"
+ERR_BAD_GRACE = "cancel_grace_s must be ≥ 0 (got {value!r})"
+ERR_NEWER_SCHEMA = ("job database {db} has schema version {found}, newer than this FairDx ({ours}); "
+                    "upgrade FairDx or point the Studio at another runs folder")
+ERR_WAIT_TIMEOUT = "job '{job_id}' is still {state} after {timeout:g} s"
+
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS jobs (
+        id               TEXT PRIMARY KEY,
+        run_id           TEXT NOT NULL,
+        owner            TEXT NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN {STATES}),
+        created          REAL NOT NULL,
+        started          REAL,
+        finished         REAL,
+        pid              INTEGER,
+        pid_start        INTEGER,
+        supervisor_pid   INTEGER,
+        supervisor_start INTEGER,
+        cancel_requested REAL,
+        exit_code        INTEGER,
+        reason           TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run_id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)",
+)
+
+
+class JobLimitError(RuntimeError):
+    """A guard of the store refused a submission (nothing was queued)."""
+
+
+class QueueFullError(JobLimitError):
+    """More jobs would wait than ``max_queued`` allows."""
+
+
+class OwnerLimitError(JobLimitError):
+    """The owner would have more queued or running jobs than ``max_active_per_owner`` allows."""
+
+
+class UnknownJobError(LookupError):
+    """No job with that id in this store."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table, with the paths of its files. Times are Unix seconds."""
+
+    id: str
+    run_id: str
+    state: str
+    owner: str
+    created: float
+    started: float | None
+    finished: float | None
+    pid: int | None
+    exit_code: int | None
+    reason: str | None
+    cancel_requested: float | None
+    runs_dir: Path
+    config_path: Path
+    log_path: Path
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def cancelling(self) -> bool:
+        """Cancel was asked for and the worker has not exited yet (show "cancelling…")."""
+        return self.state == RUNNING and self.cancel_requested is not None
+
+    @property
+    def run_path(self) -> Path:
+        """Where the run is published when the job succeeds."""
+        return self.runs_dir / self.run_id
+
+    @property
+    def staging_path(self) -> Path:
+        """Where the run is written (and its checkpoint kept) while it trains."""
+        return rundir.staging_dir(self.runs_dir, self.run_id)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+def training_command(job: Job) -> list[str]:
+    """The training CLI for a job (the default ``command_for``); run with cwd = repository root."""
+    return [sys.executable, "-m", "training.train", "--config", str(job.config_path), "--run-name", job.run_id,
+            "--runs-dir", str(job.runs_dir), "--no-progress"]
+
+
+# ---------------------------------------------------------------------- process identity
+def _read_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) from /proc/<pid>/stat; None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[19])
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process (clock ticks since boot); with the pid it names the process uniquely."""
+    stat = _read_stat(pid)
+    return stat[1] if stat else None
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``start`` (not a zombie, not a reuse).
+
+    Without /proc (macOS) only existence can be checked.
+    """
+    if not pid:
+        return False
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    stat = _read_stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    return state not in ("Z", "X", "x") and (start is None or started == start)
+
+
+def _signal_group(pid: int | None, start: int | None, signum: int) -> bool:
+    """Signal a worker's process group (its pgid is its pid: start_new_session) if it is still that worker."""
+    if not process_alive(pid, start):
+        return False
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class _Children:
+    """Popen handles of the workers this process started, shared by every JobStore in the process.
+
+    Only a worker's parent learns its exit code and must reap it. A fork inherits this dict but
+    not the children, so the registry empties itself in a forked process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = os.getpid()
+        self._procs: dict[int, subprocess.Popen] = {}
+
+    def _mine(self) -> dict[int, subprocess.Popen]:
+        if os.getpid() != self._owner:
+            self._owner, self._procs = os.getpid(), {}
+        return self._procs
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._mine()[proc.pid] = proc
+
+    def get(self, pid: int | None) -> subprocess.Popen | None:
+        with self._lock:
+            return self._mine().get(pid) if pid else None
+
+    def remove(self, pid: int) -> None:
+        with self._lock:
+            self._mine().pop(pid, None)
+
+
+_CHILDREN = _Children()
+
+
+def log_error(path: str | Path) -> str | None:
+    """The trainer's last ``error: ...`` message in a log, with its indented continuation lines."""
+    lines = tail_lines(path, 200)
+    for i in range(len(lines) - 1, -1, -1):
+        match = ERROR_LINE.match(lines[i])
+        if match:
+            block = [match.group(1).strip()]
+            for line in lines[i + 1:]:
+                if not line.strip() or not line[0].isspace():
+                    break
+                block.append(line.rstrip())
+            return "\n".join(block)
+    return None
+
+
+# ---------------------------------------------------------------------- the store
+class JobStore:
+    """Training jobs of one runs folder, persisted in SQLite and shared by threads and processes.
+
+    Args:
+        runs_dir: the folder runs are published into; the database and job files live beside them.
+        db_path: the SQLite file (default ``<runs_dir>/jobs.sqlite3``).
+        max_concurrent: jobs running at once (default 1: one GPU job at a time).
+        max_queued: jobs allowed to wait (None = unbounded); a public deployment bounds it.
+        max_active_per_owner: queued + running jobs per owner (None = unlimited, as locally).
+        cancel_grace_s: seconds between SIGTERM and SIGKILL when a running job is cancelled.
+        command_for: the command a job runs (default ``training_command``); tests pass a stand-in.
+        env: extra environment variables for the workers (on top of this process's).
+    """
+
+    def __init__(self, runs_dir: str | Path = "runs", *, db_path: str | Path | None = None, max_concurrent: int = 1,
+                 max_queued: int | None = None, max_active_per_owner: int | None = None,
+                 cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
+                 command_for: Callable[[Job], list[str]] = training_command, env: dict[str, str] | None = None):
+        for name, value, minimum in (("max_concurrent", max_concurrent, 1), ("max_queued", max_queued, 0),
+                                     ("max_active_per_owner", max_active_per_owner, 1)):
+            optional = name != "max_concurrent"
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not ((value is None and optional) or (whole and value >= minimum)):
+                raise ValueError(ERR_BAD_LIMIT.format(name=name, minimum=minimum, value=value))
+        if not isinstance(cancel_grace_s, (int, float)) or cancel_grace_s < 0:
+            raise ValueError(ERR_BAD_GRACE.format(value=cancel_grace_s))
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.jobs_dir = self.runs_dir / JOBS_DIR
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = Path(db_path).expanduser().resolve() if db_path else self.runs_dir / DB_NAME
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.max_active_per_owner = max_active_per_owner
+        self.cancel_grace_s = float(cancel_grace_s)
+        self.command_for = command_for
+        self.env = dict(env or {})
+        self._tick_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self._init_db()
+        self.recover()
+
+    # ------------------------------------------------------------------ database
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so a read-then-write
+        (count the running jobs, then start one) cannot interleave with another process's."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                if con.in_transaction:  # some SQLite errors have rolled back already
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        con = self._connect()
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def _init_db(self) -> None:
+        con = self._connect()
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+        with self._write() as con:
+            found = con.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(ERR_NEWER_SCHEMA.format(db=self.db_path, found=found, ours=SCHEMA_VERSION))
+            for statement in SCHEMA:
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        return Job(id=row["id"], run_id=row["run_id"], state=row["state"], owner=row["owner"],
+                   created=row["created"], started=row["started"], finished=row["finished"], pid=row["pid"],
+                   exit_code=row["exit_code"], reason=row["reason"], cancel_requested=row["cancel_requested"],
+                   runs_dir=self.runs_dir, config_path=self.jobs_dir / f"{row['id']}.json",
+                   log_path=self.jobs_dir / f"{row['id']}.log")
+
+    # ------------------------------------------------------------------ reading
+    def get(self, job_id: str) -> Job:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise UnknownJobError(ERR_UNKNOWN_JOB.format(job_id=job_id, db=self.db_path))
+        return self._job(rows[0])
+
+    def list_jobs(self, *, owner: str | None = None, states: Sequence[str] | None = None) -> list[Job]:
+        """Jobs, newest first, optionally of one owner and in some states."""
+        sql, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        if owner is not None:
+            sql, params = sql + " AND owner = ?", params + [owner]
+        if states is not None:
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            params += list(states)
+        return [self._job(r) for r in self._read(sql + " ORDER BY created DESC, rowid DESC", params)]
+
+    def is_active(self, *, owner: str | None = None) -> bool:
+        """Whether any job is queued or running (the UI's timer can stop polling when not)."""
+        return bool(self.list_jobs(owner=owner, states=ACTIVE_STATES))
+
+    def progress(self, job_id: str, *, tail: int = DEFAULT_TAIL_LINES) -> Progress:
+        """Step, total, ETA, loss curve and log tail of a job, read from its run's metrics.jsonl."""
+        job = self.get(job_id)
+        # published, else staging, else published again: the run may be renamed between two looks
+        for metrics in (job.run_path / rundir.METRICS, job.staging_path / rundir.METRICS,
+                        job.run_path / rundir.METRICS):
+            if metrics.is_file():
+                break
+        return read_progress(metrics, job.log_path, tail=tail)
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, config: TrainConfig, *, owner: str = "local") -> Job:
+        """Validate a config (ConfigError naming every problem, nothing queued), then queue it."""
+        return self._submit([config], owner=owner)[0]
+
+    def submit_sweep(self, config: TrainConfig, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
+                     owner: str = "local") -> list[Job]:
+        """One job per λ (seed 000 compares λ ∈ {0.1, 0.5, 1.0}); all are queued or none is.
+
+        A given run_name gets the λ as a suffix (``name-l0.5``); generated run ids carry it anyway.
+        """
+        problems = []
+        if config.method not in LAMBDA_METHODS:
+            problems.append(ERR_SWEEP_METHOD.format(method=config.method))
+        if not lambdas:
+            problems.append(ERR_SWEEP_EMPTY)
+        elif len(set(lambdas)) != len(lambdas):
+            problems.append(ERR_SWEEP_DUPLICATES.format(lambdas=", ".join(f"{lam:g}" for lam in lambdas)))
+        configs = [dataclasses.replace(config, lam=lam, run_name=f"{config.run_name}-l{lam:g}"
+                                       if config.run_name else None) for lam in lambdas] or [config]
+        return self._submit(configs, owner=owner, problems=problems)
+
+    def _submit(self, configs: list[TrainConfig], *, owner: str, problems: Sequence[str] = ()) -> list[Job]:
+        problems = list(problems)
+        for i, cfg in enumerate(configs):
+            try:
+                validate(cfg, check_data=i == 0)  # the configs share their data; read it once
+            except ConfigError as err:
+                problems += [p for p in err.problems if p not in problems]
+        task = None if problems else (configs[0].task or load_dataset_spec(configs[0].data, progress=False).task)
+        written: list[Path] = []
+        ids: list[str] = []
+        try:
+            with self._write() as con:
+                problems += [ERR_RUN_TAKEN.format(name=cfg.run_name, runs_dir=self.runs_dir)
+                             for cfg in configs if cfg.run_name and self._run_taken(con, cfg.run_name)]
+                if problems:
+                    raise ConfigError(problems)
+                self._check_limits(con, owner, len(configs))
+                taken: set[str] = set()
+                for cfg in configs:
+                    run_id = cfg.run_name or self._new_run_id(con, cfg, task, taken)
+                    taken.add(run_id)
+                    job_id = secrets.token_hex(6)
+                    path = self.jobs_dir / f"{job_id}.json"
+                    resolved = dataclasses.replace(cfg, run_name=run_id, runs_dir=str(self.runs_dir))
+                    rundir.write_json_atomic(path, resolved.to_dict())
+                    written.append(path)
+                    con.execute("INSERT INTO jobs (id, run_id, owner, state, created) VALUES (?, ?, ?, ?, ?)",
+                                (job_id, run_id, owner, QUEUED, time.time()))
+                    ids.append(job_id)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        self.tick()
+        return [self.get(job_id) for job_id in ids]
+
+    def _check_limits(self, con: sqlite3.Connection, owner: str, new: int) -> None:
+        if self.max_queued is not None:
+            queued = con.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
+            if queued + new > self.max_queued:
+                raise QueueFullError(ERR_QUEUE_FULL.format(queued=queued, limit=self.max_queued))
+        if self.max_active_per_owner is not None:
+            active = con.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)",
+                                 (owner, *ACTIVE_STATES)).fetchone()[0]
+            if active + new > self.max_active_per_owner:
+                raise OwnerLimitError(ERR_OWNER_LIMIT.format(owner=owner, active=active,
+                                                             limit=self.max_active_per_owner))
+
+    def _run_taken(self, con: sqlite3.Connection, name: str) -> bool:
+        """A run name is taken by a run folder, a staging folder or a job that may still create one."""
+        if (self.runs_dir / name).exists() or rundir.staging_dir(self.runs_dir, name).exists():
+            return True
+        return con.execute("SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?)",
+                           (name, *ACTIVE_STATES)).fetchone() is not None
+
+    def _new_run_id(self, con: sqlite3.Connection, cfg: TrainConfig, task: str | None, taken: set[str]) -> str:
+        """<task>-<method>-<attr>-l<λ>-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable, never reused."""
+        attribute = re.sub(r"[^A-Za-z0-9_.+-]", "_", cfg.attribute)
+        stem = f"{task}-{cfg.method}-{attribute}-l{cfg.lam:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+        while True:
+            run_id = f"{stem}-{secrets.token_hex(2)}"
+            if run_id not in taken and not self._run_taken(con, run_id):
+                return run_id
+
+    # ------------------------------------------------------------------ scheduling
+    def tick(self) -> list[Job]:
+        """Reap finished workers, escalate overdue cancels, start queued jobs into free slots.
+
+        Safe from any thread or process (one transaction); returns the jobs whose state changed.
+        """
+        return self._settle(start_queued=True)
+
+    def recover(self) -> list[Job]:
+        """Settle running jobs whose worker is gone (run at open: after an app restart, say).
+
+        Queued jobs stay queued until the next tick; a worker that still runs keeps its job running.
+        """
+        return self._settle(start_queued=False)
+
+    def _settle(self, *, start_queued: bool) -> list[Job]:
+        changed: list[str] = []
+        reaped: list[int] = []
+        with self._tick_lock:
+            with self._write() as con:
+                self._reap(con, changed, reaped)
+                if start_queued:
+                    self._start_queued(con, changed)
+            for pid in reaped:  # forget a Popen only once its outcome is committed
+                _CHILDREN.remove(pid)
+        return [self.get(job_id) for job_id in changed]
+
+    def _reap(self, con: sqlite3.Connection, changed: list[str], reaped: list[int]) -> None:
+        for row in con.execute("SELECT * FROM jobs WHERE state = ?", (RUNNING,)).fetchall():
+            proc = _CHILDREN.get(row["pid"])
+            if proc is not None:
+                code = proc.poll()
+                if code is None:
+                    self._escalate(row)
+                    continue
+                reaped.append(proc.pid)
+            elif process_alive(row["pid"], row["pid_start"]):
+                self._escalate(row)
+                continue
+            elif self._supervised_elsewhere(row):
+                continue  # its parent runs and will reap it, with its exit code
+            else:
+                code = None
+            state, reason = self._outcome(self._job(row), code)
+            con.execute("UPDATE jobs SET state = ?, finished = ?, exit_code = ?, reason = ? WHERE id = ?",
+                        (state, time.time(), code, reason, row["id"]))
+            changed.append(row["id"])
+
+    def _supervised_elsewhere(self, row: sqlite3.Row) -> bool:
+        if row["supervisor_pid"] == os.getpid() and row["supervisor_start"] == process_start_time(os.getpid()):
+            return False
+        return process_alive(row["supervisor_pid"], row["supervisor_start"])
+
+    def _escalate(self, row: sqlite3.Row) -> None:
+        requested = row["cancel_requested"]
+        if requested is not None and time.time() - requested >= self.cancel_grace_s:
+            _signal_group(row["pid"], row["pid_start"], signal.SIGKILL)
+
+    def _outcome(self, job: Job, code: int | None) -> tuple[str, str | None]:
+        """Final state and reason of a job whose worker exited with ``code`` (None: unknown)."""
+        published = job.run_path.is_dir() and not rundir.missing_files(job.run_path)
+        if code == 0 or (code is None and published):
+            if not published:
+                return FAILED, REASON_NO_RUN.format(path=job.run_path)
+            return SUCCEEDED, None if code == 0 else REASON_UNWATCHED_SUCCESS
+        if job.cancel_requested is not None:
+            if code == EXIT_INTERRUPTED or (code is None and (job.staging_path / rundir.CHECKPOINT).is_dir()):
+                return CANCELLED, REASON_CANCELLED_CHECKPOINT.format(staging=job.staging_path)
+            if code == -signal.SIGKILL:
+                return CANCELLED, REASON_CANCELLED_KILLED.format(grace=self.cancel_grace_s)
+            return CANCELLED, REASON_CANCELLED_RUNNING  # stopped before its loop began, or unknown
+        if code is None:
+            return FAILED, log_error(job.log_path) or REASON_DISAPPEARED
+        if code < 0:
+            return FAILED, REASON_SIGNAL.format(signum=-code)
+        if code == EXIT_INTERRUPTED:
+            return FAILED, REASON_INTERRUPTED.format(staging=job.staging_path)
+        last = next((line for line in reversed(tail_lines(job.log_path, 20)) if line.strip()), "no output")
+        return FAILED, log_error(job.log_path) or REASON_CRASH.format(code=code, detail=last.strip())
+
+    def _start_queued(self, con: sqlite3.Connection, changed: list[str]) -> None:
+        running = con.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (RUNNING,)).fetchone()[0]
+        free = self.max_concurrent - running
+        if free <= 0:
+            return
+        rows = con.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created, rowid LIMIT ?",
+                           (QUEUED, free)).fetchall()
+        for row in rows:
+            self._spawn(con, self._job(row))
+            changed.append(row["id"])
+
+    def _spawn(self, con: sqlite3.Connection, job: Job) -> None:
+        """Start a job's worker in its own process group (inside the transaction that marks it running)."""
+        now = time.time()
+        try:
+            command = self.command_for(job)
+            with open(job.log_path, "ab") as log:
+                log.write(f"$ {shlex.join(command)}\n".encode())
+                log.flush()
+                proc = subprocess.Popen(command, cwd=rundir.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        except (OSError, ValueError, subprocess.SubprocessError) as err:  # no such program: fail it, go on
+            con.execute("UPDATE jobs SET state = ?, started = ?, finished = ?, reason = ? WHERE id = ?",
+                        (FAILED, now, now, REASON_SPAWN.format(error=err), job.id))
+            return
+        _CHILDREN.add(proc)
+        con.execute("UPDATE jobs SET state = ?, started = ?, pid = ?, pid_start = ?, supervisor_pid = ?, "
+                    "supervisor_start = ? WHERE id = ?",
+                    (RUNNING, now, proc.pid, process_start_time(proc.pid), os.getpid(),
+                     process_start_time(os.getpid()), job.id))
+        threading.Thread(target=self._watch, args=(proc,), name=f"fairdx-job-{job.id}", daemon=True).start()
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        """Reap a worker the moment it exits (no zombie) and let the next queued job start."""
+        proc.wait()
+        if self._closed.is_set():
+            return
+        try:
+            self.tick()
+        except Exception:  # a daemon thread has no caller to raise to; the next tick retries
+            logger.exception("job store %s: tick after worker %d exited failed", self.db_path, proc.pid)
+
+    def start_scheduler(self, interval_s: float = 1.0) -> None:
+        """Tick every ``interval_s`` seconds in a daemon thread (escalates cancels, advances the queue)."""
+        if self._scheduler is not None and self._scheduler.is_alive():
+            return
+        self._scheduler = threading.Thread(target=self._schedule, args=(interval_s,), name="fairdx-jobs",
+                                           daemon=True)
+        self._scheduler.start()
+
+    def _schedule(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            try:
+                self.tick()
+            except Exception:  # keep the scheduler alive through a locked or briefly missing database
+                logger.exception("job store %s: scheduled tick failed", self.db_path)
+
+    def close(self) -> None:
+        """Stop this object's threads. Running workers go on (they outlive the app by design)."""
+        self._closed.set()
+        if self._scheduler is not None:
+            self._scheduler.join()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ control
+    def cancel(self, job_id: str) -> Job:
+        """Queued: cancelled at once. Running: SIGTERM to its process group (the trainer saves a
+        checkpoint and exits 3); the job turns cancelled when the worker is reaped, and is killed
+        if it still runs ``cancel_grace_s`` later. Finished: unchanged."""
+        with self._write() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall()
+            if not rows:
+                raise UnknownJobError(ERR_UNKNOWN_JOB.format(job_id=job_id, db=self.db_path))
+            row, now = rows[0], time.time()
+            if row["state"] == QUEUED:
+                con.execute("UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE id = ?",
+                            (CANCELLED, now, REASON_CANCELLED_QUEUED, job_id))
+            elif row["state"] == RUNNING and row["cancel_requested"] is None:
+                con.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (now, job_id))
+                _signal_group(row["pid"], row["pid_start"], signal.SIGTERM)
+        return self.get(job_id)
+
+    def wait(self, job_id: str, timeout: float, *, poll_s: float = 0.1) -> Job:
+        """Tick until a job is finished; raise TimeoutError if it is not within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tick()
+            job = self.get(job_id)
+            if job.state in FINAL_STATES:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(ERR_WAIT_TIMEOUT.format(job_id=job_id, state=job.state, timeout=timeout))
+            time.sleep(poll_s)
