@@ -482,3 +482,18 @@ def test_group_labels_match_the_loaders_spelling():
 
     assert metrics.INTERSECTION == data.ATTRIBUTE_JOINER
     assert metrics.GROUP_JOINER == data.GROUP_JOINER
+
+
+def test_groups_below_gap_min_n_are_reported_but_left_out_of_the_gaps():
+    df = pd.DataFrame({
+        "label": [1, 0] * 20 + [1, 0],
+        "prob": [0.9, 0.1] * 20 + [0.1, 0.9],  # the two-sample group is always wrong
+        "sex": ["Female"] * 20 + ["Male"] * 20 + ["Unknown"] * 2,
+    })
+    everyone = evaluate(df, ["sex"])["attributes"]["sex"]
+    assert everyone["max_acc_gap"] == 1.0
+    filtered = evaluate(df, ["sex"], gap_min_n=10, bootstrap=50)["attributes"]["sex"]
+    assert filtered["groups"]["Unknown"]["accuracy"] == 0.0
+    assert filtered["groups"]["Unknown"]["in_gaps"] is False
+    assert filtered["max_acc_gap"] == 0.0
+    assert filtered["ci"]["max_acc_gap"] == [0.0, 0.0]

@@ -93,6 +93,8 @@ class TrainConfig:
     runs_dir: str = _f("runs", "Folder that holds run directories.")
     run_name: str | None = _f(None, "Run directory name; empty = <task>-<method>-<attribute>-<time>.")
     eval_bootstrap: int = _f(200, "Bootstrap resamples for the confidence intervals in eval.json.")
+    eval_gap_min_n: int = _f(10, "Test-set groups with fewer samples are reported in eval.json but left out of "
+                                 "the gaps (a gap to a group of 2 measures noise).")
     eval_attributes: list[str] = _f([], "Attributes reported in eval.json besides --attribute (empty = all of "
                                         "the dataset's attributes).")
     log_every: int = _f(1, "Log to metrics.jsonl every N optimiser steps.")
@@ -142,7 +144,7 @@ def static_problems(cfg: TrainConfig) -> list[str]:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             p.append(f"{name} must be a whole number ≥ 1 (got {v})")
     for name, v in {"warmup_steps": cfg.warmup_steps, "save_every": cfg.save_every,
-                    "eval_bootstrap": cfg.eval_bootstrap}.items():
+                    "eval_bootstrap": cfg.eval_bootstrap, "eval_gap_min_n": cfg.eval_gap_min_n}.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             p.append(f"{name} must be a whole number ≥ 0 (got {v})")
     if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 10):

@@ -45,7 +45,8 @@ def reevaluate(run: rundir.RunInfo, *, attributes: Sequence[str] = (), bootstrap
     """Recompute eval.json from the run's own predictions.csv (atomically replaced)."""
     predictions = read_predictions(run.path / rundir.PREDICTIONS)
     reported = report_attributes(run, predictions.columns, attributes)
-    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0))
+    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0),
+                      gap_min_n=run.config.get("eval_gap_min_n", 1))
     payload = {"run_id": run.run_id, "split": "test", "attributes": reported, "report": report}
     rundir.write_json_atomic(run.path / rundir.EVAL, payload)
     return payload
@@ -64,7 +65,8 @@ def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), 
     out.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = report_attributes(run, predictions.columns, attributes)
-    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0))
+    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0),
+                      gap_min_n=run.config.get("eval_gap_min_n", 1))
     rundir.write_json_atomic(out / rundir.EVAL, {"run_id": run.run_id, "data": spec, "split": "test",
                                                  "attributes": reported, "report": report})
     return out

@@ -21,7 +21,9 @@ A sample is predicted positive when ``prob >= threshold``. Per group we report `
 A group with one class only has no AUC and no TPR (no positives) or FPR (no negatives): the figure is
 None, an ``UndefinedMetricWarning`` names the group and metric, and the gaps use the other groups.
 A gap needs two groups that define its metric, otherwise it is None. Groups smaller than ``min_n``
-are kept in the gaps and flagged ``small``.
+are kept in the gaps and flagged ``small``; groups smaller than ``gap_min_n`` (default 1, i.e. none)
+are reported but left out of the gaps (``in_gaps`` false): a gap between a group of 2 and one of 300
+measures noise, e.g. HAM10000's few lesions of unknown sex.
 
 Bootstrap intervals resample all rows with replacement (like fairlearn's MetricFrame bootstrap, not
 stratified by group), one resample set shared by every attribute, and give percentile intervals.
@@ -99,7 +101,7 @@ class GroupReport:
     """Per-group metrics of one attribute (or intersection), in the manner of fairlearn's MetricFrame.
 
     ``by_group`` has one row per group (sorted by name) and columns n, n_pos, accuracy, auc, tpr, fpr,
-    selection_rate, [mean_margin], small; NaN marks an undefined figure. ``overall`` holds the same
+    selection_rate, [mean_margin], small, in_gaps; NaN marks an undefined figure. ``overall`` holds the same
     figures over all rows plus ``ece``. ``gaps`` maps each name in ``GAPS`` to a float or None.
     """
 
@@ -115,15 +117,15 @@ class GroupReport:
         return _number(self.by_group[metric].max())
 
     def difference(self, metric: str) -> float | None:
-        """max − min of ``metric`` over the groups that define it (None with fewer than two)."""
+        """max − min of ``metric`` over the groups that define it and enter the gaps (None with fewer than two)."""
         values = self.by_group[metric].to_numpy(float)[None]
-        return _number(_spread(values, ~np.isnan(values[0]))[0])
+        return _number(_spread(values, ~np.isnan(values[0]) & self.by_group["in_gaps"].to_numpy())[0])
 
     def to_dict(self) -> dict:
         """JSON-able: {"groups": {name: {...}}, <gap>: value, ...}; undefined figures are None."""
         groups = {
             str(name): {
-                key: (bool(value) if key == "small" else int(value) if key in ("n", "n_pos") else _number(value))
+                key: (bool(value) if key in ("small", "in_gaps") else int(value) if key in ("n", "n_pos") else _number(value))
                 for key, value in row.items()
             }
             for name, row in self.by_group.iterrows()
@@ -188,6 +190,7 @@ def evaluate(
     *,
     threshold: float = 0.5,
     min_n: int = 30,
+    gap_min_n: int = 1,
     bootstrap: int = 0,
     seed: int = 0,
     ci: float = 0.95,
@@ -202,16 +205,18 @@ def evaluate(
     if isinstance(attributes, str) or not all(isinstance(a, str) for a in attributes):
         raise MetricsError(BAD_ARGUMENT.format(name="attributes", rule="a list of attribute names", value=attributes))
     _check_arguments(threshold=threshold, min_n=min_n, bootstrap=bootstrap, seed=seed, ci=ci)
+    _check_arguments(min_n=gap_min_n)
     attributes = list(dict.fromkeys(attributes))
     preds = _Predictions.from_frame(select_split(df, split), attributes, threshold)
     everyone = _RankIndex.build(np.arange(preds.n), preds)
     partitions = {spec: _Partition.build(preds, spec) for spec in attributes}
     overall = _overall_metrics(preds, everyone)
-    reports = {spec: _group_report(preds, part, overall, min_n) for spec, part in partitions.items()}
+    reports = {spec: _group_report(preds, part, overall, min_n, gap_min_n) for spec, part in partitions.items()}
 
     result = {
         "threshold": threshold,
         "min_n": min_n,
+        "gap_min_n": gap_min_n,
         "split": split,
         "bootstrap": bootstrap,
         "seed": seed,
@@ -394,7 +399,9 @@ def _gaps(
 
 
 def _defined(by_group: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {metric: by_group[metric].notna().to_numpy() for metric in GROUP_METRICS}
+    """Per metric, the groups that enter the gaps: metric defined and the group not below gap_min_n."""
+    in_gaps = by_group["in_gaps"].to_numpy()
+    return {metric: by_group[metric].notna().to_numpy() & in_gaps for metric in GROUP_METRICS}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,13 +425,14 @@ def _overall_metrics(preds: _Predictions, everyone: _RankIndex) -> dict:
     return overall
 
 
-def _group_report(preds: _Predictions, part: _Partition, overall: dict, min_n: int) -> GroupReport:
+def _group_report(preds: _Predictions, part: _Partition, overall: dict, min_n: int, gap_min_n: int = 1) -> GroupReport:
     rates = part.rates(np.ones((1, preds.n)))
     by_group = pd.DataFrame({m: rates[m][0] for m in ("n", "n_pos", *GROUP_METRICS)}, index=part.names)
     by_group[["n", "n_pos"]] = by_group[["n", "n_pos"]].astype(int)
     if preds.margin is not None:
         by_group["mean_margin"] = np.bincount(part.codes, weights=preds.margin) / by_group["n"].to_numpy()
     by_group["small"] = by_group["n"] < min_n
+    by_group["in_gaps"] = by_group["n"] >= gap_min_n
     for name, row in by_group.iterrows():
         if row["n_pos"] in (0, row["n"]):
             missing, undefined = ("positive", "tpr and auc") if row["n_pos"] == 0 else ("negative", "fpr and auc")
@@ -577,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attribute", action="append", default=[], help="column, or columns joined by '+'; repeatable")
     parser.add_argument("--threshold", type=float, default=0.5, help="predict positive when prob >= threshold")
     parser.add_argument("--min-n", type=int, default=30, help="flag groups with fewer samples as small")
+    parser.add_argument("--gap-min-n", type=int, default=1, help="leave groups with fewer samples out of the gaps")
     parser.add_argument("--bootstrap", type=int, default=0, help="resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
     parser.add_argument("--ci", type=float, default=0.95, help="interval level")
@@ -592,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.attribute,
                 threshold=args.threshold,
                 min_n=args.min_n,
+                gap_min_n=args.gap_min_n,
                 bootstrap=args.bootstrap,
                 seed=args.seed,
                 ci=args.ci,

@@ -357,7 +357,8 @@ def publish(cfg: TrainConfig, dataset: Dataset, clf: Classifier, staging: Path, 
     predictions = predict(clf, dataset.split("val") + dataset.split("test"), attributes, progress)
     predictions.to_csv(staging / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = eval_attributes(cfg, dataset)
-    report = evaluate(predictions, reported, split="test", bootstrap=cfg.eval_bootstrap, seed=cfg.seed)
+    report = evaluate(predictions, reported, split="test", bootstrap=cfg.eval_bootstrap, seed=cfg.seed,
+                      gap_min_n=cfg.eval_gap_min_n)
     rundir.write_json_atomic(staging / rundir.EVAL, {"run_id": cfg.run_name, "split": "test",
                                                      "attributes": reported, "report": report})
     import peft
