@@ -15,6 +15,15 @@ FUNDUS_SPEC = "synth:fundus:n=240,seed=3"
 SKIN_SPEC = "synth:skin:n=240,seed=3"
 
 
+def pytest_configure(config) -> None:
+    """One torch thread in the tests and in every subprocess they start: the tiny models gain nothing
+    from more, and on a shared 2-core machine busy-waiting OpenMP threads slow them down many-fold."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory) -> Path:
     """Every test (and every training subprocess it starts) caches synthetic data in one session folder."""

@@ -89,6 +89,8 @@ class TrainConfig:
                                         "often, so every batch has the groups the fairness terms compare.")
     max_samples: int | None = _f(None, "Use at most this many training samples (stratified); empty = all.")
     seed: int = _f(42, "Random seed (data order, LoRA init, dropout).")
+    num_threads: int | None = _f(None, "CPU threads torch may use (empty = torch's default, all cores). Small models "
+                                       "train fastest on 1; jobs sharing a machine should not oversubscribe it.")
     # bookkeeping
     runs_dir: str = _f("runs", "Folder that holds run directories.")
     run_name: str | None = _f(None, "Run directory name; empty = <task>-<method>-<attribute>-<time>.")
@@ -147,6 +149,8 @@ def static_problems(cfg: TrainConfig) -> list[str]:
                     "eval_bootstrap": cfg.eval_bootstrap, "eval_gap_min_n": cfg.eval_gap_min_n}.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             p.append(f"{name} must be a whole number ≥ 0 (got {v})")
+    if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
+        p.append(f"num_threads must be a whole number ≥ 1 or empty (got {cfg.num_threads})")
     if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 10):
         p.append(f"max_samples must be ≥ 10 or empty (got {cfg.max_samples})")
     if isinstance(cfg.lr, str):

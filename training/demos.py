@@ -30,9 +30,9 @@ from training.train import train
 # One base config per task; the method is the only thing that changes between the five runs.
 DEMOS: dict[str, TrainConfig] = {
     "fundus": TrainConfig(data="synth:fundus", attribute="race", lam=0.5, w_max=10.0, epochs=3, batch_size=8,
-                          warmup_steps=30, eval_bootstrap=1000, seed=42),
+                          warmup_steps=30, eval_bootstrap=1000, seed=42, num_threads=1),
     "skin": TrainConfig(data="synth:skin", attribute="sex+age_group", lam=0.5, w_max=10.0, epochs=3, batch_size=8,
-                        warmup_steps=30, eval_bootstrap=1000, seed=42),
+                        warmup_steps=30, eval_bootstrap=1000, seed=42, num_threads=1),
 }
 
 

@@ -232,6 +232,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
 def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -> Path:
     validate(cfg)
+    if cfg.num_threads:
+        # Busy-waiting OpenMP threads on a shared machine cost more than they give small models
+        # (measured: 10.5 s on 1 thread vs 174 s on 2 under load for the same 50 steps).
+        torch.set_num_threads(cfg.num_threads)
     dataset = data_spec.load(cfg.data, progress=progress)
     cfg = resolve(cfg, dataset.task)
     runs_dir = Path(cfg.runs_dir)
