@@ -17,9 +17,9 @@ times, in the same process:
 - ``figures``: the three Plotly figures built from the comparison.
 
 Each timing is repeated ``--repeat`` times; the table gives the median and fastest wall time and the
-median process CPU time (all threads), and the JSON records the machine's load average, since other
-processes on a shared machine stretch wall times. ``--profile`` prints the top of a cProfile of one
-uncached single-thread comparison.
+median process CPU time (all threads); the JSON starts with bench.common's environment record (load
+average before and after included), since other processes on a shared machine stretch wall times.
+``--profile`` prints the top of a cProfile of one uncached single-thread comparison.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -41,11 +40,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
 from inference import compare
 from training import metrics
 from training.rundir import list_runs
 
-RESULTS = Path(__file__).resolve().parent / "results" / "compare_speed.json"
+RESULTS = RESULTS_DIR / "compare_speed.json"
 METHODS = ("vanilla", "fr", "gr", "hybrid", "cmac")
 RACE = {"White": 0.769, "Black": 0.149, "Asian": 0.082}  # seed 000 §4.1 group mix
 ETHNICITY = {"Non-Hispanic": 0.903, "Hispanic": 0.043, "Unknown": 0.054}
@@ -160,11 +160,9 @@ def profile(root: Path, attribute: str, bootstrap: int, lines: int = 15) -> str:
 
 
 def table(timings: dict[str, dict[str, list[float]]]) -> str:
-    rows = ["| what | wall median s | wall fastest s | CPU median s |", "|---|---:|---:|---:|"]
-    for name, seconds in timings.items():
-        wall, cpu = seconds["wall"], seconds["cpu"]
-        rows.append(f"| {name} | {statistics.median(wall):.4f} | {min(wall):.4f} | {statistics.median(cpu):.4f} |")
-    return "\n".join(rows)
+    rows = [[name, f"{statistics.median(s['wall']):.4f}", f"{min(s['wall']):.4f}", f"{statistics.median(s['cpu']):.4f}"]
+            for name, s in timings.items()]
+    return markdown_table(["what", "wall median s", "wall fastest s", "CPU median s"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-    load_before = os.getloadavg()[0]  # other processes on the machine inflate wall times; recorded with them
+    env = environment()  # with the load average: other processes on a shared machine stretch wall times
     with tempfile.TemporaryDirectory(prefix="fairdx-compare-speed-") as folder:
         root = Path(folder)
         start = time.perf_counter()
@@ -190,24 +188,21 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = (f"{args.runs} runs × {args.n} predictions, {args.bootstrap} bootstrap resamples, attribute "
              f"'{args.attribute}', {os.cpu_count()} CPU cores, {args.repeat} repeats (built in {build_seconds:.1f} s)")
-    print(f"{setup}; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(environment_line(env))
+    print(setup)
     print(table(timings))
     if profile_text:
         print(profile_text)
     results = {
         "setup": {"runs": args.runs, "n": args.n, "bootstrap": args.bootstrap, "attribute": args.attribute,
-                  "repeat": args.repeat, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                  "numpy": np.__version__, "pandas": pd.__version__, "machine": platform.machine()},
+                  "repeat": args.repeat, "pandas": pd.__version__, "blas_threads_during_compare": 1},
         "seconds": timings,
         "median_wall_seconds": {name: statistics.median(values["wall"]) for name, values in timings.items()},
         "fastest_wall_seconds": {name: min(values["wall"]) for name, values in timings.items()},
         "median_cpu_seconds": {name: statistics.median(values["cpu"]) for name, values in timings.items()},
-        "load_average_1min_before": load_before,
-        "load_average_1min_after": os.getloadavg()[0],
         "goal_seconds": 2.0,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.json, results, env)
     print(f"wrote {args.json}")
     return 0
 

@@ -3,6 +3,9 @@
 Every figure comes from each run's ``predictions.csv`` through ``training.metrics.evaluate`` (the
 one implementation of the metrics; nothing is recomputed here except what evaluate does not give):
 
+Every frame names a run by ``RunInfo.label()`` (its id, with " (demo)" for a shipped demo), so a
+user's run with a demo's id stays apart from the demo.
+
 - ``Comparison.table``  one row per run: method, λ, w_max, overall accuracy and AUC, and every gap
   of ``training.metrics.GAPS`` (MaxAccGap of seed 000 Eq. 1, ΔTPR of seed 004, equalized odds,
   demographic parity, ES-AUC), each with its bootstrap percentile interval (``<name>_lo/_hi``).
@@ -127,7 +130,7 @@ class RunResult:
     ``error`` is set (and the frames empty) when the run was skipped.
     """
 
-    run_id: str
+    run: str  # RunInfo.label(): the run id, '(demo)' added for a shipped demo, so a copy in runs/ differs
     row: dict[str, Any]
     groups: pd.DataFrame
     margins: pd.DataFrame
@@ -147,9 +150,9 @@ class Comparison:
     table: pd.DataFrame  # one row per usable run, see the module docstring
     groups: pd.DataFrame  # one row per (run, group)
     margins: pd.DataFrame  # run, method, group, label, margin: one row per sample
-    reports: dict[str, dict] = field(repr=False)  # run id -> metrics.evaluate output
+    reports: dict[str, dict] = field(repr=False)  # run (its label) -> metrics.evaluate output
     notes: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()  # run ids left out
+    skipped: tuple[str, ...] = ()  # runs (labels) left out
     ci_level: float = CI_LEVEL
 
     @property
@@ -265,7 +268,7 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
         if missing:
             available = [c for c in frame.columns if c not in _BASE_COLUMNS]
             message = MISSING_ATTRIBUTE.format(
-                run=run.run_id,
+                run=run.label(),
                 columns=", ".join(f"'{c}'" for c in missing),
                 attribute=attribute,
                 available=", ".join(available) or "none",
@@ -276,18 +279,18 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
             frame, [attribute], min_n=MIN_N, bootstrap=bootstrap, seed=seed, ci=CI_LEVEL, split=split
         )
     except metrics.MetricsError as error:
-        return _skipped(run, UNUSABLE_RUN.format(run=run.run_id, reason=error))
+        return _skipped(run, UNUSABLE_RUN.format(run=run.label(), reason=error))
     row = {**run_description(run), **_figures(report, attribute)}
     groups = _group_frame(run, report["attributes"][attribute])
     margins = _margin_frame(run, frame, columns)
-    notes = _group_notes(run.run_id, attribute, groups)
+    notes = _group_notes(run.label(), attribute, groups)
     if margins.empty:
-        notes += (NO_MARGINS.format(run=run.run_id),)
-    return RunResult(run.run_id, row, groups, margins, report, notes)
+        notes += (NO_MARGINS.format(run=run.label()),)
+    return RunResult(run.label(), row, groups, margins, report, notes)
 
 
 def _skipped(run: RunInfo, message: str) -> RunResult:
-    return RunResult(run.run_id, {}, pd.DataFrame(), pd.DataFrame(), None, (message,), message)
+    return RunResult(run.label(), {}, pd.DataFrame(), pd.DataFrame(), None, (message,), message)
 
 
 def attribute_columns(attribute: str, columns) -> list[str]:
@@ -310,7 +313,7 @@ def run_description(run: RunInfo) -> dict[str, Any]:
 
 def _description(run: RunInfo, config: dict, method: str) -> dict[str, Any]:
     return {
-        "run": run.run_id,
+        "run": run.label(),
         "label": run.label(),
         "task": config.get("task"),
         "method": method,
@@ -343,7 +346,7 @@ def _group_frame(run: RunInfo, attribute_report: dict) -> pd.DataFrame:
         low, high = wilson_interval(round(accuracy * n), n, CI_LEVEL)
         rows.append(
             {
-                "run": run.run_id,
+                "run": run.label(),
                 "method": run.method,
                 "group": group,
                 "n": n,
@@ -369,7 +372,7 @@ def _margin_frame(run: RunInfo, frame: pd.DataFrame, columns: list[str]) -> pd.D
         group = group + metrics.GROUP_JOINER + frame[column].astype(str)
     return pd.DataFrame(
         {
-            "run": run.run_id,
+            "run": run.label(),
             "method": run.method,
             "group": group.to_numpy(),
             "label": pd.to_numeric(frame[metrics.LABEL]).to_numpy(int),
@@ -398,7 +401,7 @@ def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame) -> tuple[str
 
 def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: int, seed: int) -> Comparison:
     usable = [r for r in results if r.error is None]
-    notes = tuple(note for r in results for note in r.notes)
+    notes = tuple(dict.fromkeys(note for r in results for note in r.notes))
     table = pd.DataFrame([r.row for r in usable], columns=table_columns())
     groups = _concat([r.groups for r in usable], GROUP_COLUMNS)
     margins = _concat([r.margins for r in usable], MARGIN_COLUMNS)
@@ -410,9 +413,9 @@ def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: i
         table=table,
         groups=groups,
         margins=margins,
-        reports={r.run_id: r.report for r in usable},
+        reports={r.run: r.report for r in usable},
         notes=notes,
-        skipped=tuple(r.run_id for r in results if r.error is not None),
+        skipped=tuple(r.run for r in results if r.error is not None),
     )
 
 
@@ -560,14 +563,14 @@ def format_interval(value, low, high, digits: int = 3, scale: float = 1.0) -> st
 
 
 def run_caption(row) -> str:
-    """'fundus-gr (GR, w_max=10)': the run with what distinguishes its method settings."""
+    """'fundus-gr (demo) · GR, w_max=10': the run with what distinguishes its method settings."""
     settings = []
     if row.get("lambda") is not None and row["lambda"] == row["lambda"]:
         settings.append(f"λ={row['lambda']:g}")
     if row.get("w_max") is not None and row["w_max"] == row["w_max"]:
         settings.append(f"w_max={row['w_max']:g}")
     method = METHOD_NAMES.get(row["method"], row["method"])
-    return f"{row['run']} ({', '.join([method, *settings])})"
+    return f"{row['run']} · {', '.join([method, *settings])}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from scipy.stats import binomtest, gaussian_kde
 from inference import compare
 from inference.compare import CompareError, compare_runs
 from training import metrics
+from training import rundir
 from training.rundir import read_run
 
 FUNDUS_COUNTS = {"White": 400, "Black": 160, "Asian": 80}  # test-split group sizes (race)
@@ -321,6 +322,20 @@ def test_cache_reuses_runs_across_selections_and_sees_a_rewritten_file(five_runs
     assert rewritten.table.iloc[0]["accuracy"] == pytest.approx(1 - other_seed.table.iloc[0]["accuracy"])
 
 
+def test_a_demo_and_a_users_run_with_the_same_id_stay_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "DEMO_RUNS_DIR", tmp_path / "demos")
+    demo = read_run(write_run(tmp_path / "demos", "fundus-gr", fundus_predictions(FIVE_METHODS["gr"]), method="gr"))
+    mine = read_run(write_run(tmp_path / "runs", "fundus-gr", fundus_predictions(FIVE_METHODS["vanilla"]), method="gr"))
+    comparison = compare_runs([demo, mine], "race", bootstrap=0)
+    assert list(comparison.table["run"]) == ["fundus-gr (demo)", "fundus-gr"]
+    assert list(comparison.table["max_acc_gap"]) == pytest.approx([0.05, 0.20])
+    bars = compare.group_accuracy_figure(comparison)
+    assert [trace.name for trace in bars.data] == ["fundus-gr (demo) · GR, w_max=10", "fundus-gr · GR, w_max=10"]
+    assert list(bars.data[0].y) == pytest.approx([0.75, 0.775, 0.80])  # the demo's three groups only
+    assert list(bars.data[1].y) == pytest.approx([0.60, 0.70, 0.80])
+    assert set(comparison.reports) == {"fundus-gr (demo)", "fundus-gr"}
+
+
 def test_a_run_picked_twice_is_computed_once_and_shown_twice(five_runs):
     comparison = compare_runs([five_runs[0], five_runs[1], five_runs[0]], "race", bootstrap=0)
     assert list(comparison.table["run"]) == ["fundus-vanilla", "fundus-fr", "fundus-vanilla"]
@@ -377,8 +392,8 @@ def test_group_accuracy_bars_one_trace_per_run_with_wilson_error_bars(five_runs)
     figure = compare.group_accuracy_figure(comparison)
     assert isinstance(figure, go.Figure) and figure.layout.barmode == "group"
     assert [trace.name for trace in figure.data] == [
-        "fundus-vanilla (Vanilla)", "fundus-fr (FR, λ=0.5)", "fundus-gr (GR, w_max=10)",
-        "fundus-hybrid (Hybrid, λ=0.5, w_max=10)", "fundus-cmac (CMAC-MMD, λ=0.5)",
+        "fundus-vanilla · Vanilla", "fundus-fr · FR, λ=0.5", "fundus-gr · GR, w_max=10",
+        "fundus-hybrid · Hybrid, λ=0.5, w_max=10", "fundus-cmac · CMAC-MMD, λ=0.5",
     ]
     gr = figure.data[2]
     assert list(gr.x) == ["Asian", "Black", "White"] and list(gr.y) == pytest.approx([0.75, 0.775, 0.80])
@@ -413,7 +428,7 @@ def test_margin_violins_one_trace_per_group(five_runs):
     assert [trace.name for trace in figure.data] == ["Asian", "Black", "White"]
     assert all(trace.type == "violin" for trace in figure.data)
     asian = figure.data[0]
-    assert set(asian.x) == {"fundus-vanilla (Vanilla)", "fundus-gr (GR, w_max=10)"}
+    assert set(asian.x) == {"fundus-vanilla · Vanilla", "fundus-gr · GR, w_max=10"}
     expected = comparison.margins.query("run in ['fundus-vanilla', 'fundus-gr'] and group == 'Asian'")["margin"]
     assert sorted(asian.y) == pytest.approx(sorted(expected))
     # misclassified samples (margin < 0) of vanilla's Asian group: 40 % of 80

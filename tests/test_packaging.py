@@ -22,7 +22,7 @@ QUICK_START = ["bash scripts/app.sh", "bash scripts/test.sh"]
 
 def pinned(package: str) -> str:
     """The version requirements.txt pins ``package`` to."""
-    match = re.search(rf"^{re.escape(package)}==(\S+)\s*$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    match = re.search(rf"^{re.escape(package)}(?:\[[^\]]*\])?==(\S+)\s*$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
     assert match, f"requirements.txt does not pin {package}"
     return match.group(1)
 

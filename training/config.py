@@ -149,6 +149,8 @@ def static_problems(cfg: TrainConfig) -> list[str]:
                     "eval_bootstrap": cfg.eval_bootstrap, "eval_gap_min_n": cfg.eval_gap_min_n}.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             p.append(f"{name} must be a whole number ≥ 0 (got {v})")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        p.append(f"seed must be a whole number ≥ 0 (got {cfg.seed})")
     if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
         p.append(f"num_threads must be a whole number ≥ 1 or empty (got {cfg.num_threads})")
     if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 10):

@@ -134,7 +134,8 @@ def collect(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP, seed
             split: str = "test") -> Evidence:
     """Compare the runs of each task on every attribute a table or a claim needs."""
     evidence = Evidence(list(runs), bootstrap, seed, split)
-    by_id = {run.run_id: run for run in runs}
+    # the comparison names runs by label (a demo and a user run may share an id); accept both
+    by_id = {**{run.run_id: run for run in runs}, **{run.label(): run for run in runs}}
     for task in evidence.tasks():
         task_runs = [run for run in runs if run.task == task]
         for attribute in _attributes_for(task, task_runs):

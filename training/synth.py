@@ -96,6 +96,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import zipfile
@@ -924,9 +925,16 @@ def _run_pool(fn: Callable, tasks: list, workers: int, progress: bool, desc: str
                 bar.update(fn(t))
             return
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ctx.Pool(workers) as pool:
+        # Workers take the default SIGTERM/SIGINT handlers: a caller that catches them (the trainer
+        # saves a checkpoint on SIGTERM) must not make its pool unkillable.
+        with ctx.Pool(workers, initializer=_default_signals) as pool:
             for done in pool.imap_unordered(fn, tasks, chunksize=16):
                 bar.update(done)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _atomic_write(out: Path, write: Callable[[Path], None]) -> Path:

@@ -1,0 +1,515 @@
+"""FairDx in the browser: Diagnose, Compare and Studio tabs (``python app.py`` or ``gradio app.py``).
+
+This file is the Gradio Blocks and their wiring only; what each tab computes lives in
+inference/diagnose_view.py, inference/compare_view.py, studio/form.py and studio/jobs_view.py, and what
+this deployment allows in studio/settings.py (environment variables, documented there).
+
+Named API endpoints (gradio_client): /diagnose, /compare, /report, and with the Studio on /launch,
+/sweep, /cancel, /jobs. Events that only keep the page in sync (timer, tab switches) are private.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from inference import catalog, compare_view, diagnose_view
+from inference.compare import CompareError
+from inference.safe_image import SafeImage
+from inference.serving import ModelPool, ServingError
+from studio import jobs_view
+from studio.form import FORM_FIELDS, FieldSpec, attribute_choices, config_from_form, default_attribute, form_fields
+from studio.form import sweep_from_form
+from studio.jobs import JobLimitError, JobStore, UnknownJobError
+from studio.settings import (
+    STUDIO_DISABLED, Settings, StudioAccessError, check_may_cancel, generate_synthetic, job_owner,
+    synthetic_to_generate,
+)
+from training.config import ConfigError
+
+log = logging.getLogger("fairdx.app")
+
+TITLE = "FairDx"
+HEADER = (
+    "# FairDx\nFairness-aware LoRA adapters for medical image classifiers: **diagnose** an image with an "
+    "adapter, **compare** adapters group by group, **train** your own in the Studio."
+)
+INTERNAL_ERROR = "Something went wrong on the server; the error was logged. Try again, or pick another adapter."
+POLL_S = 1.5
+MAX_FILE_SIZE = "10mb"  # = inference.images.DEFAULT_MAX_BYTES; SafeImage says the same in words
+CACHE_CLEANUP = (3600, 3600)  # uploads and outputs older than an hour are deleted, checked hourly
+USER_ERRORS = (ValueError, ServingError, CompareError, ConfigError, JobLimitError, UnknownJobError,
+               StudioAccessError)
+CSS = """
+#diagnose-notice {border-left: 4px solid #d97706; padding: 6px 12px; background: rgba(217,119,6,.08);}
+#job-log textarea {font-family: ui-monospace, monospace; font-size: 12px;}
+.toast-message-text {white-space: pre-line;}
+#compare-table table, #compare-groups table, #jobs-table table {font-size: 12px;}
+"""
+
+
+def user_errors(settings: Settings) -> Callable:
+    """Decorator: an error the visitor can act on becomes a toast with its message (server paths
+    redacted); anything else is logged and shown as INTERNAL_ERROR, never as a traceback."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except USER_ERRORS as err:
+                raise gr.Error(settings.redact(str(err)), print_exception=False) from err
+            except Exception as err:
+                log.exception("handler %s failed", fn.__name__)
+                raise gr.Error(INTERNAL_ERROR, print_exception=False) from err
+
+        return handler
+
+    return wrap
+
+
+def build_app(settings: Settings | None = None) -> gr.Blocks:
+    """The whole app for these settings (default: from the environment); `launch` serves it."""
+    settings = settings or Settings.from_env()
+    guarded = user_errors(settings)
+    pool = ModelPool(max_adapters_per_base=settings.max_adapters)
+    store = None
+    if settings.studio:
+        store = JobStore(settings.runs_dir, max_concurrent=settings.max_jobs, max_queued=settings.max_queue,
+                         max_active_per_owner=settings.max_jobs_per_user)
+        store.start_scheduler(1.0)  # queued jobs start even while no browser is open
+        missing = synthetic_to_generate(settings)
+        if missing:
+            threading.Thread(target=_generate, args=(missing,), name="fairdx-synth", daemon=True).start()
+    export_dir = Path(tempfile.mkdtemp(prefix="fairdx-exports-"))
+
+    def runs():
+        return catalog.available_runs(settings.run_dirs)
+
+    if settings.warmup:
+        threading.Thread(target=_warm_up, args=(pool, runs()), name="fairdx-warmup", daemon=True).start()
+
+    with gr.Blocks(title=TITLE, delete_cache=CACHE_CLEANUP, fill_width=True) as demo:
+        gr.Markdown(HEADER)
+        with gr.Tabs():
+            with gr.Tab("Diagnose", id="diagnose") as diagnose_tab:
+                diagnose_parts = _diagnose_tab(runs(), settings)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare_parts = _compare_tab(runs())
+            with gr.Tab("Studio", id="studio"):
+                studio_parts = _studio_tab(settings, store) if store else _studio_disabled_tab()
+        runs_seen = gr.State(())
+
+        # ------------------------------------------------------------------ Diagnose
+        image, task, adapter, button, label, summary, details = diagnose_parts
+
+        @guarded
+        def diagnose(image, task: str, adapter: str):
+            view = diagnose_view.show(*_predict(pool, runs(), image, task, adapter))
+            return view.confidences, view.summary, view.details
+
+        @guarded
+        def check_diagnose(image, task: str, adapter: str):
+            diagnose_view.check_image(image)  # SafeImage has already refused an unreadable upload
+            diagnose_view.adapter_for(adapter, task, runs())
+
+        def clear_result():
+            return None, "", None
+
+        # Checked first by an event without outputs: a bad upload shows its toast and no red "Error" badges.
+        button.click(check_diagnose, [image, task, adapter], None, api_visibility="private").success(
+            diagnose, [image, task, adapter], [label, summary, details], api_name="diagnose", concurrency_limit=2)
+        for changed in (image.change, adapter.change):  # an old result never sits next to a new image
+            changed(clear_result, None, [label, summary, details], api_visibility="private", show_progress="hidden")
+
+        def adapters_for(task: str, current: str | None):
+            all_runs = runs()
+            return gr.Dropdown(choices=diagnose_view.adapter_choices(all_runs, task),
+                               value=diagnose_view.keep_or_default(all_runs, task, current))
+
+        task.change(adapters_for, [task, adapter], adapter, api_visibility="private")
+        demo.load(adapters_for, [task, adapter], adapter, api_visibility="private")
+        diagnose_tab.select(adapters_for, [task, adapter], adapter, api_visibility="private")
+
+        # ------------------------------------------------------------------ Compare
+        (c_task, c_attribute, c_runs, c_button, c_summary, c_groups, c_accuracy, c_margin, c_frontier, c_notes,
+         c_downloads, c_report_button, c_report) = compare_parts
+
+        @guarded
+        def do_compare(task: str, attribute: str, keys: list[str]):
+            chosen = compare_view.selected_runs(keys, runs(), task)
+            view = compare_view.show(chosen, attribute, bootstrap=settings.compare_bootstrap)
+            files = [str(compare_view.write_csv(view.comparison, export_dir, task, which=which))
+                     for which in ("runs", "groups")] if not view.comparison.empty else None
+            return (view.summary, view.groups, view.accuracy_figure, view.margin_figure, view.frontier_figure,
+                    view.notes, files)
+
+        compare_outputs = [c_summary, c_groups, c_accuracy, c_margin, c_frontier, c_notes, c_downloads]
+        c_button.click(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_name="compare")
+
+        @guarded
+        def do_report(task: str, keys: list[str]):
+            chosen = compare_view.selected_runs(keys, runs(), task)
+            return str(compare_view.write_report(chosen, export_dir, task, bootstrap=settings.compare_bootstrap))
+
+        c_report_button.click(lambda: gr.File(visible=True), None, c_report, api_visibility="private").then(
+            do_report, [c_task, c_runs], c_report, api_name="report")
+
+        def compare_choices(task: str, attribute: str | None, keys: list[str] | None, keep: bool = True):
+            all_runs = runs()
+            attributes = compare_view.attribute_choices(all_runs, task)
+            if not keep or attribute not in attributes:
+                attribute = compare_view.default_attribute(all_runs, task)
+            chosen = compare_view.keep_or_default_runs(all_runs, task, keys if keep else None)
+            return (gr.Dropdown(choices=attributes, value=attribute),
+                    gr.CheckboxGroup(choices=catalog.run_choices(all_runs, task), value=chosen))
+
+        c_task.change(functools.partial(compare_choices, keep=False), [c_task, c_attribute, c_runs],
+                      [c_attribute, c_runs], api_visibility="private").then(
+            do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+        c_attribute.input(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+        compare_tab.select(compare_choices, [c_task, c_attribute, c_runs], [c_attribute, c_runs],
+                           api_visibility="private").then(
+            do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+
+        # ------------------------------------------------------------------ Studio
+        if studio_parts is not None:
+            _wire_studio(demo, settings, store, studio_parts, guarded, runs, runs_seen,
+                         (task, adapter), (c_task, c_runs))
+
+    demo.fairdx_settings = settings
+    demo.fairdx_pool = pool
+    demo.fairdx_store = store
+    return demo
+
+
+def _predict(pool: ModelPool, all_runs, image, task: str, key: str):
+    image = diagnose_view.check_image(image)
+    run = diagnose_view.adapter_for(key, task, all_runs)
+    return pool.predict(image, run), run, image
+
+
+def _generate(specs: list[str]) -> None:
+    """Generate the offered synthetic benchmarks in a child process (see synthetic_to_generate)."""
+    try:
+        generate_synthetic(specs)
+    except subprocess.CalledProcessError as err:
+        log.error("generating %s failed:\n%s", ", ".join(specs), (err.stderr or "")[-2000:])
+
+
+def _warm_up(pool: ModelPool, all_runs) -> None:
+    """Load the default fundus adapter's base in the background, so the first diagnosis is quick."""
+    key = diagnose_view.default_adapter(all_runs, diagnose_view.TASK_CHOICES[0][1])
+    if key is None:
+        return
+    try:
+        pool.activate(diagnose_view.adapter_for(key, diagnose_view.TASK_CHOICES[0][1], all_runs))
+    except Exception:  # a broken run must not stop the app; the Diagnose tab will say what is wrong
+        log.exception("warm-up of adapter %s failed", key)
+
+
+# ---------------------------------------------------------------------- layout
+def _diagnose_tab(all_runs, settings: Settings):
+    first_task = diagnose_view.TASK_CHOICES[0][1]
+    gr.Markdown(diagnose_view.NOTICE, elem_id="diagnose-notice")
+    with gr.Row():
+        with gr.Column(scale=1):
+            task = gr.Radio(list(diagnose_view.TASK_CHOICES), value=first_task, label="Task", elem_id="diagnose-task")
+            image = SafeImage(type="pil", label="Image (PNG, JPEG, WEBP, BMP, TIFF or GIF; up to 10 MB)",
+                              sources=["upload", "clipboard"], height=300, elem_id="diagnose-image")
+            adapter = gr.Dropdown(diagnose_view.adapter_choices(all_runs, first_task),
+                                  value=diagnose_view.default_adapter(all_runs, first_task), label="Adapter",
+                                  info="Every complete run of the task: the demos and your own.",
+                                  allow_custom_value=True, elem_id="diagnose-adapter")
+            button = gr.Button("Diagnose", variant="primary", elem_id="diagnose-btn")
+        with gr.Column(scale=1):
+            label = gr.Label(num_top_classes=2, label="Diagnosis", elem_id="diagnose-label")
+            summary = gr.Markdown(elem_id="diagnose-summary")
+            with gr.Accordion("Details (JSON)", open=False):
+                details = gr.JSON(elem_id="diagnose-details", show_label=False)
+    rows, labels = diagnose_view.example_rows()
+    if rows:
+        gr.Examples(rows, [image, task], example_labels=labels, label="Examples (synthetic images)",
+                    api_visibility="private", elem_id="diagnose-examples")
+    return image, task, adapter, button, label, summary, details
+
+
+def _compare_tab(all_runs):
+    first_task = diagnose_view.TASK_CHOICES[0][1]
+    with gr.Row():
+        task = gr.Radio(list(diagnose_view.TASK_CHOICES), value=first_task, label="Task", elem_id="compare-task")
+        attribute = gr.Dropdown(compare_view.attribute_choices(all_runs, first_task),
+                                value=compare_view.default_attribute(all_runs, first_task),
+                                label="Attribute or intersection", allow_custom_value=True,
+                                info="'a+b' compares the intersectional subgroups of a and b.",
+                                elem_id="compare-attribute")
+    runs = RunCheckboxes(catalog.run_choices(all_runs, first_task),
+                         value=compare_view.default_runs(all_runs, first_task), label="Runs",
+                         elem_id="compare-runs")
+    with gr.Row():
+        button = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+        report_button = gr.Button("Build reproduction report", elem_id="compare-report-btn")
+    summary = gr.Dataframe(label="Overall accuracy, AUC and fairness gaps (95% bootstrap intervals)",
+                           interactive=False, wrap=True, column_widths=compare_view.SUMMARY_COLUMN_WIDTHS,
+                           pinned_columns=1,
+                           elem_id="compare-table")
+    groups = gr.Dataframe(label="Accuracy per group (95% Wilson interval, n = test samples)", interactive=False,
+                          wrap=True, pinned_columns=1, elem_id="compare-groups")
+    with gr.Row():
+        accuracy = gr.Plot(label="Accuracy per group", elem_id="compare-accuracy-plot")
+        frontier = gr.Plot(label="Accuracy vs MaxAccGap", elem_id="compare-frontier-plot")
+    margin = gr.Plot(label="Certainty margins", elem_id="compare-margin-plot")
+    with gr.Row():
+        downloads = gr.File(label="CSV export (runs table, per-group table)", file_count="multiple",
+                            interactive=False, height=140, elem_id="compare-downloads")
+        report = gr.File(label="Reproduction report (Markdown)", interactive=False, height=140, visible=False,
+                         elem_id="compare-report")
+    with gr.Accordion("Notes on small or one-label groups", open=False):
+        notes = gr.Markdown(elem_id="compare-notes")
+    return task, attribute, runs, button, summary, groups, accuracy, margin, frontier, notes, downloads, \
+        report_button, report
+
+
+class RunCheckboxes(gr.CheckboxGroup):
+    """A CheckboxGroup that leaves checking the run keys to the handler (compare_view.selected_runs).
+
+    The stock component refuses values outside the choices it had when the page was built, so an API
+    client could not compare a run that finished after the app started; the handler checks every key
+    against the runs on disk instead, with a message that lists the choices.
+    """
+
+    def get_block_name(self) -> str:
+        return "checkboxgroup"
+
+    def preprocess(self, payload):
+        return list(payload or [])
+
+
+def _field(spec: FieldSpec, settings: Settings):
+    """One Studio form widget from its FieldSpec (bounds are checked by studio.form, all at once)."""
+    common = dict(label=spec.label, info=_info(spec), elem_id=f"studio-{spec.name.replace('_', '-')}")
+    if spec.kind == "radio":
+        return gr.Radio(list(spec.choices), value=spec.default, **common)
+    if spec.kind == "dropdown":
+        return gr.Dropdown(list(spec.choices), value=spec.default, allow_custom_value=spec.custom, **common)
+    if spec.kind in ("number", "integer"):
+        return gr.Number(value=spec.default, step=1 if spec.kind == "integer" else 0.1, **common)
+    if spec.kind == "checkbox":
+        return gr.Checkbox(value=spec.default, **common)
+    return gr.Textbox(value=str(spec.default), **common)
+
+
+def _info(spec: FieldSpec) -> str:
+    limits = []
+    if spec.maximum is not None:
+        limits.append(f"at most {spec.maximum:g} on this server")
+    return spec.help + (f" ({'; '.join(limits)})" if limits else "")
+
+
+def _studio_tab(settings: Settings, store: JobStore):
+    specs = form_fields(settings)
+    if settings.on_space:
+        gr.LoginButton(elem_id="studio-login")
+    with gr.Row():
+        with gr.Column(scale=5):
+            with gr.Accordion("New training job", open=True):
+                fields = {}
+                by_name = {spec.name: spec for spec in specs}
+                layout = (("method",), ("lam", "w_max"), ("data", "attribute"), ("backbone", "lr"),
+                          ("epochs", "lora_r"), ("seed", "max_samples"), ("balanced_sampling",))
+                for row in layout:
+                    with gr.Row():
+                        for name in row:
+                            fields[name] = _field(by_name[name], settings)
+                launch = gr.Button("Launch", variant="primary", elem_id="launch-btn")
+                with gr.Row():
+                    lambdas = gr.Textbox("0.1, 0.5, 1.0", label="λ sweep", scale=3, elem_id="sweep-lambdas",
+                                         info="One job per λ value (methods fr, hybrid, cmac).")
+                    sweep = gr.Button("Sweep λ", scale=1, elem_id="sweep-btn")
+            status = gr.Markdown(elem_id="studio-status")
+        with gr.Column(scale=6):
+            jobs_table = gr.Dataframe(jobs_view.jobs_table(store), label="Jobs", interactive=False, wrap=True,
+                                      column_widths=jobs_view.JOB_COLUMN_WIDTHS, max_height=300,
+                                      elem_id="jobs-table")
+            job = gr.Dropdown(jobs_view.job_choices(store), value=jobs_view.selected_or_newest(store, None),
+                              label="Job", allow_custom_value=True, elem_id="job-select")
+            with gr.Row():
+                refresh = gr.Button("Refresh", elem_id="jobs-refresh-btn")
+                cancel = gr.Button("Cancel job", variant="stop", elem_id="cancel-btn")
+            progress = gr.Markdown(jobs_view.NO_JOB_SELECTED, elem_id="job-progress")
+            loss = gr.Plot(label="Loss", elem_id="job-loss-plot")
+            log_box = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10, autoscroll=True,
+                                 interactive=False, elem_id="job-log")
+    timer = gr.Timer(POLL_S, active=False)
+    drawn = gr.State("")
+    return dict(fields=fields, launch=launch, lambdas=lambdas, sweep=sweep, status=status, jobs_table=jobs_table,
+                job=job, refresh=refresh, cancel=cancel, progress=progress, loss=loss, log=log_box, timer=timer,
+                drawn=drawn)
+
+
+def _studio_disabled_tab() -> None:
+    gr.Markdown(STUDIO_DISABLED, elem_id="studio-disabled")
+
+
+# ---------------------------------------------------------------------- Studio wiring
+def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded, runs, runs_seen,
+                 diagnose_inputs, compare_inputs) -> None:
+    fields = [parts["fields"][name] for name in FORM_FIELDS]
+    job, timer, drawn = parts["job"], parts["timer"], parts["drawn"]
+    jobs_outputs = [parts["jobs_table"], job]
+    detail_outputs = [parts["progress"], parts["loss"], parts["log"], drawn]
+
+    def owner_of(request: gr.Request | None, profile: gr.OAuthProfile | None) -> str:
+        return job_owner(settings, profile_name=profile.username if profile else None,
+                         username=getattr(request, "username", None))
+
+
+    @guarded
+    def launch(method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r, balanced_sampling, seed,
+               max_samples, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        values = dict(zip(FORM_FIELDS, (method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r,
+                                        balanced_sampling, seed, max_samples)))
+        owner = owner_of(request, profile)
+        submitted = store.submit(config_from_form(values, settings), owner=owner)
+        return (jobs_view.LAUNCHED.format(job_id=submitted.id, run_id=submitted.run_id), jobs_view.jobs_table(store),
+                submitted.id)
+
+    @guarded
+    def sweep(method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r, balanced_sampling, seed,
+              max_samples, lambdas_text, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        values = dict(zip(FORM_FIELDS, (method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r,
+                                        balanced_sampling, seed, max_samples)))
+        owner = owner_of(request, profile)
+        config, lambdas = sweep_from_form(values, lambdas_text, settings)
+        submitted = store.submit_sweep(config, lambdas, owner=owner)
+        return jobs_view.sweep_message(submitted, lambdas), jobs_view.jobs_table(store), submitted[0].id
+
+    @guarded
+    def cancel(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        if not job_id:
+            raise ValueError(jobs_view.CHOOSE_JOB)
+        owner = owner_of(request, profile) if settings.multi_user else None
+        target = store.get(job_id)
+        if owner is not None:
+            check_may_cancel(settings, owner, job_id, target.owner)
+        if not target.is_active:
+            message = jobs_view.ALREADY_FINISHED.format(job_id=job_id, state=target.state)
+        else:
+            message = jobs_view.CANCEL_SENT.format(job_id=job_id, state=jobs_view.state_text(store.cancel(job_id)))
+        return message, jobs_view.jobs_table(store), job_id
+
+    @guarded
+    def list_jobs():
+        return jobs_view.jobs_table(store)
+
+    def job_choices(selected: str | None):
+        return gr.Dropdown(choices=jobs_view.job_choices(store), value=jobs_view.selected_or_newest(store, selected))
+
+    def detail(selected: str | None, last_drawn: str):
+        shown = jobs_view.job_detail(store, selected, settings)
+        stamp = f"{selected}:{shown.step}"
+        figure = gr.skip() if stamp == last_drawn else shown.figure
+        return shown.status, figure, shown.log, stamp
+
+    def poll(selected: str | None, last_drawn: str):
+        """Timer tick: jobs table and the selected job; the timer stops once no job is queued or running."""
+        current = jobs_view.selected_or_newest(store, selected)
+        return (jobs_view.jobs_table(store), job_choices(current), *detail(current, last_drawn),
+                gr.Timer(active=store.is_active()))
+
+    def start_polling():
+        return gr.Timer(active=True)
+
+    def refresh_run_choices(d_task, d_adapter, c_task, c_keys, seen):
+        """After a job finishes its run is offered in Diagnose and Compare (only redrawn when runs changed)."""
+        all_runs = runs()
+        keys = tuple(sorted(run.label() for run in all_runs))
+        if keys == tuple(seen):
+            return gr.skip(), gr.skip(), seen
+        return (gr.Dropdown(choices=diagnose_view.adapter_choices(all_runs, d_task),
+                            value=diagnose_view.keep_or_default(all_runs, d_task, d_adapter)),
+                gr.CheckboxGroup(choices=catalog.run_choices(all_runs, c_task),
+                                 value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys)),
+                keys)
+
+    def dataset_changed(dataset: str):
+        return gr.Dropdown(choices=attribute_choices(settings, dataset), value=default_attribute(settings, dataset))
+
+    def follow(selected: str | None):
+        """After launch / sweep / cancel: the job selector lists the new jobs, and polling starts."""
+        return job_choices(selected), gr.Timer(active=True)
+
+    @guarded
+    def check_launch(*values):
+        config_from_form(dict(zip(FORM_FIELDS, values)), settings)
+
+    @guarded
+    def check_sweep(*values):
+        sweep_from_form(dict(zip(FORM_FIELDS, values[:-1])), values[-1], settings)
+
+    launch_outputs = [parts["status"], parts["jobs_table"], job]
+    for button, check, fn, inputs, name in (
+            (parts["launch"], check_launch, launch, fields, "launch"),
+            (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"]], "sweep"),
+            (parts["cancel"], None, cancel, [job], "cancel")):
+        # The form is checked first by an event without outputs, so a mistake shows only its toast (no red
+        # "Error" badges on the jobs table); /launch and /sweep check it again for API clients.
+        trigger = button.click(check, inputs, None, api_visibility="private").success if check else button.click
+        trigger(fn, inputs, launch_outputs, api_name=name, concurrency_limit=1).success(
+            follow, job, [job, timer], api_visibility="private")
+    parts["refresh"].click(list_jobs, None, parts["jobs_table"], api_name="jobs").then(
+        follow, job, [job, timer], api_visibility="private")
+    job.change(detail, [job, drawn], detail_outputs, api_visibility="private")
+    parts["jobs_table"].select(_selected_job, None, job, api_visibility="private")
+    parts["fields"]["data"].change(dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"],
+                                   api_visibility="private")
+    d_task, d_adapter = diagnose_inputs
+    c_task, c_runs = compare_inputs
+    timer.tick(poll, [job, drawn], [*jobs_outputs, *detail_outputs, timer], api_visibility="private",
+               concurrency_limit=None, show_progress="hidden").then(
+        refresh_run_choices, [d_task, d_adapter, c_task, c_runs, runs_seen], [d_adapter, c_runs, runs_seen],
+        api_visibility="private", show_progress="hidden")
+    demo.load(poll, [job, drawn], [*jobs_outputs, *detail_outputs, timer], api_visibility="private")
+
+
+def _selected_job(event: gr.SelectData):
+    """Clicking a row of the jobs table selects that job (its first cell is the job id)."""
+    row = event.row_value if event.row_value else None
+    return row[0] if row else gr.skip()
+
+
+# ---------------------------------------------------------------------- launching
+def launch_kwargs(settings: Settings) -> dict[str, Any]:
+    """launch() arguments: upload cap, no public monitoring page, theme and CSS (Gradio 6 takes them here).
+
+    Host and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, read by Gradio itself.
+    """
+    kwargs: dict[str, Any] = dict(max_file_size=MAX_FILE_SIZE, enable_monitoring=False, show_error=False,
+                                  css=CSS, theme=gr.themes.Soft(), footer_links=["api", "gradio"])
+    if settings.auth and not settings.on_space:
+        kwargs["auth"] = list(settings.auth)
+        kwargs["auth_message"] = "Sign in to FairDx (accounts set by the operator in FAIRDX_AUTH)."
+    return kwargs
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = demo if demo is not None else build_app()
+    app.launch(**launch_kwargs(app.fairdx_settings))
+
+
+# `gradio app.py` (reload mode) looks for a module-level `demo`; `python app.py` builds it in main().
+demo = build_app() if os.environ.get("GRADIO_WATCH_MODULE_NAME") else None
+
+if __name__ == "__main__":
+    main()

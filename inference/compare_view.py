@@ -1,0 +1,194 @@
+"""The Compare tab without Gradio: attribute and run choices per task, and what a comparison shows.
+
+The figures themselves come from ``inference.compare`` (tables, Plotly figures, CSV) and the report
+from ``training.report.build_report``; this module picks the defaults (the task's five demo runs, the
+attribute they were trained to balance), turns a comparison into the two tables the tab shows, and
+writes the downloads into the app's export folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from inference import compare
+from inference.catalog import find_run, of_task, run_choices, run_key
+from inference.diagnose_view import check_task
+from training.data import ATTRIBUTE_JOINER, GROUP_JOINER
+from training.report import build_report
+from training.rundir import RunInfo
+
+DEFAULT_RUN_COUNT = 5  # one run per method
+SUMMARY_RUN_COLUMN = "Run"
+SUMMARY_LEFT_OUT = ("seed", "dpd")
+SUMMARY_DIGITS = 2  # '0.81 [0.77, 0.84]': six figures with intervals fit a laptop screen; the CSV has them all
+# Run, method, trained on, n, then the six figures.
+SUMMARY_COLUMN_WIDTHS = ["14%", "10%", "6%", "4%"] + ["11%"] * 6
+NOTES_NONE = "No notes: every group is large enough and has both labels."
+NOTES_HEADER = "**Notes** ({n})"
+NO_ATTRIBUTES = "the selected runs have no attribute columns in their predictions"
+
+
+def attributes_of(run: RunInfo) -> list[str]:
+    """The attribute columns a run's predictions.csv holds (config.json records them under 'dataset')."""
+    dataset = run.config.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("attributes"):
+        return list(dataset["attributes"])
+    try:
+        header = pd.read_csv(run.path / "predictions.csv", nrows=0).columns
+    except (OSError, ValueError):
+        return []
+    return [c for c in header if c not in ("id", "split", "label", "prob", "margin")]
+
+
+def attribute_choices(runs: Sequence[RunInfo], task: str) -> list[str]:
+    """Each attribute of the task's runs, then every pair as an intersection, then any wider
+    intersection a run was trained on (e.g. 'race', …, 'sex+age_group')."""
+    singles: list[str] = []
+    trained: list[str] = []
+    for run in runs:
+        if run.task != task:
+            continue
+        singles += [a for a in attributes_of(run) if a not in singles]
+        trained += [a for a in (run.config.get("attribute"), run.config.get("cmac_attribute")) if a]
+    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
+    wider = [a for a in dict.fromkeys(trained) if a not in singles and a not in pairs]
+    return singles + pairs + wider
+
+
+def default_attribute(runs: Sequence[RunInfo], task: str) -> str | None:
+    """The attribute most of the default runs were trained to balance (race for the fundus demos,
+    sex+age_group for the skin demos), else the first choice."""
+    choices = attribute_choices(runs, task)
+    chosen = [find_run(key, runs) for key in default_runs(runs, task)]
+    counts = Counter(run.config.get("attribute") for run in chosen if run.config.get("attribute") in choices)
+    if counts:
+        return counts.most_common(1)[0][0]
+    return choices[0] if choices else None
+
+
+def default_runs(runs: Sequence[RunInfo], task: str) -> list[str]:
+    """The task's demo runs (the five methods); without demos, the task's first five runs."""
+    candidates = of_task(runs, task)
+    demos = [r for r in candidates if r.is_demo]
+    return [run_key(r) for r in (demos or candidates)[:DEFAULT_RUN_COUNT]]
+
+
+def keep_or_default_runs(runs: Sequence[RunInfo], task: str, current: Sequence[str] | None) -> list[str]:
+    """After a refresh, keep the visitor's selection (minus runs that are gone), or the defaults."""
+    keys = {key for _, key in run_choices(runs, task)}
+    kept = [key for key in (current or []) if key in keys]
+    return kept or default_runs(runs, task)
+
+
+def selected_runs(keys: Sequence[str] | None, runs: Sequence[RunInfo], task: str) -> list[RunInfo]:
+    """The runs behind the keys (ValueError for an unknown key or another task's run)."""
+    check_task(task)
+    if not keys:
+        raise ValueError(compare.NO_RUNS)
+    return [find_run(key, runs, task=task) for key in keys]
+
+
+@dataclass(frozen=True)
+class CompareView:
+    summary: pd.DataFrame  # one row per run: overall accuracy, AUC, every gap, with intervals
+    groups: pd.DataFrame  # one row per run, one column per group: accuracy [interval] (n)
+    accuracy_figure: go.Figure
+    margin_figure: go.Figure
+    frontier_figure: go.Figure
+    notes: str
+    comparison: compare.Comparison
+
+
+def show(runs: Sequence[RunInfo], attribute: str, *, bootstrap: int) -> CompareView:
+    """Compare the runs on `attribute` (CompareError for arguments no run can use)."""
+    comparison = compare.compare_runs(runs, (attribute or "").strip(), bootstrap=bootstrap)
+    return CompareView(
+        summary=summary_table(comparison),
+        groups=group_table(comparison),
+        accuracy_figure=compare.group_accuracy_figure(comparison),
+        margin_figure=compare.margin_figure(comparison),
+        frontier_figure=compare.frontier_figure(comparison),
+        notes=notes_markdown(comparison),
+        comparison=comparison,
+    )
+
+
+def summary_table(comparison: compare.Comparison) -> pd.DataFrame:
+    """`compare.display_table` narrowed to fit a screen: each run named by its key ('fundus-fr (demo)'),
+    λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'); the seed and the demographic parity
+    difference (neither paper reports it) are left to the CSV export."""
+    table = compare.display_table(comparison, digits=SUMMARY_DIGITS)
+    table[SUMMARY_RUN_COLUMN] = comparison.table["label"].to_numpy()
+    lam, w_max = compare.COLUMN_TITLES["lambda"], compare.COLUMN_TITLES["w_max"]
+    settings = [" ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
+                for method, lv, wv in zip(table["Method"], table[lam], table[w_max])]
+    table["Method"] = settings
+    return table.drop(columns=[lam, w_max, *(compare.COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
+
+
+def _setting(name: str, value) -> str:
+    return "" if value in ("", None) or value != value else f"{name}={float(value):g}"
+
+
+def group_table(comparison: compare.Comparison) -> pd.DataFrame:
+    """Per-group accuracy: a row per run, a column per group, each cell 'acc [lo, hi] (n=…)'."""
+    if comparison.empty:
+        return pd.DataFrame(columns=[SUMMARY_RUN_COLUMN])
+    groups = comparison.groups
+    order = sorted(groups["group"].unique(), key=_group_order)
+    labels = dict(zip(comparison.table["run"], comparison.table["label"]))
+    rows = []
+    for run in comparison.table["run"]:
+        row = {SUMMARY_RUN_COLUMN: labels[run]}
+        mine = groups[groups["run"] == run].set_index("group")
+        for group in order:
+            if group not in mine.index:
+                row[group] = "–"
+                continue
+            g = mine.loc[group]
+            cell = compare.format_interval(g["accuracy"], g["accuracy_lo"], g["accuracy_hi"], digits=2)
+            row[group] = f"{cell} (n={int(g['n'])})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[SUMMARY_RUN_COLUMN, *order])
+
+
+def _group_order(group: str) -> tuple:
+    """Groups sorted with 'Unknown' parts last."""
+    return tuple((part == "Unknown", part) for part in group.split(GROUP_JOINER))
+
+
+def notes_markdown(comparison: compare.Comparison) -> str:
+    notes = list(comparison.notes)
+    if not notes:
+        return NOTES_NONE
+    return "\n".join([NOTES_HEADER.format(n=len(notes)), ""] + [f"- {note}" for note in notes])
+
+
+# ---------------------------------------------------------------------- downloads
+def _slug(*parts: str) -> str:
+    digest = hashlib.sha1("\0".join(parts).encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_+.-]+", "_", "-".join(parts[:2]))[:60]
+    return f"{readable}-{digest}"
+
+
+def write_csv(comparison: compare.Comparison, folder: Path, task: str, *, which: str = "runs") -> Path:
+    """The comparison's runs (or per-group) table as CSV in `folder`, named after what it holds."""
+    keys = [str(k) for k in comparison.table.get("label", [])]
+    path = Path(folder) / f"compare-{_slug(task, comparison.attribute, which, *keys)}-{which}.csv"
+    path.write_text(compare.to_csv(comparison, which=which))
+    return path
+
+
+def write_report(runs: Sequence[RunInfo], folder: Path, task: str, *, bootstrap: int) -> Path:
+    """training.report.build_report over the selected runs, as Markdown in `folder`."""
+    keys = sorted(run_key(run) for run in runs)
+    path = Path(folder) / f"fairdx-report-{_slug(task, str(bootstrap), *keys)}.md"
+    path.write_text(build_report(runs, bootstrap=bootstrap, sources=keys))
+    return path

@@ -1,0 +1,116 @@
+"""The Diagnose tab without Gradio: which adapters a task offers, and what a diagnosis shows.
+
+app.py wires these to the components; every value shown is computed here and tested without a
+browser. Demographics are never asked for: a diagnosis is a function of the image and the adapter.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from inference.catalog import find_run, of_task, run_choices, run_key
+from inference.compare import METHOD_NAMES
+from inference.diagnosis import Diagnosis
+from inference.images import describe_image
+from training.rundir import DEMO_RUNS_DIR, RunInfo
+from training.tasks import TASKS, get_task
+
+EXAMPLES_DIR = DEMO_RUNS_DIR.parent / "examples"
+TASK_CHOICES = (("Glaucoma (fundus photograph)", "fundus"), ("Skin lesion (dermoscopy)", "skin"))
+# The method each paper proposes is the adapter a visitor gets first: seed 000's Hybrid, seed 004's CMAC.
+DEFAULT_METHOD = {"fundus": "hybrid", "skin": "cmac"}
+
+NOTICE = (
+    "**Research demo — not a medical device.** The models here are tiny and trained on synthetic images; "
+    "a result is not a diagnosis and must not inform care. No demographic information is asked for or used."
+)
+NO_IMAGE = "Upload an image (or pick an example below) first."
+WRONG_TASK = "adapter '{key}' was trained for task {run_task}, not {task}; pick one of the {task} adapters"
+UNKNOWN_TASK = "task must be one of: {choices} (got {task!r})"
+
+
+def check_task(task: str | None) -> str:
+    if task not in TASKS:
+        raise ValueError(UNKNOWN_TASK.format(choices=", ".join(TASKS), task=task))
+    return task
+
+
+def adapter_choices(runs: Sequence[RunInfo], task: str) -> list[tuple[str, str]]:
+    """(title, key) of every complete run of the task: demo runs first, in the papers' method order."""
+    return run_choices(runs, task)
+
+
+def default_adapter(runs: Sequence[RunInfo], task: str) -> str | None:
+    """The demo run of the method the task's paper proposes, else the first choice (None: no runs)."""
+    candidates = of_task(runs, task)
+    preferred = [r for r in candidates if r.is_demo and r.method == DEFAULT_METHOD.get(task)]
+    chosen = preferred or candidates
+    return run_key(chosen[0]) if chosen else None
+
+
+def keep_or_default(runs: Sequence[RunInfo], task: str, current: str | None) -> str | None:
+    """After a refresh, keep the visitor's adapter if it is still offered for the task."""
+    keys = [key for _, key in adapter_choices(runs, task)]
+    return current if current in keys else default_adapter(runs, task)
+
+
+def adapter_for(key: str | None, task: str, runs: Sequence[RunInfo]) -> RunInfo:
+    """The run behind an adapter key; ValueError when it is unknown or of another task."""
+    check_task(task)
+    run = find_run(key, runs)
+    if run.task != task:
+        raise ValueError(WRONG_TASK.format(key=key, run_task=run.task, task=task))
+    return run
+
+
+def check_image(image: Image.Image | None) -> Image.Image:
+    if image is None:
+        raise ValueError(NO_IMAGE)
+    return image
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    """What the tab shows: confidences for gr.Label, a Markdown summary, and the whole record (API)."""
+
+    confidences: dict[str, float]
+    summary: str
+    details: dict[str, Any]
+
+
+def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisView:
+    classes = get_task(diagnosis.task).classes
+    confidences = {classes[0]: 1.0 - diagnosis.prob_positive, classes[1]: diagnosis.prob_positive}
+    method = METHOD_NAMES.get(diagnosis.method, diagnosis.method)
+    lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
+    summary = "\n".join([
+        f"### {diagnosis.label} — {diagnosis.probability:.0%}",
+        f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.",
+        "",
+        f"**Adapter** `{run_key(run)}` ({method}{lam}) on base model `{diagnosis.base_model}`  ",
+        f"**Latency** {diagnosis.latency_ms:.0f} ms · image {describe_image(image)}",
+    ])
+    details = {**diagnosis.as_dict(), "adapter": run_key(run), "image": describe_image(image)}
+    return DiagnosisView(confidences, summary, details)
+
+
+def example_rows(folder: Path = EXAMPLES_DIR) -> tuple[list[list[str]], list[str]]:
+    """Bundled example images as gr.Examples rows [image path, task] with a label for each.
+
+    File names say the task and the (synthetic) ground truth: fundus-positive-1.png is a glaucoma case.
+    """
+    rows, labels = [], []
+    for path in sorted(folder.glob("*.png")):
+        task, _, rest = path.stem.partition("-")
+        if task not in TASKS:
+            continue
+        truth, _, number = rest.partition("-")
+        classes = get_task(task).classes
+        truth_label = classes[1] if truth == "positive" else classes[0] if truth == "negative" else truth
+        rows.append([str(path), task])
+        labels.append(f"{task} · {truth_label} {number}".strip())
+    return rows, labels

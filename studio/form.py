@@ -1,0 +1,290 @@
+"""The Studio form: which TrainConfig fields a visitor sets, as what kind of widget, and back to a config.
+
+The form is built from ``training.config.TrainConfig`` itself: each field's help text is the widget's
+info line and its default is the widget's default, so the CLI, the form and the model card never
+disagree. Values come back through `config_from_form`, which applies the deployment's rules
+(allow-listed datasets and backbones by *name*, caps on epochs / samples / LoRA rank) and then the
+CLI's own validation (``training.config.validate``), and raises ONE ``ConfigError`` naming every
+problem, so nothing is queued from a form with a mistake in it.
+
+No Gradio here; app.py turns each `FieldSpec` into a component.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any, get_args
+
+from inference.compare import METHOD_NAMES
+from studio.jobs import ERR_SWEEP_METHOD, LAMBDA_METHODS
+from studio.settings import Settings
+from training.config import ConfigError, Method, TrainConfig, static_problems, validate
+from training.data import ATTRIBUTE_JOINER, FUNDUS_ATTRIBUTES, SKIN_ATTRIBUTES, DatasetError
+from training.data_spec import SYNTH_PREFIX, data_dir, load, parse_synth
+from training.demos import DEMOS
+
+# The fields a visitor sets, in the order the form shows them; every other field keeps its default.
+FORM_FIELDS = ("method", "lam", "w_max", "attribute", "data", "backbone", "epochs", "lr", "lora_r",
+               "balanced_sampling", "seed", "max_samples")
+LABELS = {
+    "method": "Method", "lam": "λ (fairness weight)", "w_max": "w_max (group weight clip)",
+    "attribute": "Sensitive attribute", "data": "Dataset", "backbone": "Base model", "epochs": "Epochs",
+    "lr": "Learning rate", "lora_r": "LoRA rank r", "balanced_sampling": "Group-balanced batches",
+    "seed": "Seed", "max_samples": "Max training samples",
+}
+# The synthetic skin benchmark writes one extra metadata column, fitzpatrick (training/synth.py).
+SYNTH_ATTRIBUTES = {"fundus": FUNDUS_ATTRIBUTES, "skin": (*SKIN_ATTRIBUTES, "fitzpatrick")}
+LAMBDA_SPLIT = re.compile(r"[,;\s]+")
+
+# Problems the form adds to the CLI's (asserted word for word by the tests).
+ERR_REQUIRED = "{label} is required"
+ERR_NOT_A_NUMBER = "{label} must be a number (got {value!r})"
+ERR_DATASET = "dataset '{value}' is not offered here; choose one of: {choices}"
+ERR_BACKBONE = "base model '{value}' is not offered here; choose one of: {choices}"
+ERR_CAP = "{label} is capped at {cap} on this server (got {value})"
+ERR_WHOLE = "{label} must be a whole number (got {value})"
+ERR_LAMBDAS_EMPTY = "enter the λ values of the sweep, e.g. 0.1, 0.5, 1.0"
+ERR_LAMBDA_VALUE = "λ value {value!r} is not a number ≥ 0"
+ERR_LAMBDAS_TOO_MANY = "a sweep runs at most {cap} λ values on this server (got {n})"
+ERR_SWEEP_USER_LIMIT = ("a sweep of {n} λ values needs {n} job slots, but this server allows {cap} active "
+                        "job(s) per user; launch the values one at a time")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One widget of the form.
+
+    kind: 'radio' | 'dropdown' | 'number' | 'integer' | 'checkbox' | 'text'.
+    choices: (label, value) pairs for radio and dropdown; minimum / maximum bound numbers (None: open).
+    optional: an empty value is allowed (it means the config's None, e.g. "all samples").
+    custom: a dropdown that also takes a typed value (the attribute: any intersection a+b+...).
+    """
+
+    name: str
+    label: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[tuple[str, Any], ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    optional: bool = False
+    custom: bool = False
+
+
+def form_fields(settings: Settings) -> list[FieldSpec]:
+    """The form's widgets for this deployment, defaults and help from TrainConfig's metadata."""
+    meta = {f.name: f for f in fields(TrainConfig)}
+    defaults = TrainConfig()
+    dataset = next(iter(settings.datasets))
+    specs = {
+        "method": dict(kind="radio", choices=tuple((METHOD_NAMES[m], m) for m in get_args(Method))),
+        "lam": dict(kind="number", minimum=0.0),
+        "w_max": dict(kind="number", minimum=1.0),
+        "attribute": dict(kind="dropdown", custom=True, default=default_attribute(settings, dataset),
+                          choices=_pairs(attribute_choices(settings, dataset))),
+        "data": dict(kind="dropdown", default=dataset, choices=_pairs(settings.datasets)),
+        "backbone": dict(kind="dropdown", default=next(iter(settings.backbones)),
+                         choices=_pairs(settings.backbones)),
+        "epochs": dict(kind="integer", minimum=1, maximum=settings.max_epochs,
+                       default=_capped(defaults.epochs, settings.max_epochs)),
+        "lr": dict(kind="text"),
+        "lora_r": dict(kind="integer", minimum=1, maximum=settings.max_lora_r,
+                       default=_capped(defaults.lora_r, settings.max_lora_r)),
+        "balanced_sampling": dict(kind="checkbox"),
+        "seed": dict(kind="integer", minimum=0),
+        "max_samples": dict(kind="integer", minimum=10, maximum=settings.max_samples, default=settings.max_samples,
+                            optional=settings.max_samples is None),
+    }
+    result = []
+    for name in FORM_FIELDS:
+        spec = {"default": getattr(defaults, name), **specs[name]}
+        result.append(FieldSpec(name=name, label=LABELS[name], help=meta[name].metadata["help"], **spec))
+    return result
+
+
+def _pairs(names) -> tuple[tuple[str, str], ...]:
+    return tuple((name, name) for name in names)
+
+
+def _capped(value: int, cap: int | None) -> int:
+    return value if cap is None else min(value, cap)
+
+
+# ---------------------------------------------------------------------- attributes of a dataset
+def dataset_attributes(settings: Settings, dataset: str) -> tuple[str, ...]:
+    """The sensitive attributes of an offered dataset (empty when it cannot be read or is not offered).
+
+    A synthetic benchmark's attributes are known without generating it; a folder is read (metadata
+    only, once).
+    """
+    spec = settings.datasets.get(dataset)
+    if spec is None:
+        return ()
+    if spec.startswith(SYNTH_PREFIX):
+        try:
+            parsed = parse_synth(spec)
+        except ValueError:
+            return ()
+        folder = data_dir() / parsed.folder_name
+        return _folder_attributes(str(folder)) if folder.is_dir() else SYNTH_ATTRIBUTES[parsed.task]
+    return _folder_attributes(spec)
+
+
+@lru_cache(maxsize=32)
+def _folder_attributes(folder: str) -> tuple[str, ...]:
+    try:
+        return tuple(load(folder, progress=False).attributes)
+    except (DatasetError, ValueError, OSError):
+        return ()
+
+
+def attribute_choices(settings: Settings, dataset: str) -> list[str]:
+    """Each attribute, then each pair of them as an intersection ('sex+age_group', seed 004)."""
+    singles = list(dataset_attributes(settings, dataset))
+    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
+    return singles + pairs
+
+
+def default_attribute(settings: Settings, dataset: str) -> str:
+    """The attribute the task's demo runs balance (race for fundus, sex+age_group for skin)."""
+    choices = attribute_choices(settings, dataset)
+    spec = settings.datasets.get(dataset, "")
+    task = spec.split(":")[1] if spec.startswith(SYNTH_PREFIX) else None
+    demo = DEMOS[task].attribute if task in DEMOS else None
+    if demo in choices or (demo and not choices):
+        return demo
+    return choices[0] if choices else TrainConfig().attribute
+
+
+# ---------------------------------------------------------------------- form values -> config
+def config_from_form(values: Mapping[str, Any], settings: Settings) -> TrainConfig:
+    """A TrainConfig from the form's values, or ConfigError listing every problem (form, caps, CLI)."""
+    config, problems = _config_and_problems(values, settings)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def sweep_from_form(values: Mapping[str, Any], lambdas_text: str, settings: Settings) -> tuple[TrainConfig,
+                                                                                                list[float]]:
+    """The config and λ values of a sweep (one job per λ), or one ConfigError naming every problem."""
+    config, problems = _config_and_problems(values, settings)
+    lambdas, lambda_problems = parse_lambdas(lambdas_text, settings.max_sweep)
+    problems += lambda_problems
+    if values.get("method") not in LAMBDA_METHODS:
+        problems.append(ERR_SWEEP_METHOD.format(method=values.get("method")))
+    cap = settings.max_jobs_per_user
+    if cap is not None and len(lambdas) > cap:
+        problems.append(ERR_SWEEP_USER_LIMIT.format(n=len(lambdas), cap=cap))
+    if problems:
+        raise ConfigError(problems)
+    return config, lambdas
+
+
+def parse_lambdas(text: str | None, cap: int) -> tuple[list[float], list[str]]:
+    """'0.1, 0.5 1.0' -> ([0.1, 0.5, 1.0], problems). Duplicates are left for the job store to name."""
+    tokens = [t for t in LAMBDA_SPLIT.split(text or "") if t]
+    if not tokens:
+        return [], [ERR_LAMBDAS_EMPTY]
+    lambdas, problems = [], []
+    for token in tokens:
+        try:
+            value = float(token)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            problems.append(ERR_LAMBDA_VALUE.format(value=token))
+        else:
+            lambdas.append(value)
+    if len(tokens) > cap:
+        problems.append(ERR_LAMBDAS_TOO_MANY.format(cap=cap, n=len(tokens)))
+    return lambdas, problems
+
+
+def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple[TrainConfig, list[str]]:
+    specs = {spec.name: spec for spec in form_fields(settings)}
+    problems: list[str] = []
+    chosen: dict[str, Any] = {}
+    for name in FORM_FIELDS:
+        chosen[name] = _convert(specs[name], values.get(name), problems)
+
+    data_ok = chosen["data"] in settings.datasets
+    if not data_ok:
+        problems.append(ERR_DATASET.format(value=chosen["data"], choices=", ".join(settings.datasets)))
+    if chosen["backbone"] in settings.backbones:
+        chosen["backbone"] = settings.backbones[chosen["backbone"]]
+    else:
+        problems.append(ERR_BACKBONE.format(value=chosen["backbone"], choices=", ".join(settings.backbones)))
+        chosen["backbone"] = None
+    problems += _cap_problems(chosen, settings)
+
+    config = dataclasses.replace(
+        TrainConfig(), **{k: v for k, v in chosen.items() if k != "data"},
+        data=settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
+        runs_dir=str(settings.runs_dir),
+    )
+    config_problems = []
+    try:
+        if data_ok:
+            validate(config)  # exactly what the CLI runs: static values, then the data and attribute
+        else:
+            config_problems = static_problems(config)  # never read a dataset that is not offered
+    except ConfigError as err:
+        config_problems = err.problems
+    problems += [settings.redact(p) for p in config_problems if p not in problems]
+    return config, problems
+
+
+def _convert(spec: FieldSpec, raw: Any, problems: list[str]) -> Any:
+    """One widget's value as the config field wants it; what cannot be converted is named in `problems`
+    and passed on unchanged, so the CLI's validation names the rest."""
+    if isinstance(raw, str) and spec.kind in ("number", "integer"):
+        raw = raw.strip() or None
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        if spec.optional:
+            return None
+        if spec.kind == "checkbox":
+            return False
+        problems.append(ERR_REQUIRED.format(label=spec.label))
+        return spec.default
+    if spec.kind in ("number", "integer"):
+        if isinstance(raw, bool):
+            problems.append(ERR_NOT_A_NUMBER.format(label=spec.label, value=raw))
+            return spec.default
+        if isinstance(raw, str):
+            try:
+                raw = float(raw)
+            except ValueError:
+                problems.append(ERR_NOT_A_NUMBER.format(label=spec.label, value=raw))
+                return spec.default
+        if spec.kind == "number":
+            return float(raw)
+        if not float(raw).is_integer():
+            problems.append(ERR_WHOLE.format(label=spec.label, value=raw))
+            return spec.default
+        return int(raw)
+    if spec.kind == "text":  # the learning rate: 'auto' or a number
+        text = str(raw).strip()
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if spec.kind == "checkbox":
+        return bool(raw)
+    return str(raw).strip()
+
+
+def _cap_problems(chosen: dict[str, Any], settings: Settings) -> list[str]:
+    problems = []
+    for name, cap in (("epochs", settings.max_epochs), ("lora_r", settings.max_lora_r),
+                      ("max_samples", settings.max_samples)):
+        value = chosen[name]
+        if cap is not None and isinstance(value, (int, float)) and value > cap:
+            problems.append(ERR_CAP.format(label=LABELS[name], cap=cap, value=value))
+    return problems
+

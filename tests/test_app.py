@@ -1,0 +1,245 @@
+"""The app served in-process on a free port and driven through gradio_client, as an API user would.
+
+One server per module, on a temp runs folder holding real tiny runs (tests/app_runs.py); a second one
+with the Studio off and HTTP auth on. The Studio test trains a real tiny job through /launch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import gradio
+import gradio.oauth
+import pandas as pd
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError, AuthenticationError
+
+import app as fairdx_app
+from inference import catalog, diagnose_view
+from inference.images import NOT_AN_IMAGE, load_image
+from inference.serving import ModelPool
+from studio import jobs_view
+from studio.jobs import FINAL_STATES
+from studio.settings import SIGN_IN_REQUIRED, Settings
+from tests.app_runs import DATASETS, FUNDUS_SPEC, free_port, tiny_runs
+from tests.corpus import write_corpus
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+
+EXAMPLE = diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"
+JOB_TIMEOUT_S = 240
+STUDIO_ENDPOINTS = {"/launch", "/sweep", "/cancel", "/jobs"}
+TINY_JOB = dict(method="fr", lam=0.5, w_max=10.0, attribute="race", data=FUNDUS_SPEC, backbone="auto", epochs=1,
+                lr="auto", lora_r=4, balanced_sampling=True, seed=1, max_samples=32)
+
+
+def settings_for(runs: Path, **env) -> Settings:
+    return Settings.from_env({"FAIRDX_RUNS_DIR": str(runs), "FAIRDX_DATASETS": DATASETS,
+                              "FAIRDX_COMPARE_BOOTSTRAP": "100", **env})
+
+
+def serve(settings: Settings):
+    demo = fairdx_app.build_app(settings)
+    kwargs = fairdx_app.launch_kwargs(settings)
+    kwargs.pop("theme")  # nothing to see here; saves building the theme's CSS
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            **kwargs)
+    return demo, url
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tiny_runs(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    user_runs = tmp_path_factory.mktemp("user-runs")
+    for path in runs.iterdir():  # the user's runs folder starts with the tiny runs; jobs add theirs
+        (user_runs / path.name).symlink_to(path, target_is_directory=True)
+    demo, url = serve(settings_for(user_runs))
+    yield demo, url
+    demo.close()
+    demo.fairdx_store.close()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server[1], verbose=False)
+
+
+def wait_for_state(client: Client, job_id: str, states, timeout: float = JOB_TIMEOUT_S) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        table = client.predict(api_name="/jobs")
+        row = next(r for r in table["data"] if r[0] == job_id)
+        if row[3] in states or time.monotonic() > deadline:
+            return row
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------- Diagnose
+def test_diagnose_a_bundled_example_like_the_model_pool(client, runs):
+    confidences, summary, details = client.predict(handle_file(str(EXAMPLE)), "fundus", "fundus-vanilla",
+                                                   api_name="/diagnose")
+    assert {c["label"] for c in confidences["confidences"]} == {"no glaucoma", "glaucoma"}
+    assert set(details) >= {"label", "probability", "prob_positive", "margin", "certainty", "reading", "run_id",
+                            "method", "lam", "base_model", "task", "latency_ms", "adapter", "image"}
+    assert (details["adapter"], details["method"], details["lam"], details["task"]) == \
+        ("fundus-vanilla", "vanilla", None, "fundus")
+    expected = ModelPool().predict(load_image(EXAMPLE), catalog.find_run("fundus-vanilla",
+                                                                          catalog.available_runs([runs])))
+    assert details["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert details["label"] == expected.label == confidences["label"]
+    assert summary.startswith(f"### {expected.label} — {expected.probability:.0%}")
+    assert "**Certainty margin" in summary and "`fundus-vanilla` (Vanilla)" in summary
+
+
+def test_every_corpus_upload_gets_a_diagnosis_or_its_specific_message(client, tmp_path):
+    for case in write_corpus(tmp_path):
+        path = str(case.path(tmp_path))
+        if case.name == "over_10mb.png":  # launch(max_file_size="10mb"): refused before the upload
+            with pytest.raises(ValueError, match="exceeds the maximum file size of 10485760 bytes"):
+                client.predict(handle_file(path), "fundus", "fundus-fr", api_name="/diagnose")
+        elif case.outcome == "rejected":
+            with pytest.raises(AppError) as caught:
+                client.predict(handle_file(path), "fundus", "fundus-fr", api_name="/diagnose")
+            assert str(caught.value) == case.message, case.name
+        else:
+            details = client.predict(handle_file(path), "fundus", "fundus-fr", api_name="/diagnose")[2]
+            assert details["image"].startswith(f"{case.size[0]}×{case.size[1]} RGB"), case.name
+
+
+def test_a_text_file_named_png_gets_the_not_an_image_message(client, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image\n")
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(fake)), "fundus", "fundus-fr", api_name="/diagnose")
+    assert str(caught.value) == NOT_AN_IMAGE
+
+
+def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
+    for adapter in ("fundus-nope", str(runs / "fundus-fr")):
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(str(EXAMPLE)), "fundus", adapter, api_name="/diagnose")
+        assert str(caught.value).startswith(f"no complete run '{adapter}'; choose one of:")
+
+
+# ---------------------------------------------------------------------- Compare
+def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
+    keys = [f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")]
+    summary, groups, accuracy, margin, frontier, notes, files = client.predict("fundus", "race", keys,
+                                                                               api_name="/compare")
+    assert [row[0] for row in summary["data"]] == keys
+    assert summary["headers"] == ["Run", "Method", "Trained on", "n", "Overall accuracy", "AUC", "MaxAccGap", "ΔTPR",
+                                  "Equalized odds", "ES-AUC"]
+    assert [row[1] for row in summary["data"]] == ["Vanilla", "FR λ=0.5", "GR w_max=10", "Hybrid λ=0.5 w_max=10",
+                                                   "CMAC-MMD λ=0.5"]
+    assert groups["headers"] == ["Run", "Asian", "Black", "White"]
+    assert all(cell.endswith(")") and "(n=" in cell for row in groups["data"] for cell in row[1:])
+    assert all(json.loads(figure["plot"])["data"] for figure in (accuracy, margin, frontier))
+    table = pd.read_csv(files[0])
+    assert table["run"].tolist() == keys and table["accuracy"].between(0, 1).all()
+    assert set(pd.read_csv(files[1])["group"]) == {"Asian", "Black", "White"}
+    intersection = client.predict("fundus", "race+gender", keys[:2], api_name="/compare")[1]
+    assert intersection["headers"][1:] == ["Asian & Female", "Asian & Male", "Black & Female", "Black & Male",
+                                           "White & Female", "White & Male"]
+
+
+def test_report_download_is_the_reproduction_report(client):
+    path = client.predict("fundus", ["fundus-vanilla", "fundus-hybrid"], api_name="/report")
+    text = Path(path).read_text()
+    assert text.startswith("# FairDx reproduction report") and "fundus-hybrid" in text
+
+
+# ---------------------------------------------------------------------- Studio
+def test_launched_job_succeeds_and_its_run_is_served_without_restart(client):
+    message, table, job_id = client.predict(**TINY_JOB, api_name="/launch")
+    row = next(r for r in table["data"] if r[0] == job_id)
+    assert message == jobs_view.LAUNCHED.format(job_id=job_id, run_id=row[1])
+    assert row[2] == "local" and row[3] in ("queued", "running")
+    row = wait_for_state(client, job_id, FINAL_STATES)
+    assert row[3:5] == ["succeeded", "100%"], row
+    details = client.predict(handle_file(str(EXAMPLE)), "fundus", row[1], api_name="/diagnose")[2]
+    assert (details["run_id"], details["method"], details["lam"]) == (row[1], "fr", 0.5)
+
+
+def test_invalid_launch_names_every_problem_and_queues_nothing(client, runs):
+    before = client.predict(api_name="/jobs")["data"]
+    bad = {**TINY_JOB, "lam": -1, "epochs": 0, "lr": "fast", "attribute": "nope", "max_samples": 5}
+    with pytest.raises(AppError) as caught:
+        client.predict(**bad, api_name="/launch")
+    assert str(caught.value).splitlines() == [
+        "invalid training configuration (5 problems):",
+        "  - lambda must be ≥ 0 (got -1.0); seed 000 uses 0.1, 0.5 or 1.0",
+        "  - epochs must be a whole number ≥ 1 (got 0)",
+        "  - max_samples must be ≥ 10 or empty (got 5)",
+        "  - lr must be a positive number or 'auto' (got 'fast')",
+        "  - unknown attribute 'nope'; available: race, ethnicity, gender, age_group",
+    ]
+    for name, value in (("data", str(runs)), ("backbone", "/etc"), ("method", "magic")):  # off the allow-lists
+        with pytest.raises(AppError, match="is not in the list of choices") as caught:
+            client.predict(**{**TINY_JOB, name: value}, api_name="/launch")
+        assert str(caught.value).startswith(("Value: " + value, f"Value: '{value}'"))
+    assert client.predict(api_name="/jobs")["data"] == before
+
+
+def test_cancel_stops_a_job(client):
+    _, _, job_id = client.predict(**{**TINY_JOB, "epochs": 3, "max_samples": 200}, api_name="/launch")
+    message, _, selected = client.predict(job_id, api_name="/cancel")
+    assert selected == job_id and message.startswith(f"Cancel sent to job `{job_id}`")
+    assert wait_for_state(client, job_id, FINAL_STATES, timeout=60)[3] == "cancelled"
+    message = client.predict(job_id, api_name="/cancel")[0]
+    assert message == jobs_view.ALREADY_FINISHED.format(job_id=job_id, state="cancelled")
+    with pytest.raises(AppError, match="no job 'nope'"):
+        client.predict("nope", api_name="/cancel")
+
+
+def test_api_lists_the_named_endpoints_only(client):
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == {"/diagnose", "/compare", "/report"} | STUDIO_ENDPOINTS
+
+
+def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
+    demo, url = serve(settings_for(tmp_path / "runs", FAIRDX_STUDIO="off", FAIRDX_AUTH="alice:s3cret"))
+    try:
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        client = Client(url, auth=("alice", "s3cret"), verbose=False)
+        assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == \
+            {"/diagnose", "/compare", "/report"}
+        with pytest.raises(ValueError, match="Cannot find a function with `api_name`: /launch"):
+            client.predict(**TINY_JOB, api_name="/launch")
+        request = urllib.request.Request(f"{url}gradio_api/info")
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the API description needs the login too
+            urllib.request.urlopen(request)
+        assert demo.fairdx_store is None
+    finally:
+        demo.close()
+
+
+def test_on_a_space_launching_needs_a_signed_in_user(tmp_path, monkeypatch):
+    pytest.importorskip("authlib", reason="a Space with the Studio on needs gradio[oauth] (authlib, itsdangerous)")
+    monkeypatch.setenv("SYSTEM", "spaces")  # what a Space sets; Gradio then attaches the real OAuth routes
+    monkeypatch.setenv("SPACE_ID", "someone/fairdx")
+    for name in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL"):
+        monkeypatch.setattr(gradio.oauth, name, "https://huggingface.co" if name == "OPENID_PROVIDER_URL" else "x")
+    settings = settings_for(tmp_path / "runs", SPACE_ID=os.environ["SPACE_ID"], FAIRDX_STUDIO="on",
+                            FAIRDX_WARMUP="off")
+    demo, url = serve(settings)
+    try:
+        assert any(isinstance(block, gradio.LoginButton) for block in demo.blocks.values())
+        client = Client(url, verbose=False)
+        for api_name in ("/launch", "/cancel"):
+            with pytest.raises(AppError) as caught:
+                client.predict(**TINY_JOB, api_name=api_name) if api_name == "/launch" else \
+                    client.predict("some-job", api_name=api_name)
+            assert str(caught.value) == SIGN_IN_REQUIRED
+        assert client.predict(api_name="/jobs")["data"] == []
+    finally:
+        demo.close()
+        demo.fairdx_store.close()

@@ -1,0 +1,156 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright (from PyPI; `playwright install` is
+never run: the system Chromium is used through executable_path).
+
+One server and one browser for the module. Screenshots of each tab go to a temp folder, printed at the
+end of the session (pytest -s) and kept in SCREENSHOTS, so a person can look at them.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from inference import diagnose_view
+from inference.images import NOT_AN_IMAGE
+from studio.settings import Settings
+from tests.app_runs import DATASETS, free_port, tiny_runs
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (see requirements-test.txt)")
+expect = playwright_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+EXAMPLE = diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"
+SCREENSHOTS: list[Path] = []
+JOB_TIMEOUT_MS = 180_000
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium chromium-driver"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="fairdx-screenshots-"))
+    yield folder
+    print(f"\nscreenshots in {folder}: {', '.join(p.name for p in SCREENSHOTS)}")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    import app as fairdx_app
+
+    runs = tiny_runs(tmp_path_factory.getbasetemp())
+    user_runs = tmp_path_factory.mktemp("browser-runs")
+    for path in runs.iterdir():
+        (user_runs / path.name).symlink_to(path, target_is_directory=True)
+    settings = Settings.from_env({"FAIRDX_RUNS_DIR": str(user_runs), "FAIRDX_DATASETS": DATASETS,
+                                  "FAIRDX_COMPARE_BOOTSTRAP": "100"})
+    demo = fairdx_app.build_app(settings)
+    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                quiet=True, **fairdx_app.launch_kwargs(settings))
+    yield address
+    demo.close()
+    demo.fairdx_store.close()
+
+
+@pytest.fixture(scope="module")
+def page(url, tmp_path_factory):
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=FLAGS, viewport={"width": 1400, "height": 1000})
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(url, wait_until="load")  # not "networkidle": the app's own polling can keep it busy
+        page.locator("#diagnose-btn").wait_for()
+        yield page
+        context.close()
+
+
+def screenshot(page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.wait_for_timeout(600)  # toasts and plots fade in
+    page.screenshot(path=str(path), full_page=True)
+    SCREENSHOTS.append(path)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def fill_form(page, values: dict[str, str]) -> None:
+    """Type into the Studio's number fields (elem_id studio-<field>) and leave each, as a person would."""
+    for field, value in values.items():
+        box = page.locator(f"#studio-{field} input")
+        box.fill(value)
+        box.press("Tab")
+
+
+def test_diagnose_an_uploaded_image(page, shots):
+    open_tab(page, "Diagnose")
+    page.locator("#diagnose-image input[type=file]").set_input_files(str(EXAMPLE))
+    page.locator("#diagnose-image img").first.wait_for()
+    page.locator("#diagnose-btn").click()
+    expect(page.locator("#diagnose-summary")).to_contain_text("Certainty margin", timeout=30_000)
+    expect(page.locator("#diagnose-label")).to_contain_text(re.compile("glaucoma"))
+    expect(page.locator("#diagnose-summary")).to_contain_text("Adapter")
+    expect(page.locator("#diagnose-notice")).to_contain_text("not a medical device")
+    screenshot(page, shots, "1-diagnose")
+
+
+def test_a_non_image_upload_shows_the_specific_message(page, shots, tmp_path):
+    fake = tmp_path / "scan.png"
+    fake.write_text("this is a text file, not a scan\n")
+    open_tab(page, "Diagnose")
+    page.locator("#diagnose-image button[aria-label='Remove Image']").first.click()
+    page.locator("#diagnose-image input[type=file]").set_input_files(str(fake))
+    page.locator("#diagnose-btn").click()
+    toast = page.locator(".toast-body").filter(has_text=NOT_AN_IMAGE)
+    expect(toast.first).to_be_visible()
+    expect(page.locator("#diagnose-summary")).not_to_contain_text("Certainty margin")  # the old result is gone
+    screenshot(page, shots, "2-diagnose-bad-upload")
+    toast.locator(".toast-close").first.click()
+
+
+def test_compare_shows_the_five_methods(page, shots):
+    open_tab(page, "Compare")
+    table = page.locator("#compare-table")
+    for method in ("Vanilla", "FR", "GR", "Hybrid", "CMAC-MMD"):
+        expect(table).to_contain_text(method, timeout=30_000)
+    expect(page.locator("#compare-groups")).to_contain_text("(n=")
+    expect(page.locator("#compare-accuracy-plot .js-plotly-plot").first).to_be_visible()
+    expect(page.locator("#compare-downloads")).to_contain_text("-runs")
+    page.locator("#compare-report-btn").click()
+    expect(page.locator("#compare-report")).to_contain_text("fairdx-report-", timeout=30_000)
+    screenshot(page, shots, "3-compare")
+
+
+def test_studio_job_runs_to_the_end_and_its_adapter_is_offered(page, shots):
+    open_tab(page, "Studio")
+    fill_form(page, {"epochs": "1", "lora-r": "4", "max-samples": "32"})
+    page.locator("#launch-btn").click()
+    expect(page.locator("#studio-status")).to_contain_text("Queued job")
+    run_id = re.search(r"→ run (\S+?)\.?$", page.locator("#studio-status").inner_text().strip()).group(1)
+    expect(page.locator("#jobs-table")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#job-progress")).to_contain_text("is ready")
+    expect(page.locator("#job-log textarea")).to_have_value(re.compile("run complete"))
+    screenshot(page, shots, "4-studio")
+    open_tab(page, "Diagnose")
+    page.locator("#diagnose-adapter input").click()
+    expect(page.get_by_role("option", name=re.compile(re.escape(run_id)))).to_be_visible()
+    page.keyboard.press("Escape")
+
+
+def test_form_mistakes_are_listed_in_one_toast(page, shots):
+    open_tab(page, "Studio")
+    fill_form(page, {"lam": "-1", "epochs": "0", "max-samples": "5"})
+    page.locator("#launch-btn").click()
+    toast = page.locator(".toast-body").filter(has_text="invalid training configuration (3 problems)")
+    expect(toast.first).to_be_visible()
+    expect(toast.first).to_contain_text("epochs must be a whole number ≥ 1 (got 0)")
+    screenshot(page, shots, "5-studio-invalid")
