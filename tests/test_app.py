@@ -114,6 +114,58 @@ def test_every_corpus_upload_gets_a_diagnosis_or_its_specific_message(client, tm
             assert details["image"].startswith(f"{case.size[0]}×{case.size[1]} RGB"), case.name
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process (the server runs in it) from /proc, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_the_corpus_twice_keeps_memory_bounded_and_the_server_up(client, tmp_path):
+    """The second pass over all 45 bad/odd uploads must not grow memory much: nothing leaks per upload."""
+    cases = [c for c in write_corpus(tmp_path) if c.name != "over_10mb.png"]
+
+    def one_pass() -> None:
+        for case in cases:
+            try:
+                client.predict(handle_file(str(case.path(tmp_path))), "fundus", "fundus-fr", api_name="/diagnose")
+            except AppError:
+                pass
+
+    one_pass()  # warms caches (both models, image decoders)
+    before = _rss_mb()
+    one_pass()
+    growth = _rss_mb() - before
+    print(f"RSS after the warm pass {before:.0f} MB, growth over the second pass {growth:.1f} MB")
+    assert growth < 100
+    assert client.predict(handle_file(str(EXAMPLE)), "fundus", "fundus-fr", api_name="/diagnose")[2]["label"]
+
+
+def test_fifty_concurrent_predictions_all_succeed_and_agree(server):
+    """50 clients at once: every prediction succeeds and equals the sequential one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = server[1]
+    reference = Client(url, verbose=False).predict(handle_file(str(EXAMPLE)), "fundus", "fundus-gr",
+                                                   api_name="/diagnose")[2]["probability"]
+
+    def predict(i: int) -> float:
+        run = ("fundus-gr", "fundus-vanilla")[i % 2]
+        details = Client(url, verbose=False).predict(handle_file(str(EXAMPLE)), "fundus", run,
+                                                     api_name="/diagnose")[2]
+        return details["adapter"], details["probability"]
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(predict, range(50)))
+    assert len(results) == 50
+    by_run = {}
+    for adapter, probability in results:
+        by_run.setdefault(adapter, set()).add(round(probability, 6))
+    assert by_run["fundus-gr"] == {round(reference, 6)}
+    assert len(by_run["fundus-vanilla"]) == 1  # hot-swapping under load never mixes adapters up
+
+
 def test_a_text_file_named_png_gets_the_not_an_image_message(client, tmp_path):
     fake = tmp_path / "fake.png"
     fake.write_text("not an image\n")
