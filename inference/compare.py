@@ -114,6 +114,10 @@ UNDEFINED_GROUPS = "run '{run}', {attribute}: {what} ({groups}), so {metrics} le
 SMALL_GROUPS = "run '{run}', {attribute}: groups with fewer than {min_n} samples give noisy figures: {groups}"
 NOTHING_TO_SHOW = "No runs to show: {reason}"
 NO_MARGINS = "run '{run}' has no margin column; its certainty distribution is not shown"
+ONE_CLASS = (
+    "run '{run}' predicts class {label} for every {split} sample, so its TPR and FPR are the same in every group "
+    "and its ΔTPR and equalized odds are 0 by construction, not by fairness"
+)
 UNKNOWN_FIGURE_CHOICE = "{name} must be one of {choices}; got {value!r}"
 
 _BASE_COLUMNS = {"id", metrics.LABEL, metrics.PROB, metrics.MARGIN, metrics.SPLIT}
@@ -229,8 +233,8 @@ def one_blas_thread():
     OpenBLAS's own threads (one per core by default) spin while they wait, so on top of a thread
     per core they oversubscribe the machine and burn a core for nothing. Measured on 2 idle cores
     (bench/compare_speed.py, 20 runs × 2,000 predictions × 1,000 resamples, median wall time):
-    2 pool threads + 1 BLAS thread 1.14 s; 2 + 2 BLAS threads 2.6 s; 1 + 1 BLAS thread 1.93 s;
-    evaluate alone with 2 BLAS threads 1.84 s wall for 3.6 s of CPU.
+    2 pool threads + 1 BLAS thread 0.97 s; 2 + 2 BLAS threads 1.4-2.6 s; 1 + 1 BLAS thread 1.60 s;
+    evaluate alone with 2 BLAS threads 1.60 s wall for 3.2 s of CPU.
     """
     return threadpool_limits(limits=1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
 
@@ -284,6 +288,9 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
     groups = _group_frame(run, report["attributes"][attribute])
     margins = _margin_frame(run, frame, columns)
     notes = _group_notes(run.label(), attribute, groups)
+    if report["overall"]["selection_rate"] in (0.0, 1.0):
+        label = int(report["overall"]["selection_rate"])
+        notes = (ONE_CLASS.format(run=run.label(), label=label, split=split), *notes)
     if margins.empty:
         notes += (NO_MARGINS.format(run=run.label()),)
     return RunResult(run.label(), row, groups, margins, report, notes)

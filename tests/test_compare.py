@@ -75,10 +75,10 @@ def fundus_predictions(accuracy: dict[str, float], *, seed: int = 0, val: int = 
     return frame
 
 
-def skin_predictions(tpr: dict[str, float], *, seed: int = 0, n_per_group: int = 100) -> pd.DataFrame:
-    """Test rows whose sex × age groups have the given TPR (TNR 0.9 everywhere)."""
+def skin_predictions(tpr: dict[str, float], *, seed: int = 0, n_per_group: int = 100, tnr: float = 0.9) -> pd.DataFrame:
+    """Test rows whose sex × age groups have the given TPR (the same TNR everywhere)."""
     rng = np.random.default_rng(seed)
-    frame = group_predictions(rng, {g: (t, 0.9) for g, t in tpr.items()}, dict.fromkeys(tpr, n_per_group), 0.4)
+    frame = group_predictions(rng, {g: (t, tnr) for g, t in tpr.items()}, dict.fromkeys(tpr, n_per_group), 0.4)
     frame["split"] = "test"
     frame[["sex", "age_group"]] = frame["group"].str.split(" & ", expand=True)
     frame["fitzpatrick"] = rng.choice(["I", "II", "III", "IV", "V", "VI"], len(frame))
@@ -294,6 +294,15 @@ def test_notes_name_groups_without_positives_and_small_groups(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # Cache
+
+
+def test_a_run_that_predicts_one_class_gets_a_note(tmp_path):
+    tpr = dict.fromkeys(SKIN_GROUPS, 0.0)
+    run = read_run(write_run(tmp_path, "skin-cmac", skin_predictions(tpr, tnr=1.0), task="skin", method="cmac",
+                             attribute="sex+age_group"))
+    comparison = compare_runs([run], "sex+age_group", bootstrap=0)
+    assert comparison.table.iloc[0]["delta_tpr"] == 0.0
+    assert comparison.notes[0] == compare.ONE_CLASS.format(run="skin-cmac", label=0, split="test")
 
 
 def test_cache_hit_returns_the_same_object_without_recomputation(five_runs):

@@ -7,7 +7,7 @@ import pytest
 
 from inference import compare
 from tests.test_compare import FIVE_METHODS, SKIN_GROUPS, fundus_predictions, skin_predictions, write_run
-from training import metrics, report
+from training import metrics, report, rundir
 from training.report import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, assess_claims, build_report, collect
 from training.rundir import list_runs
 
@@ -150,6 +150,7 @@ def test_gr_verdict_flips_with_the_data(tmp_path):
     write_fundus(tmp_path / "smaller")  # GR gap 0.05 against 0.20: −75 %
     gr = claim(tmp_path / "smaller", "GR-LoRA")
     assert gr.verdict == REPRODUCED and gr.change == pytest.approx(-0.75)
+    assert "Worst-off group's accuracy: 60.0 % → 75.0 %; best group's: 80.0 % → 80.0 %." in gr.text
     assert "relative change of −75.0 % (the claim needs ≤ −69 %)" in gr.text
     compare.clear_cache()
     same = {**FIVE_METHODS, "gr": FIVE_METHODS["vanilla"]}
@@ -168,7 +169,7 @@ def test_hybrid_race_claim_and_interval_overlap(tmp_path):
     write_fundus(tmp_path / "far", {**FIVE_METHODS, "vanilla": {"White": 0.85, "Black": 0.70, "Asian": 0.50}})
     hybrid = claim(tmp_path / "far", "Hybrid-LoRA")
     assert hybrid.verdict == REPRODUCED and hybrid.change == pytest.approx((0.03 - 0.35) / 0.35)
-    assert hybrid.overlap is False and hybrid.text.endswith("The two 95 % bootstrap intervals do not overlap.")
+    assert hybrid.overlap is False and "The two 95 % bootstrap intervals do not overlap." in hybrid.text
     assert hybrid.text.startswith("Reproduced. Hybrid (λ=0.5, w_max=10, on race) has MaxAccGap on race (%) 3.00 [")
     assert "against Vanilla's 35.00 [" in hybrid.text
     assert "relative change of −91.4 % (the claim needs ≤ −60 %)" in hybrid.text
@@ -190,11 +191,27 @@ def test_cmac_delta_tpr_verdict_flips(tmp_path):
     write_skin(tmp_path / "aligned")
     dtpr = claim(tmp_path / "aligned", "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
     assert dtpr.verdict == REPRODUCED and dtpr.change == pytest.approx(-0.70)
+    assert "Worst-off group's TPR: 0.40 → 0.70; best group's: 0.90 → 0.85." in dtpr.text
     compare.clear_cache()
     write_skin(tmp_path / "little", dict(zip(SKIN_GROUPS, (0.5, 0.6, 0.8, 0.7, 0.8, 0.9))))  # ΔTPR 0.40: −20 %
     dtpr = claim(tmp_path / "little", "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
     assert dtpr.verdict == NOT_REPRODUCED and dtpr.change == pytest.approx(-0.20)
     assert "The gap does shrink, by less than the paper reports." in dtpr.text
+
+
+@pytest.mark.parametrize(
+    "cmac_tpr, worst, best",
+    [
+        (dict.fromkeys(SKIN_GROUPS, 0.0), "0.40 → 0.00", "0.90 → 0.00"),  # misses every positive: ΔTPR 0
+        (dict(zip(SKIN_GROUPS, (0.4, 0.5, 0.5, 0.5, 0.5, 0.5))), "0.40 → 0.40", "0.90 → 0.50"),  # best lowered
+    ],
+)
+def test_a_gap_closed_by_levelling_down_is_not_reproduced(tmp_path, cmac_tpr, worst, best):
+    write_skin(tmp_path, cmac_tpr)
+    dtpr = claim(tmp_path, "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
+    assert dtpr.change <= -0.8 and dtpr.verdict == NOT_REPRODUCED
+    assert f"Worst-off group's TPR: {worst}; best group's: {best}." in dtpr.text
+    assert "The gap closed by levelling down" in dtpr.text
 
 
 def test_cmac_auc_verdict_flips(tmp_path):
@@ -226,6 +243,17 @@ def test_empty_report_says_so_and_states_synthetic_data(tmp_path):
     assert report.NO_RUNS_FOUND.format(dirs=str(tmp_path)) in text
     assert "**The benchmark is synthetic, not clinical data.**" in text
     assert text.count(f"— {NOT_TESTABLE}") == 8
+
+
+def test_demo_runs_and_a_users_run_with_a_demo_id_are_both_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "DEMO_RUNS_DIR", tmp_path / "demos")
+    write_fundus(tmp_path / "demos")
+    write_run(tmp_path / "runs", "fundus-gr", fundus_predictions(FIVE_METHODS["vanilla"], seed=9), method="gr", seed=7)
+    text = build_report(list_runs(tmp_path / "demos", tmp_path / "runs"), bootstrap=BOOTSTRAP)
+    assert "| fundus-gr (demo) | fundus | GR | – | 10 | race | 42 | synth:fundus |" in text
+    assert "| fundus-gr | fundus | GR | – | 10 | race | 7 | synth:fundus |" in text
+    cells = row_of(text, "### Table 1", "GR (w_max=10, on race)")
+    assert cells[1] == "fundus-gr (demo), fundus-gr" and cells[4] == "12.50 ± 10.61 (2 seeds)"  # gaps 5 and 20
 
 
 def test_cli_writes_the_report(tmp_path):

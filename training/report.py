@@ -134,14 +134,13 @@ def collect(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP, seed
             split: str = "test") -> Evidence:
     """Compare the runs of each task on every attribute a table or a claim needs."""
     evidence = Evidence(list(runs), bootstrap, seed, split)
-    # the comparison names runs by label (a demo and a user run may share an id); accept both
-    by_id = {**{run.run_id: run for run in runs}, **{run.label(): run for run in runs}}
+    by_label = {run.label(): run for run in runs}  # comparisons name runs by label (a demo keeps "(demo)")
     for task in evidence.tasks():
         task_runs = [run for run in runs if run.task == task]
         for attribute in _attributes_for(task, task_runs):
             comparison = compare_runs(task_runs, attribute, split=split, bootstrap=bootstrap, seed=seed)
             evidence.comparisons[(task, attribute)] = comparison
-            evidence.entries[(task, attribute)] = summarize(comparison, by_id)
+            evidence.entries[(task, attribute)] = summarize(comparison, by_label)
     return evidence
 
 
@@ -159,7 +158,8 @@ def _context(run: RunInfo) -> tuple:
 
 
 def summarize(comparison: Comparison, runs: dict[str, RunInfo]) -> list[Entry]:
-    """Entries of a comparison: its runs grouped by setting, in method order (vanilla, fr, gr, ...)."""
+    """Entries of a comparison: its runs (``runs`` maps each label to its RunInfo) grouped by setting, in
+    method order (vanilla, fr, gr, ...)."""
     table = comparison.table
     if table.empty:
         return []
@@ -335,20 +335,41 @@ def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str,
                 "has no meaning.")
         return Claim(title, source, NOT_TESTABLE, text)
     change = (after - before) / before
-    verdict = REPRODUCED if change <= -reduction else NOT_REPRODUCED
+    group_metric = GAP_GROUP_METRIC[gap]
+    worst_before, best_before = _extremes(baseline, group_metric)
+    worst_after, best_after = _extremes(entry, group_metric)
+    # A gap that closes while the worst-off group gains nothing closed by lowering the others: seed 004's
+    # "leveling down" failure, not the fairer model the papers claim.
+    levelled_down = change < 0 and worst_after <= worst_before
+    verdict = REPRODUCED if change <= -reduction and not levelled_down else NOT_REPRODUCED
     overlap = _overlap(baseline.intervals[gap], entry.intervals[gap])
     scale, unit = (100, " (%)") if gap == "max_acc_gap" else (1, "")
+    shown = (lambda value: f"{value * 100:.1f} %") if group_metric == "accuracy" else (lambda value: f"{value:.2f}")
     text = (
         f"{_verdict_word(verdict)} {entry.caption} has {GAP_TITLES[gap]} on {attribute}{unit} "
         f"{_cell(entry, gap, scale)} against {baseline.caption}'s {_cell(baseline, gap, scale)}: a relative change "
         f"of {_percent(change, signed=True)} (the claim needs ≤ −{_percent(reduction, 0)}). "
-        f"{_overlap_sentence(overlap, baseline, entry)}"
+        f"{_overlap_sentence(overlap, baseline, entry)} Worst-off group's {GROUP_METRIC_WORDS[group_metric]}: "
+        f"{shown(worst_before)} → {shown(worst_after)}; best group's: {shown(best_before)} → {shown(best_after)}."
     )
-    if verdict == NOT_REPRODUCED and change < 0:
+    if levelled_down:
+        text += (" The gap closed by levelling down: the worst-off group gained nothing, so the smaller gap comes "
+                 "from lowering the others (the failure seed 004 warns of), not from a fairer model.")
+    elif verdict == NOT_REPRODUCED and change < 0:
         text += " The gap does shrink, by less than the paper reports."
     elif verdict == NOT_REPRODUCED:
         text += " The gap does not shrink."
     return Claim(title, source, verdict, text + context, change, overlap)
+
+
+GAP_GROUP_METRIC = {"max_acc_gap": "accuracy", "delta_tpr": "tpr"}  # the group figure each gap spreads
+GROUP_METRIC_WORDS = {"accuracy": "accuracy", "tpr": "TPR"}
+
+
+def _extremes(entry: Entry, metric: str) -> tuple[float, float]:
+    """(worst, best) group figure over the groups that define it, as the gap itself is taken."""
+    values = entry.groups[metric].dropna()
+    return float(values.min()), float(values.max())
 
 
 def _accuracy_claim(evidence: Evidence) -> Claim:
