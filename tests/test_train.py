@@ -25,6 +25,7 @@ from training.train import main as train_main
 from training.train import training_samples
 
 FAST = ["--epochs", "1", "--max-samples", "32", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "20",
+        "--eval-gap-min-n", "1",
         "--no-progress"]
 
 
