@@ -191,3 +191,31 @@ def test_max_samples_is_stratified_and_keeps_every_group():
     full = dataset.group_counts("race")
     white_share = sum(s.attributes["race"] == "White" for s in subset) / 30
     assert white_share == pytest.approx(full["White"] / sum(full.values()), abs=0.1)
+
+
+def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_path):
+    """A worker killed outright (no chance to save) leaves only its periodic checkpoint; --resume finishes it."""
+    args = ["--data", FUNDUS_SPEC, "--runs-dir", str(tmp_path), "--method", "fr", "--epochs", "2",
+            "--max-samples", "48", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "0",
+            "--save-every", "4", "--no-progress"]
+    assert train_main([*args, "--run-name", "straight"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args, "--run-name", "killed"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = rundir.staging_dir(tmp_path, "killed") / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"step": 6,' not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert [r.run_id for r in rundir.list_runs(tmp_path)] == ["straight"], "no half-written run is listed"
+    assert (rundir.staging_dir(tmp_path, "killed") / "checkpoint").is_dir()
+
+    assert train_main([*args, "--run-name", "killed", "--resume"]) == 0
+    straight = pd.read_csv(tmp_path / "straight" / "predictions.csv")
+    resumed = pd.read_csv(tmp_path / "killed" / "predictions.csv")
+    pd.testing.assert_frame_equal(straight, resumed, rtol=0, atol=1e-6)
+    steps = [json.loads(line).get("step") for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in line]
+    assert steps == sorted(set(steps)) == list(range(1, 25)), "each step logged once after the resume"
