@@ -219,3 +219,14 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
     steps = [json.loads(line).get("step") for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
              if "loss" in line]
     assert steps == sorted(set(steps)) == list(range(1, 25)), "each step logged once after the resume"
+
+
+def test_a_group_without_training_samples_is_named_with_the_other_problems(tmp_path, capsys):
+    """synth:skin n=400 seed 0 puts its only 'Female & Unknown' lesion outside the training split."""
+    code = train_main(["--data", "synth:skin:n=400,seed=0", "--attribute", "sex+age_group", "--lambda", "-1",
+                       "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "invalid training configuration (2 problems)" in err
+    assert "attribute 'sex+age_group' has a group 'Female & Unknown' with 0 training samples" in err
+    assert not (tmp_path / "runs").exists()
