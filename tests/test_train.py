@@ -210,9 +210,14 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert [r.run_id for r in rundir.list_runs(tmp_path)] == ["straight"], "no half-written run is listed"
-    assert (rundir.staging_dir(tmp_path, "killed") / "checkpoint").is_dir()
+    staging = rundir.staging_dir(tmp_path, "killed")
+    assert rundir.checkpoint_in(staging) == staging / "checkpoint"
+    # the state a kill between save_checkpoint's two renames leaves: only the previous checkpoint, as .old
+    (staging / "checkpoint").rename(staging / "checkpoint.old")
+    assert rundir.checkpoint_in(staging) == staging / "checkpoint.old"
 
     assert train_main([*args, "--run-name", "killed", "--resume"]) == 0
+    assert not any(p.name.startswith("checkpoint") for p in (tmp_path / "killed").iterdir())
     straight = pd.read_csv(tmp_path / "straight" / "predictions.csv")
     resumed = pd.read_csv(tmp_path / "killed" / "predictions.csv")
     pd.testing.assert_frame_equal(straight, resumed, rtol=0, atol=1e-6)

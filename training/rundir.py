@@ -117,12 +117,26 @@ def staging_dir(runs_dir: str | Path, run_id: str) -> Path:
     return Path(runs_dir) / f"{STAGING_PREFIX}{run_id}"
 
 
+def checkpoint_in(staging: Path) -> Path | None:
+    """The complete checkpoint in a staging folder, or None.
+
+    The trainer replaces its checkpoint by renaming: the new one is written to ``checkpoint.tmp``, the
+    old one moved to ``checkpoint.old``, then the new one into place. A kill between the two renames
+    leaves only ``checkpoint.old``, which is still a complete checkpoint, one save older.
+    """
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+        if (staging / name / "state.pt").is_file():
+            return staging / name
+    return None
+
+
 def finalize(staging: Path, final: Path) -> Path:
-    """Move a complete staging folder into place (the checkpoint is dropped first)."""
+    """Move a complete staging folder into place (checkpoints are dropped first)."""
     missing = missing_files(staging)
     if missing:
         raise RuntimeError(f"refusing to publish {staging}: missing {', '.join(missing)}")
-    shutil.rmtree(staging / CHECKPOINT, ignore_errors=True)
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old", f"{CHECKPOINT}.tmp"):
+        shutil.rmtree(staging / name, ignore_errors=True)
     if final.exists():
         raise FileExistsError(RUN_EXISTS.format(name=final.name, runs_dir=final.parent))
     os.replace(staging, final)

@@ -162,6 +162,7 @@ def save_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, step: int
     }, tmp / "state.pt")
     if path.exists():
         old = path.with_name(path.name + ".old")
+        _rmtree(old)  # left by a kill during the last swap's cleanup; `path` is the newer one
         path.rename(old)
         tmp.rename(path)
         _rmtree(old)
@@ -241,12 +242,15 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
     runs_dir = Path(cfg.runs_dir)
     final, staging = runs_dir / cfg.run_name, rundir.staging_dir(runs_dir, cfg.run_name)
     checkpoint = staging / rundir.CHECKPOINT
+    found = rundir.checkpoint_in(staging)
     if final.exists():
         raise ConfigError([rundir.RUN_EXISTS.format(name=cfg.run_name, runs_dir=runs_dir)])
-    if resume and not checkpoint.is_dir():
+    if resume and found is None:
         raise ConfigError([NOTHING_TO_RESUME.format(name=cfg.run_name, path=staging)])
+    if resume and found != checkpoint:  # killed between the two renames of save_checkpoint
+        found.rename(checkpoint)
     if not resume and staging.exists():
-        if checkpoint.is_dir():
+        if found is not None:
             raise ConfigError([STAGING_HAS_CHECKPOINT.format(name=cfg.run_name, path=staging)])
         _rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
