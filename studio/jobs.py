@@ -9,6 +9,11 @@ safe to share between threads and between processes.
 
 States: queued → running → succeeded | failed | cancelled.
 
+A failed or cancelled job that left a checkpoint in its staging folder can be *resumed*
+(``resume``): a new job, linked to the old one by ``resume_of``, runs the same config with
+``--resume`` into the same run id, so a SIGKILLed worker or a cancel loses no finished steps and
+the old job's record and log stay as they were.
+
 - ``tick()`` reaps finished workers, escalates overdue cancels to SIGKILL and starts queued jobs
   while fewer than ``max_concurrent`` run (default 1: one GPU job at a time). The UI's timer, the
   optional scheduler thread (``start_scheduler``) and a watcher thread per worker (which reaps it
@@ -27,6 +32,7 @@ No Gradio here: app.py wires these calls to buttons and a ``gr.Timer``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -58,7 +64,7 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 DB_NAME = "jobs.sqlite3"
 JOBS_DIR = ".jobs"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.resume_of
 EXIT_INTERRUPTED = 3  # the trainer's exit code after SIGTERM, once its checkpoint is saved
 from training.losses import LAMBDA_METHODS  # noqa: E402
 DEFAULT_LAMBDAS = (0.1, 0.5, 1.0)  # seed 000 §4.2
@@ -96,6 +102,12 @@ ERR_BAD_GRACE = "cancel_grace_s must be ≥ 0 (got {value!r})"
 ERR_NEWER_SCHEMA = ("job database {db} has schema version {found}, newer than this FairDx ({ours}); "
                     "upgrade FairDx or point the Studio at another runs folder")
 ERR_WAIT_TIMEOUT = "job '{job_id}' is still {state} after {timeout:g} s"
+ERR_NOT_RESUMABLE = ("job '{job_id}' is {state}; only a failed or cancelled job can be resumed")
+ERR_NO_CHECKPOINT = ("job '{job_id}' left no checkpoint to resume from (it stopped before its first one, every "
+                     "save_every steps); launch it again instead")
+ERR_RUN_COMPLETE = "run '{run_id}' of job '{job_id}' is already complete; there is nothing to resume"
+ERR_RESUMING = "run '{run_id}' is already being resumed by job '{other}' ({state})"
+ERR_NO_CONFIG = "job '{job_id}' cannot be resumed: its config file {path} is gone"
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS jobs (
@@ -112,12 +124,16 @@ SCHEMA = (
         supervisor_start INTEGER,
         cancel_requested REAL,
         exit_code        INTEGER,
-        reason           TEXT
+        reason           TEXT,
+        resume_of        TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created)",
     "CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run_id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)",
 )
+MIGRATIONS = {  # user_version before → statements that bring a database to the next version
+    1: ("ALTER TABLE jobs ADD COLUMN resume_of TEXT",),
+}
 
 
 class JobLimitError(RuntimeError):
@@ -130,6 +146,10 @@ class QueueFullError(JobLimitError):
 
 class OwnerLimitError(JobLimitError):
     """The owner would have more queued or running jobs than ``max_active_per_owner`` allows."""
+
+
+class NotResumableError(ValueError):
+    """``JobStore.resume`` refused: the job is active or succeeded, or left no checkpoint (nothing queued)."""
 
 
 class UnknownJobError(LookupError):
@@ -154,6 +174,7 @@ class Job:
     runs_dir: Path
     config_path: Path
     log_path: Path
+    resume_of: str | None = None  # the failed or cancelled job this one continues
 
     @property
     def is_active(self) -> bool:
@@ -175,6 +196,12 @@ class Job:
         return rundir.staging_dir(self.runs_dir, self.run_id)
 
     @property
+    def resumable(self) -> bool:
+        """Failed or cancelled, with a checkpoint and no published run: ``JobStore.resume`` continues it."""
+        return (self.state in (FAILED, CANCELLED) and rundir.checkpoint_in(self.staging_path) is not None
+                and not self.run_path.exists())
+
+    @property
     def duration_s(self) -> float | None:
         if self.started is None:
             return None
@@ -182,9 +209,13 @@ class Job:
 
 
 def training_command(job: Job) -> list[str]:
-    """The training CLI for a job (the default ``command_for``); run with cwd = repository root."""
+    """The training CLI for a job (the default ``command_for``); run with cwd = repository root.
+
+    A job that resumes another adds ``--resume``: the trainer then continues from the checkpoint in the
+    run's staging folder and refuses a config that differs from the checkpoint's.
+    """
     return [sys.executable, "-m", "training.train", "--config", str(job.config_path), "--run-name", job.run_id,
-            "--runs-dir", str(job.runs_dir), "--no-progress"]
+            "--runs-dir", str(job.runs_dir), "--no-progress", *(["--resume"] if job.resume_of else [])]
 
 
 # ---------------------------------------------------------------------- process identity
@@ -369,6 +400,11 @@ class JobStore:
             found = con.execute("PRAGMA user_version").fetchone()[0]
             if found > SCHEMA_VERSION:
                 raise RuntimeError(ERR_NEWER_SCHEMA.format(db=self.db_path, found=found, ours=SCHEMA_VERSION))
+            exists = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+            for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):  # an older store keeps its jobs
+                if exists:
+                    for statement in MIGRATIONS[version]:
+                        con.execute(statement)
             for statement in SCHEMA:
                 con.execute(statement)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -378,7 +414,7 @@ class JobStore:
                    created=row["created"], started=row["started"], finished=row["finished"], pid=row["pid"],
                    exit_code=row["exit_code"], reason=row["reason"], cancel_requested=row["cancel_requested"],
                    runs_dir=self.runs_dir, config_path=self.jobs_dir / f"{row['id']}.json",
-                   log_path=self.jobs_dir / f"{row['id']}.log")
+                   log_path=self.jobs_dir / f"{row['id']}.log", resume_of=row["resume_of"])
 
     # ------------------------------------------------------------------ reading
     def get(self, job_id: str) -> Job:
@@ -563,7 +599,7 @@ class JobStore:
                 return FAILED, REASON_NO_RUN.format(path=job.run_path)
             return SUCCEEDED, None if code == 0 else REASON_UNWATCHED_SUCCESS
         if job.cancel_requested is not None:
-            if code == EXIT_INTERRUPTED or (code is None and (job.staging_path / rundir.CHECKPOINT).is_dir()):
+            if code == EXIT_INTERRUPTED or (code is None and rundir.checkpoint_in(job.staging_path) is not None):
                 return CANCELLED, REASON_CANCELLED_CHECKPOINT.format(staging=job.staging_path)
             if code == -signal.SIGKILL:
                 return CANCELLED, REASON_CANCELLED_KILLED.format(grace=self.cancel_grace_s)
@@ -664,6 +700,49 @@ class JobStore:
                 con.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (now, job_id))
                 _signal_group(row["pid"], row["pid_start"], signal.SIGTERM)
         return self.get(job_id)
+
+    def resume(self, job_id: str, *, owner: str = "local") -> Job:
+        """Queue a new job that continues a failed or cancelled one from its checkpoint.
+
+        The new job runs the old one's saved config with ``--resume`` into the same run id (the trainer
+        then reaches the weights an uninterrupted run would have, tests/test_train.py); the old job's
+        row and log are kept. The store's queue and per-owner limits apply as to any submission.
+        Raises NotResumableError saying why when the job cannot be resumed; nothing is queued then.
+        """
+        new_id = secrets.token_hex(6)
+        config = self.jobs_dir / f"{new_id}.json"
+        try:
+            with self._write() as con:
+                old = self._resumable(con, job_id)
+                self._check_limits(con, owner, 1)
+                rundir.write_json_atomic(config, json.loads(old.config_path.read_text()))
+                con.execute("INSERT INTO jobs (id, run_id, owner, state, created, resume_of) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (new_id, old.run_id, owner, QUEUED, time.time(), job_id))
+        except BaseException:
+            config.unlink(missing_ok=True)
+            raise
+        self.tick()
+        return self.get(new_id)
+
+    def _resumable(self, con: sqlite3.Connection, job_id: str) -> Job:
+        """The job, if it can be resumed now; else NotResumableError (or UnknownJobError) saying why not."""
+        rows = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        if not rows:
+            raise UnknownJobError(ERR_UNKNOWN_JOB.format(job_id=job_id, db=self.db_path))
+        job = self._job(rows[0])
+        if job.state not in (FAILED, CANCELLED):
+            raise NotResumableError(ERR_NOT_RESUMABLE.format(job_id=job_id, state=job.state))
+        if job.run_path.exists():
+            raise NotResumableError(ERR_RUN_COMPLETE.format(run_id=job.run_id, job_id=job_id))
+        other = con.execute("SELECT id, state FROM jobs WHERE run_id = ? AND state IN (?, ?)",
+                            (job.run_id, *ACTIVE_STATES)).fetchone()
+        if other is not None:
+            raise NotResumableError(ERR_RESUMING.format(run_id=job.run_id, other=other["id"], state=other["state"]))
+        if rundir.checkpoint_in(job.staging_path) is None:
+            raise NotResumableError(ERR_NO_CHECKPOINT.format(job_id=job_id))
+        if not job.config_path.is_file():
+            raise NotResumableError(ERR_NO_CONFIG.format(job_id=job_id, path=job.config_path))
+        return job
 
     def wait(self, job_id: str, timeout: float, *, poll_s: float = 0.1) -> Job:
         """Tick until a job is finished; raise TimeoutError if it is not within ``timeout`` seconds."""

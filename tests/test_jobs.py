@@ -23,7 +23,8 @@ import pytest
 from studio import jobs as jobs_module
 from studio.jobs import (
     CANCELLED, ERR_BAD_LIMIT, ERR_OWNER_LIMIT, ERR_QUEUE_FULL, ERR_RUN_TAKEN, ERR_SWEEP_DUPLICATES, ERR_SWEEP_EMPTY,
-    ERR_SWEEP_METHOD, ERR_UNKNOWN_JOB, FAILED, QUEUED, REASON_CANCELLED_CHECKPOINT, REASON_CANCELLED_KILLED,
+    ERR_SWEEP_METHOD, ERR_UNKNOWN_JOB, FAILED, QUEUED, ERR_NO_CHECKPOINT, ERR_NOT_RESUMABLE, ERR_RESUMING,
+    ERR_RUN_COMPLETE, NotResumableError, REASON_CANCELLED_CHECKPOINT, REASON_CANCELLED_KILLED,
     REASON_CANCELLED_QUEUED, REASON_CRASH, REASON_DISAPPEARED, REASON_SIGNAL, RUNNING, SUCCEEDED, Job, JobStore,
     OwnerLimitError, QueueFullError, UnknownJobError, process_alive, process_start_time, training_command,
 )
@@ -46,14 +47,19 @@ parser = argparse.ArgumentParser()
 for flag in ("--config", "--run-name", "--runs-dir"):
     parser.add_argument(flag)
 parser.add_argument("--no-progress", action="store_true")
+parser.add_argument("--resume", action="store_true")
 args = parser.parse_args()
 mode = args.run_name.split("-")[0]
 runs = Path(args.runs_dir)
 staging = runs / (".staging-" + args.run_name)
-staging.mkdir()
+staging.mkdir(exist_ok=args.resume)
+if args.resume:
+    assert (staging / "checkpoint" / "state.pt").is_file(), "resumed without a checkpoint"
+    print("resumed from the checkpoint", flush=True)
 
 def interrupted(signum, frame):
     (staging / "checkpoint").mkdir()
+    (staging / "checkpoint" / "state.pt").write_text("step 4")
     print("interrupted: checkpoint saved", file=sys.stderr, flush=True)
     sys.exit(3)
 
@@ -418,6 +424,104 @@ def test_process_identity_rejects_reused_pids_and_zombies():
     assert process_start_time(child.pid) is None
 
 
+# ---------------------------------------------------------------------- resuming a failed or cancelled job
+def test_cancelled_job_resumes_as_a_new_job_into_the_same_run(stores):
+    store = stores()
+    job = store.submit(cfg(run_name="sleep-a"), owner="ana")
+    wait_steps(store, job, 4)
+    store.cancel(job.id)
+    cancelled = store.wait(job.id, WAIT_S)
+    assert cancelled.state == CANCELLED and cancelled.resumable and listed(store) == []
+
+    resumed = store.resume(job.id, owner="ana")
+    assert (resumed.run_id, resumed.resume_of, resumed.owner) == ("sleep-a", job.id, "ana")
+    assert training_command(resumed)[-1] == "--resume" and "--resume" not in training_command(cancelled)
+    assert json.loads(resumed.config_path.read_text()) == json.loads(job.config_path.read_text())
+    release(store, resumed)
+    done = store.wait(resumed.id, WAIT_S)
+    assert (done.state, done.exit_code) == (SUCCEEDED, 0), done.log_path.read_text()
+    assert "resumed from the checkpoint" in done.log_path.read_text()
+    assert listed(store) == ["sleep-a"] and not job.staging_path.exists()
+    assert store.get(job.id) == cancelled and "fake trainer sleep-a: 4 steps" in job.log_path.read_text()
+    assert not store.get(job.id).resumable
+    with pytest.raises(NotResumableError) as err:
+        store.resume(job.id)
+    assert str(err.value) == ERR_RUN_COMPLETE.format(run_id="sleep-a", job_id=job.id)
+
+
+def test_a_sigkilled_job_resumes_from_its_checkpoint(stores):
+    store = stores()
+    job = store.submit(cfg(run_name="sleep-a"))
+    wait_steps(store, job, 4)
+    (job.staging_path / rundir.CHECKPOINT).mkdir()  # what the trainer's periodic save leaves behind
+    (job.staging_path / rundir.CHECKPOINT / "state.pt").write_text("step 4")
+    os.killpg(job.pid, signal.SIGKILL)
+    killed = store.wait(job.id, WAIT_S)
+    assert (killed.state, killed.reason, killed.resumable) == (FAILED, "killed by signal 9", True)
+    release(store, job)
+    done = store.wait(store.resume(job.id).id, WAIT_S)
+    assert done.state == SUCCEEDED and listed(store) == ["sleep-a"]
+
+
+def test_resume_refuses_with_the_reason_and_queues_nothing(stores):
+    store = stores(max_concurrent=1, max_active_per_owner=1)
+    running = store.submit(cfg(run_name="sleep-a"))
+    with pytest.raises(NotResumableError) as err:
+        store.resume(running.id)
+    assert str(err.value) == ERR_NOT_RESUMABLE.format(job_id=running.id, state=RUNNING)
+    wait_steps(store, running, 4)  # its SIGTERM handler (which saves the checkpoint) is in place
+    store.cancel(running.id)
+    store.wait(running.id, WAIT_S)
+
+    failed = store.wait(store.submit(cfg(run_name="fail-a")).id, WAIT_S)  # exits 2 before any checkpoint
+    with pytest.raises(NotResumableError) as err:
+        store.resume(failed.id)
+    assert str(err.value) == ERR_NO_CHECKPOINT.format(job_id=failed.id) and not failed.resumable
+    with pytest.raises(UnknownJobError):
+        store.resume("nope")
+
+    blocker = store.submit(cfg(run_name="sleep-b"))  # the owner's one active job
+    with pytest.raises(OwnerLimitError):
+        store.resume(running.id)
+    store.cancel(blocker.id)
+    store.wait(blocker.id, WAIT_S)
+    before = store.list_jobs()
+    first = store.resume(running.id)
+    with pytest.raises(NotResumableError) as err:
+        store.resume(running.id, owner="bob")
+    assert str(err.value) == ERR_RESUMING.format(run_id="sleep-a", other=first.id, state=first.state)
+    assert len(store.list_jobs()) == len(before) + 1
+    assert sorted(p.name for p in store.jobs_dir.glob("*.json")) == sorted(f"{j.id}.json" for j in store.list_jobs())
+    release(store, first)
+    assert store.wait(first.id, WAIT_S).state == SUCCEEDED
+
+
+def test_a_store_of_schema_1_keeps_its_jobs_and_can_resume_them(tmp_path, stores):
+    """The job table before resume existed (schema 1) is migrated in place when a newer app opens it."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    con = sqlite3.connect(runs / jobs_module.DB_NAME)
+    with con:
+        con.execute(jobs_module.SCHEMA[0].replace(",\n        resume_of        TEXT", ""))
+        con.execute("INSERT INTO jobs (id, run_id, owner, state, created, finished, reason) "
+                    "VALUES ('old1', 'sleep-old', 'local', 'cancelled', 1.0, 2.0, 'cancelled while running')")
+        con.execute("PRAGMA user_version = 1")
+    con.close()
+    store = stores()
+    [old] = store.list_jobs()
+    assert (old.id, old.state, old.resume_of) == ("old1", CANCELLED, None)
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == jobs_module.SCHEMA_VERSION == 2
+    con.close()
+    old.staging_path.mkdir()
+    (old.staging_path / "checkpoint").mkdir()
+    (old.staging_path / "checkpoint" / "state.pt").write_text("step 4")
+    old.config_path.write_text(json.dumps(cfg(run_name="sleep-old", runs_dir=str(store.runs_dir)).to_dict()))
+    release(store, old)
+    assert store.wait(store.resume("old1").id, WAIT_S).state == SUCCEEDED
+    assert listed(store) == ["sleep-old"]
+
+
 # ---------------------------------------------------------------------- submission: validation, ids, guards
 def test_invalid_config_names_every_problem_and_queues_nothing(stores):
     store = stores()
@@ -589,3 +693,20 @@ def test_real_sigkilled_worker_fails_and_leaves_no_listed_run(real_store):
     done = real_store.wait(job.id, REAL_WAIT_S)
     assert (done.state, done.exit_code, done.reason) == (FAILED, -9, "killed by signal 9")
     assert rundir.list_runs(real_store.runs_dir) == [] and job.staging_path.is_dir()
+
+
+def test_real_sigkilled_worker_resumes_from_its_periodic_checkpoint_to_a_complete_run(real_store):
+    job = real_store.submit(cfg(epochs=3, save_every=4))
+    poll(lambda: rundir.checkpoint_in(job.staging_path), REAL_WAIT_S)
+    os.killpg(real_store.get(job.id).pid, signal.SIGKILL)
+    killed = real_store.wait(job.id, REAL_WAIT_S)
+    assert (killed.state, killed.reason, killed.resumable) == (FAILED, "killed by signal 9", True)
+    assert rundir.list_runs(real_store.runs_dir) == []
+    resumed = real_store.wait(real_store.resume(job.id).id, REAL_WAIT_S)
+    assert (resumed.state, resumed.exit_code) == (SUCCEEDED, 0), resumed.log_path.read_text()[-2000:]
+    [run] = rundir.list_runs(real_store.runs_dir)
+    assert run.run_id == job.run_id and not job.staging_path.exists()
+    assert run.config["training"]["resumed_from_step"] >= 4
+    steps = [m["step"] for m in read_metrics(run.path / rundir.METRICS) if "loss" in m]
+    assert steps == list(range(1, 25)), "each step logged once across the kill and the resume"
+    assert real_store.progress(resumed.id).fraction == 1.0
