@@ -5,7 +5,7 @@ inference/diagnose_view.py, inference/compare_view.py, studio/form.py and studio
 this deployment allows in studio/settings.py (environment variables, documented there).
 
 Named API endpoints (gradio_client): /diagnose, /compare, /report, and with the Studio on /launch,
-/sweep, /cancel, /jobs. Events that only keep the page in sync (timer, tab switches) are private.
+/sweep, /cancel, /resume, /jobs. Events that only keep the page in sync (timer, tab switches) are private.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from studio.form import FORM_FIELDS, FieldSpec, attribute_choices, config_from_f
 from studio.form import sweep_from_form
 from studio.jobs import JobLimitError, JobStore, UnknownJobError
 from studio.settings import (
-    STUDIO_DISABLED, Settings, StudioAccessError, check_may_cancel, generate_synthetic, job_owner,
+    STUDIO_DISABLED, Settings, StudioAccessError, check_may_control, generate_synthetic, job_owner,
     synthetic_to_generate,
 )
 from training.config import ConfigError
@@ -345,6 +345,7 @@ def _studio_tab(settings: Settings, store: JobStore):
                               label="Job", allow_custom_value=True, elem_id="job-select")
             with gr.Row():
                 refresh = gr.Button("Refresh", elem_id="jobs-refresh-btn")
+                resume = gr.Button("Resume job", elem_id="resume-btn")
                 cancel = gr.Button("Cancel job", variant="stop", elem_id="cancel-btn")
             progress = gr.Markdown(jobs_view.NO_JOB_SELECTED, elem_id="job-progress")
             loss = gr.Plot(label="Loss", elem_id="job-loss-plot")
@@ -353,7 +354,7 @@ def _studio_tab(settings: Settings, store: JobStore):
     timer = gr.Timer(POLL_S, active=False)
     drawn = gr.State("")
     return dict(fields=fields, launch=launch, lambdas=lambdas, sweep=sweep, status=status, jobs_table=jobs_table,
-                job=job, refresh=refresh, cancel=cancel, progress=progress, loss=loss, log=log_box, timer=timer,
+                job=job, refresh=refresh, cancel=cancel, resume=resume, progress=progress, loss=loss, log=log_box, timer=timer,
                 drawn=drawn)
 
 
@@ -401,12 +402,24 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         owner = owner_of(request, profile) if settings.multi_user else None
         target = store.get(job_id)
         if owner is not None:
-            check_may_cancel(settings, owner, job_id, target.owner)
+            check_may_control(settings, owner, job_id, target.owner)
         if not target.is_active:
             message = jobs_view.ALREADY_FINISHED.format(job_id=job_id, state=target.state)
         else:
             message = jobs_view.CANCEL_SENT.format(job_id=job_id, state=jobs_view.state_text(store.cancel(job_id)))
         return message, jobs_view.jobs_table(store), job_id
+
+    @guarded
+    def resume(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """A failed or cancelled job with a checkpoint continues as a new job (JobStore.resume)."""
+        if not job_id:
+            raise ValueError(jobs_view.CHOOSE_JOB)
+        owner = owner_of(request, profile)
+        target = store.get(job_id)
+        check_may_control(settings, owner, job_id, target.owner)
+        resumed = store.resume(job_id, owner=owner)
+        return (jobs_view.RESUMED.format(job_id=resumed.id, old=job_id, run_id=resumed.run_id),
+                jobs_view.jobs_table(store), resumed.id)
 
     @guarded
     def list_jobs():
@@ -461,7 +474,8 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
     for button, check, fn, inputs, name in (
             (parts["launch"], check_launch, launch, fields, "launch"),
             (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"]], "sweep"),
-            (parts["cancel"], None, cancel, [job], "cancel")):
+            (parts["cancel"], None, cancel, [job], "cancel"),
+            (parts["resume"], None, resume, [job], "resume")):
         # The form is checked first by an event without outputs, so a mistake shows only its toast (no red
         # "Error" badges on the jobs table); /launch and /sweep check it again for API clients.
         trigger = button.click(check, inputs, None, api_visibility="private").success if check else button.click
@@ -492,10 +506,15 @@ def _selected_job(event: gr.SelectData):
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
     """launch() arguments: upload cap, no public monitoring page, theme and CSS (Gradio 6 takes them here).
 
+    Run history off and server-side rendering off: together they are the preconditions of
+    CVE-2026-134825 (gradio 6.27 to 6.31, fixed in 6.32, which no index we install from has yet), where a
+    forged ``Host: localhost`` reaches the run-history routes with the operator's saved Hugging Face
+    token (assets/security/advisories.json, tests/test_advisories.py). FairDx needs neither.
     Host and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, read by Gradio itself.
     """
     kwargs: dict[str, Any] = dict(max_file_size=MAX_FILE_SIZE, enable_monitoring=False, show_error=False,
-                                  css=CSS, theme=gr.themes.Soft(), footer_links=["api", "gradio"])
+                                  run_history=False, ssr_mode=False, css=CSS, theme=gr.themes.Soft(),
+                                  footer_links=["api", "gradio"])
     if settings.auth and not settings.on_space:
         kwargs["auth"] = list(settings.auth)
         kwargs["auth_message"] = "Sign in to FairDx (accounts set by the operator in FAIRDX_AUTH)."

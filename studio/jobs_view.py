@@ -28,6 +28,9 @@ LAUNCHED = "Queued job `{job_id}` → run `{run_id}`."
 SWEEP_LAUNCHED = "Queued {n} jobs (λ = {lambdas}): {jobs}."
 CANCEL_SENT = "Cancel sent to job `{job_id}` ({state})."
 ALREADY_FINISHED = "Job `{job_id}` has already finished ({state}); nothing to cancel."
+RESUMED = "Queued job `{job_id}`: it resumes job `{old}` from its checkpoint into run `{run_id}`."
+RESUMABLE = "It left a checkpoint: **Resume job** continues it from there into the same run."
+RESUMES = "Resumes job `{old}` from its checkpoint."
 CHOOSE_JOB = "choose a job first"
 
 
@@ -125,8 +128,12 @@ def status_markdown(job: Job, progress: Progress, settings: Settings) -> str:
     text = " · ".join(parts)
     bar = _bar(progress.fraction)
     lines = [text, "", bar]
+    if job.resume_of:
+        lines += ["", RESUMES.format(old=job.resume_of)]
     if job.reason:
         lines += ["", settings.redact(job.reason)]
+    if job.resumable:
+        lines += ["", RESUMABLE]
     if job.state == SUCCEEDED:
         lines += ["", f"Run `{job.run_id}` is ready: pick it in Diagnose or Compare."]
     return "\n".join(lines)

@@ -64,8 +64,9 @@ ERR_DUPLICATE = "{var} names '{name}' twice; give each entry its own name (name=
 ERR_AUTH = "FAIRDX_AUTH must be user:password pairs separated by ';' (got an entry without ':')"
 
 # Messages for visitors of the Studio.
-SIGN_IN_REQUIRED = "Sign in with Hugging Face (button at the top of the Studio) to launch or cancel training jobs."
-NOT_YOUR_JOB = "job '{job_id}' belongs to another user; you can cancel only your own jobs"
+SIGN_IN_REQUIRED = ("Sign in with Hugging Face (button at the top of the Studio) to launch, cancel or resume "
+                    "training jobs.")
+NOT_YOUR_JOB = "job '{job_id}' belongs to another user; you can cancel or resume only your own jobs"
 STUDIO_DISABLED = (
     "The Studio (training in the browser) is off on this deployment. Its owner can turn it on with the "
     "environment variable FAIRDX_STUDIO=on; training from the command line works as always: "
@@ -291,7 +292,7 @@ def job_owner(settings: Settings, *, profile_name: str | None = None, username: 
     return username or LOCAL_OWNER
 
 
-def check_may_cancel(settings: Settings, owner: str, job_id: str, job_owner_name: str) -> None:
-    """On a multi-user deployment a visitor cancels only their own jobs."""
+def check_may_control(settings: Settings, owner: str, job_id: str, job_owner_name: str) -> None:
+    """On a multi-user deployment a visitor cancels or resumes only their own jobs."""
     if settings.multi_user and owner != job_owner_name:
         raise StudioAccessError(NOT_YOUR_JOB.format(job_id=job_id))

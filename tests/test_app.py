@@ -23,7 +23,7 @@ from inference import catalog, diagnose_view
 from inference.images import NOT_AN_IMAGE, load_image
 from inference.serving import ModelPool
 from studio import jobs_view
-from studio.jobs import FINAL_STATES
+from studio.jobs import ERR_NOT_RESUMABLE, FINAL_STATES
 from studio.settings import SIGN_IN_REQUIRED, Settings
 from tests.app_runs import DATASETS, FUNDUS_SPEC, free_port, tiny_runs
 from tests.corpus import write_corpus
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 EXAMPLE = diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"
 JOB_TIMEOUT_S = 240
-STUDIO_ENDPOINTS = {"/launch", "/sweep", "/cancel", "/jobs"}
+STUDIO_ENDPOINTS = {"/launch", "/sweep", "/cancel", "/resume", "/jobs"}
 TINY_JOB = dict(method="fr", lam=0.5, w_max=10.0, attribute="race", data=FUNDUS_SPEC, backbone="auto", epochs=1,
                 lr="auto", lora_r=4, balanced_sampling=True, seed=1, max_samples=32)
 
@@ -251,6 +251,27 @@ def test_cancel_stops_a_job(client):
         client.predict("nope", api_name="/cancel")
 
 
+def test_a_cancelled_job_resumes_from_its_checkpoint_and_its_run_is_served(client, server):
+    _, _, job_id = client.predict(**{**TINY_JOB, "epochs": 4, "max_samples": 200}, api_name="/launch")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (row := wait_for_state(client, job_id, ["running"]))[4] in ("0%", "–") and time.monotonic() < deadline:
+        time.sleep(0.2)  # cancelled after its first steps: the checkpoint holds trained weights
+    client.predict(job_id, api_name="/cancel")
+    assert wait_for_state(client, job_id, FINAL_STATES)[3] == "cancelled"
+    message, table, resumed = client.predict(job_id, api_name="/resume")
+    assert message == jobs_view.RESUMED.format(job_id=resumed, old=job_id, run_id=row[1])
+    assert [r[1] for r in table["data"] if r[0] in (job_id, resumed)] == [row[1], row[1]]
+    assert wait_for_state(client, resumed, FINAL_STATES)[3:5] == ["succeeded", "100%"]
+    assert wait_for_state(client, job_id, FINAL_STATES)[3] == "cancelled"  # the old job's record stays
+    config = json.loads((server[0].fairdx_settings.runs_dir / row[1] / "config.json").read_text())
+    assert config["training"]["resumed_from_step"] >= 1
+    details = client.predict(handle_file(str(EXAMPLE)), "fundus", row[1], api_name="/diagnose")[2]
+    assert details["run_id"] == row[1]
+    with pytest.raises(AppError) as caught:
+        client.predict(resumed, api_name="/resume")
+    assert str(caught.value) == ERR_NOT_RESUMABLE.format(job_id=resumed, state="succeeded")
+
+
 def test_api_lists_the_named_endpoints_only(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert named == {"/diagnose", "/compare", "/report"} | STUDIO_ENDPOINTS
@@ -286,7 +307,7 @@ def test_on_a_space_launching_needs_a_signed_in_user(tmp_path, monkeypatch):
     try:
         assert any(isinstance(block, gradio.LoginButton) for block in demo.blocks.values())
         client = Client(url, verbose=False)
-        for api_name in ("/launch", "/cancel"):
+        for api_name in ("/launch", "/cancel", "/resume"):
             with pytest.raises(AppError) as caught:
                 client.predict(**TINY_JOB, api_name=api_name) if api_name == "/launch" else \
                     client.predict("some-job", api_name=api_name)

@@ -146,6 +146,23 @@ def test_studio_job_runs_to_the_end_and_its_adapter_is_offered(page, shots):
     page.keyboard.press("Escape")
 
 
+def test_a_cancelled_job_resumes_from_the_studio(page, shots):
+    open_tab(page, "Studio")
+    fill_form(page, {"epochs": "8", "lora-r": "4", "max-samples": "200"})
+    page.locator("#launch-btn").click()
+    # the previous test's job has finished, so a running job with trained steps is this one
+    trained = re.compile(r"running · run \S+ · owner \w+ · step [1-9]")
+    expect(page.locator("#job-progress")).to_contain_text(trained, timeout=JOB_TIMEOUT_MS)
+    page.locator("#cancel-btn").click()
+    expect(page.locator("#job-progress")).to_contain_text("left a checkpoint", timeout=JOB_TIMEOUT_MS)
+    page.locator("#resume-btn").click()
+    expect(page.locator("#studio-status")).to_contain_text("resumes job")
+    expect(page.locator("#job-progress")).to_contain_text("Resumes job")
+    expect(page.locator("#job-progress")).to_contain_text("is ready", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#jobs-table")).to_contain_text("cancelled")  # the old job keeps its record
+    screenshot(page, shots, "5-studio-resumed")
+
+
 def test_form_mistakes_are_listed_in_one_toast(page, shots):
     open_tab(page, "Studio")
     fill_form(page, {"lam": "-1", "epochs": "0", "max-samples": "5"})
@@ -153,4 +170,4 @@ def test_form_mistakes_are_listed_in_one_toast(page, shots):
     toast = page.locator(".toast-body").filter(has_text="invalid training configuration (3 problems)")
     expect(toast.first).to_be_visible()
     expect(toast.first).to_contain_text("epochs must be a whole number ≥ 1 (got 0)")
-    screenshot(page, shots, "5-studio-invalid")
+    screenshot(page, shots, "6-studio-invalid")

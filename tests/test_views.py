@@ -24,7 +24,7 @@ from studio import form, jobs_view, settings as settings_module
 from studio.jobs import ERR_SWEEP_METHOD, Job, JobStore
 from studio.progress import Progress
 from studio.settings import (
-    NOT_YOUR_JOB, SIGN_IN_REQUIRED, Settings, SettingsError, StudioAccessError, check_may_cancel, generate_synthetic,
+    NOT_YOUR_JOB, SIGN_IN_REQUIRED, Settings, SettingsError, StudioAccessError, check_may_control, generate_synthetic,
     job_owner, synthetic_to_generate,
 )
 from tests.conftest import FUNDUS_SPEC, SKIN_SPEC
@@ -114,10 +114,10 @@ def test_job_owner_needs_sign_in_on_a_space_and_cancel_is_owner_only():
     assert job_owner(space, profile_name="alice") == "alice"
     assert job_owner(Settings(), username=None) == settings_module.LOCAL_OWNER
     assert job_owner(Settings(auth=(("bob", "pw"),)), username="bob") == "bob"
-    check_may_cancel(Settings(), "local", "j1", "someone")  # one local user: anything goes
-    check_may_cancel(space, "alice", "j1", "alice")
+    check_may_control(Settings(), "local", "j1", "someone")  # one local user: anything goes
+    check_may_control(space, "alice", "j1", "alice")
     with pytest.raises(StudioAccessError) as caught:
-        check_may_cancel(space, "mallory", "j1", "alice")
+        check_may_control(space, "mallory", "j1", "alice")
     assert str(caught.value) == NOT_YOUR_JOB.format(job_id="j1")
 
 
@@ -409,6 +409,19 @@ def test_durations_progress_and_loss_curve(tmp_path):
     done = jobs_view.status_markdown(_job(tmp_path, state="failed", reason=f"crashed in {tmp_path}/x"),
                                      Progress(), Settings(runs_dir=tmp_path))
     assert "crashed in runs/x" in done
+
+
+def test_status_says_when_a_job_can_be_resumed_and_what_it_resumes(tmp_path):
+    failed = _job(tmp_path, state="failed", reason="killed by signal 9")
+    assert jobs_view.RESUMABLE not in jobs_view.status_markdown(failed, Progress(), Settings())
+    checkpoint = failed.staging_path / rundir.CHECKPOINT
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"")
+    text = jobs_view.status_markdown(failed, Progress(), Settings())
+    assert text.splitlines()[-3:] == ["killed by signal 9", "", jobs_view.RESUMABLE]
+    resumed = _job(tmp_path, id="def456", resume_of="abc123")
+    assert jobs_view.RESUMES.format(old="abc123") in jobs_view.status_markdown(resumed, Progress(), Settings())
+    assert jobs_view.RESUMABLE not in jobs_view.status_markdown(resumed, Progress(), Settings())  # running
 
 
 def test_jobs_table_reads_the_store(tmp_path):
