@@ -435,10 +435,15 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         return shown.status, figure, shown.log, stamp
 
     def poll(selected: str | None, last_drawn: str):
-        """Timer tick: jobs table and the selected job; the timer stops once no job is queued or running."""
+        """Timer tick: jobs table and the selected job; the timer stops once no job is queued or running.
+
+        Whether to keep ticking is read *before* the table: a job that ends in between is then shown
+        running once more and final on the next tick, never left showing "running" with the timer off.
+        """
+        active = store.is_active()
         current = jobs_view.selected_or_newest(store, selected)
         return (jobs_view.jobs_table(store), job_choices(current), *detail(current, last_drawn),
-                gr.Timer(active=store.is_active()))
+                gr.Timer(active=active))
 
     def start_polling():
         return gr.Timer(active=True)
