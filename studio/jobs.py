@@ -195,11 +195,25 @@ class Job:
         """Where the run is written (and its checkpoint kept) while it trains."""
         return rundir.staging_dir(self.runs_dir, self.run_id)
 
+    def resume_problem(self) -> str | None:
+        """Why this job cannot be resumed, from its own state and files (None: it can).
+
+        ``JobStore.resume`` adds the one check that needs the table: no other job resumes the run already.
+        """
+        if self.state not in (FAILED, CANCELLED):
+            return ERR_NOT_RESUMABLE.format(job_id=self.id, state=self.state)
+        if self.run_path.exists():
+            return ERR_RUN_COMPLETE.format(run_id=self.run_id, job_id=self.id)
+        if rundir.checkpoint_in(self.staging_path) is None:
+            return ERR_NO_CHECKPOINT.format(job_id=self.id)
+        if not self.config_path.is_file():
+            return ERR_NO_CONFIG.format(job_id=self.id, path=self.config_path)
+        return None
+
     @property
     def resumable(self) -> bool:
         """Failed or cancelled, with a checkpoint and no published run: ``JobStore.resume`` continues it."""
-        return (self.state in (FAILED, CANCELLED) and rundir.checkpoint_in(self.staging_path) is not None
-                and not self.run_path.exists())
+        return self.resume_problem() is None
 
     @property
     def duration_s(self) -> float | None:
@@ -400,9 +414,8 @@ class JobStore:
             found = con.execute("PRAGMA user_version").fetchone()[0]
             if found > SCHEMA_VERSION:
                 raise RuntimeError(ERR_NEWER_SCHEMA.format(db=self.db_path, found=found, ours=SCHEMA_VERSION))
-            exists = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-            for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):  # an older store keeps its jobs
-                if exists:
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone():
+                for version in range(found, SCHEMA_VERSION):  # an older store keeps its jobs
                     for statement in MIGRATIONS[version]:
                         con.execute(statement)
             for statement in SCHEMA:
@@ -689,10 +702,7 @@ class JobStore:
         checkpoint and exits 3); the job turns cancelled when the worker is reaped, and is killed
         if it still runs ``cancel_grace_s`` later. Finished: unchanged."""
         with self._write() as con:
-            rows = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall()
-            if not rows:
-                raise UnknownJobError(ERR_UNKNOWN_JOB.format(job_id=job_id, db=self.db_path))
-            row, now = rows[0], time.time()
+            row, now = self._row(con, job_id), time.time()
             if row["state"] == QUEUED:
                 con.execute("UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE id = ?",
                             (CANCELLED, now, REASON_CANCELLED_QUEUED, job_id))
@@ -724,24 +734,23 @@ class JobStore:
         self.tick()
         return self.get(new_id)
 
-    def _resumable(self, con: sqlite3.Connection, job_id: str) -> Job:
-        """The job, if it can be resumed now; else NotResumableError (or UnknownJobError) saying why not."""
+    def _row(self, con: sqlite3.Connection, job_id: str) -> sqlite3.Row:
         rows = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall()
         if not rows:
             raise UnknownJobError(ERR_UNKNOWN_JOB.format(job_id=job_id, db=self.db_path))
-        job = self._job(rows[0])
-        if job.state not in (FAILED, CANCELLED):
-            raise NotResumableError(ERR_NOT_RESUMABLE.format(job_id=job_id, state=job.state))
-        if job.run_path.exists():
-            raise NotResumableError(ERR_RUN_COMPLETE.format(run_id=job.run_id, job_id=job_id))
-        other = con.execute("SELECT id, state FROM jobs WHERE run_id = ? AND state IN (?, ?)",
-                            (job.run_id, *ACTIVE_STATES)).fetchone()
-        if other is not None:
-            raise NotResumableError(ERR_RESUMING.format(run_id=job.run_id, other=other["id"], state=other["state"]))
-        if rundir.checkpoint_in(job.staging_path) is None:
-            raise NotResumableError(ERR_NO_CHECKPOINT.format(job_id=job_id))
-        if not job.config_path.is_file():
-            raise NotResumableError(ERR_NO_CONFIG.format(job_id=job_id, path=job.config_path))
+        return rows[0]
+
+    def _resumable(self, con: sqlite3.Connection, job_id: str) -> Job:
+        """The job, if it can be resumed now; else NotResumableError (or UnknownJobError) saying why not."""
+        job = self._job(self._row(con, job_id))
+        problem = job.resume_problem()
+        if problem is None:
+            other = con.execute("SELECT id, state FROM jobs WHERE run_id = ? AND state IN (?, ?)",
+                                (job.run_id, *ACTIVE_STATES)).fetchone()
+            if other is not None:
+                problem = ERR_RESUMING.format(run_id=job.run_id, other=other["id"], state=other["state"])
+        if problem is not None:
+            raise NotResumableError(problem)
         return job
 
     def wait(self, job_id: str, timeout: float, *, poll_s: float = 0.1) -> Job:

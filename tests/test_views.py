@@ -417,6 +417,7 @@ def test_status_says_when_a_job_can_be_resumed_and_what_it_resumes(tmp_path):
     checkpoint = failed.staging_path / rundir.CHECKPOINT
     checkpoint.mkdir(parents=True)
     (checkpoint / "state.pt").write_bytes(b"")
+    failed.config_path.write_text("{}")  # the saved config a resume runs
     text = jobs_view.status_markdown(failed, Progress(), Settings())
     assert text.splitlines()[-3:] == ["killed by signal 9", "", jobs_view.RESUMABLE]
     resumed = _job(tmp_path, id="def456", resume_of="abc123")

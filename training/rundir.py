@@ -28,6 +28,8 @@ PREDICTIONS = "predictions.csv"
 EVAL = "eval.json"
 CARD = "README.md"
 CHECKPOINT = "checkpoint"
+CHECKPOINT_TMP = f"{CHECKPOINT}.tmp"  # the next checkpoint while it is written
+CHECKPOINT_OLD = f"{CHECKPOINT}.old"  # the previous one while the new one moves into place
 REQUIRED = (CONFIG, f"{ADAPTER}/adapter_config.json", f"{ADAPTER}/adapter_model.safetensors", METRICS,
             PREDICTIONS, EVAL, CARD)
 STAGING_PREFIX = ".staging-"
@@ -124,7 +126,7 @@ def checkpoint_in(staging: Path) -> Path | None:
     old one moved to ``checkpoint.old``, then the new one into place. A kill between the two renames
     leaves only ``checkpoint.old``, which is still a complete checkpoint, one save older.
     """
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+    for name in (CHECKPOINT, CHECKPOINT_OLD):
         if (staging / name / "state.pt").is_file():
             return staging / name
     return None
@@ -135,7 +137,7 @@ def finalize(staging: Path, final: Path) -> Path:
     missing = missing_files(staging)
     if missing:
         raise RuntimeError(f"refusing to publish {staging}: missing {', '.join(missing)}")
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old", f"{CHECKPOINT}.tmp"):
+    for name in (CHECKPOINT, CHECKPOINT_OLD, CHECKPOINT_TMP):
         shutil.rmtree(staging / name, ignore_errors=True)
     if final.exists():
         raise FileExistsError(RUN_EXISTS.format(name=final.name, runs_dir=final.parent))

@@ -149,8 +149,11 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 # ------------------------------------------------------------------------------------ checkpoint
 def save_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, step: int, cfg: TrainConfig) -> None:
-    """Trainable weights (safetensors), optimiser/scheduler state, step and RNG: all a resume needs."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Trainable weights (safetensors), optimiser/scheduler state, step and RNG: all a resume needs.
+
+    Written beside ``path`` and renamed into place (rundir.checkpoint_in reads what a kill leaves).
+    """
+    tmp = path.with_name(rundir.CHECKPOINT_TMP)
     tmp.mkdir(parents=True, exist_ok=True)
     trainable = {n: p.detach().cpu().contiguous() for n, p in clf.named_parameters() if p.requires_grad}
     save_file(trainable, str(tmp / "trainable.safetensors"))
@@ -161,7 +164,7 @@ def save_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, step: int
         "python_rng": list(random.getstate()[1]),
     }, tmp / "state.pt")
     if path.exists():
-        old = path.with_name(path.name + ".old")
+        old = path.with_name(rundir.CHECKPOINT_OLD)
         _rmtree(old)  # left by a kill during the last swap's cleanup; `path` is the newer one
         path.rename(old)
         tmp.rename(path)
