@@ -6,15 +6,15 @@ Trains on the synthetic benchmarks with the demo recipe (``training.demos.DEMOS`
 named below) and reads each run's ``eval.json`` (test split):
 
 - **main**: vanilla, fr, gr, hybrid and cmac on fundus (tiny Qwen2.5-VL, attribute race) and skin
-  (tiny CLIP, attribute sex+age_group), training seeds 0, 1, 2 (LoRA init, data order, dropout) on one
-  draw of each benchmark (``Plan.data_seed``: a fixed test set, so the spread is the training's). The
-  draw is fixed because skin's rare Unknown-sex / Unknown-age subgroups (1-8 training samples) are
-  missing from the training split of some draws -- n=2000 data seed 0 at strength 0, seed 2 at 1.0 --
-  which the trainer rejects; data seed 4 has them at every strength. Reported: mean ± sample standard
-  deviation over the seeds of overall accuracy and AUC, MaxAccGap on race and ethnicity (fundus),
-  intersectional ΔTPR and MaxAccGap over sex × age group (skin), and each method's change against
-  vanilla computed per seed pair (same seed, same data) and then averaged: relative for the gaps
-  ((m − v) / v), in points for accuracy/AUC.
+  (tiny CLIP, attribute sex+age_group), training seeds 0-9 (LoRA init, data order, dropout) on one
+  draw of each benchmark (``Plan.data_seed``: a fixed, enriched test set -- at least 300 test images
+  per race group, 50 malignant test images per sex × age subgroup -- so the spread is the
+  training's). Every seed is kept. Reported: mean ± sample standard deviation over the seeds of
+  overall accuracy and AUC, MaxAccGap on race and ethnicity (fundus), intersectional ΔTPR and
+  MaxAccGap over sex × age group (skin), each at the threshold the run chose on its validation split;
+  per method the paired difference to vanilla (same seed, same data) with its 95 % t interval and the
+  paired t-test's p-value over all seeds; a "vanilla vs vanilla" row (seed k against seed k + 1), the
+  change retraining alone produces; and how many seeds the degenerate-model guard flagged.
 - **lambda**: λ ∈ {0.1, 0.5, 1.0} (paper 000, Table 2) for fr and hybrid on fundus and cmac on skin.
 - **strength**: every method at data bias strength 0, 0.5 and 1.0 (``synth:<task>:...,strength=s``):
   how each method's gap reduction depends on how biased the data is.
@@ -27,7 +27,8 @@ bench/runs/fairness`` reads them too. A run already there with the same settings
 resumes where it stopped; an interrupted run continues from its checkpoint); ``--fresh`` retrains.
 
 Sizes (2 CPU cores): the full bench uses the n=2000 benchmark with a stratified subset of 960 training
-samples (``FULL.max_samples``) and the demo epochs, 56 runs; ``--quick`` a n=600 benchmark, 160
+samples (``FULL.max_samples``) and the demo recipe, 114 runs (``--workers 2`` trains two at a time);
+``--quick`` a n=600 benchmark (smaller test enrichment), 160
 samples, one epoch, one seed, the methods of each paper on its task (fundus: vanilla, fr, gr, hybrid;
 skin: vanilla, cmac), one extra λ and one extra bias strength, 9 runs, so every method and every table
 runs once. Runs use one torch thread (``--threads``): the tiny models gain nothing from a second, and
@@ -108,21 +109,23 @@ class Plan:
     strengths: tuple[float, ...]
     strength_methods: dict[str, tuple[str, ...]]
     sections: tuple[str, ...] = SECTIONS
+    test_min: dict[str, int] | None = None  # test-split enrichment per task (None: the demo spec's)
     runs_dir: Path = RUNS_DIR / "fairness"
     json_path: Path = RESULTS_DIR / "fairness.json"
 
 
 FULL = Plan(
-    name="full", n=2000, data_seed=4, max_samples=960, epochs=None, seeds=(0, 1, 2),
+    name="full", n=2000, data_seed=0, max_samples=960, epochs=None, seeds=tuple(range(10)),
     methods={task: METHODS for task in TASKS},
     lambdas=(0.1, 0.5, 1.0), lambda_methods={"fundus": ("fr", "hybrid"), "skin": ("cmac",)},
-    strengths=(0.0, 0.5, 1.0), strength_methods={task: METHODS for task in TASKS},
+    strengths=(0.0, 0.5, 1.0), strength_methods={"fundus": ("vanilla", "hybrid"), "skin": ("vanilla", "cmac")},
 )
 QUICK = Plan(
     name="quick", n=600, data_seed=0, max_samples=160, epochs=1, seeds=(0,),
     methods={"fundus": ("vanilla", "fr", "gr", "hybrid"), "skin": ("vanilla", "cmac")},
     lambdas=(0.5, 1.0), lambda_methods={"fundus": ("fr",)},
     strengths=(0.0, 1.0), strength_methods={"fundus": ("vanilla", "hybrid")},
+    test_min={"fundus": 40, "skin": 8},
     runs_dir=RUNS_DIR / "fairness-quick", json_path=RESULTS_DIR / "fairness_quick.json",
 )
 
@@ -192,6 +195,8 @@ def bench_config(run: BenchRun, plan: Plan, runs_dir: Path):
 
     base = DEMOS[run.task]
     spec = replace(parse_synth(base.data), n=plan.n, seed=plan.data_seed, strength=run.strength)
+    if plan.test_min is not None:
+        spec = replace(spec, test_min=plan.test_min[run.task])
     data = str(spec) + (f",image_size={spec.image_size}" if spec.image_size != SYNTH_DEFAULTS["image_size"] else "")
     return replace(
         base, method=run.method, lam=run.lam, seed=run.seed, data=data,
@@ -246,34 +251,55 @@ def remove_run(cfg) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def train_runs(configs: Sequence, states: dict[str, str]) -> dict[str, float]:
-    """Train the runs not done yet, one at a time, in this process; return each one's wall seconds.
+def train_runs(configs: Sequence, states: dict[str, str], *, workers: int = 1, threads: int = 1) -> dict[str, float]:
+    """Train the runs not done yet and return each one's wall seconds.
 
+    ``workers`` > 1 trains that many runs at once in worker processes (spawned, each with ``threads``
+    torch threads): the tiny models use one core each, so two workers on two cores halve the wall time.
     The trainer's own output (model summary, progress) goes to ``<runs_dir>/.logs/<run>.log``; the bench
     prints one line per run with an estimate of the time left.
     """
-    from training.train import train
-
     todo = [c for c in configs if states[c.run_name] in ("todo", "resume")]
     seconds: dict[str, float] = {}
-    for i, cfg in enumerate(todo, 1):
-        log_path = Path(cfg.runs_dir) / ".logs" / f"{cfg.run_name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with log_path.open("a") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-            try:
-                train(cfg, resume=states[cfg.run_name] == "resume", progress=False)
-            except Exception as err:
-                if type(err).__name__ in ("ConfigError", "Interrupted", "DatasetError"):
-                    raise
-                traceback.print_exc()
-                raise RunFailed(RUN_FAILED.format(name=cfg.run_name, error=err, log=log_path)) from err
-        seconds[cfg.run_name] = round(time.perf_counter() - start, 2)
-        left = [c for c in todo[i:]]
-        eta = sum(_mean_seconds(seconds, c) for c in left)
-        print(f"[{i}/{len(todo)}] {cfg.run_name}: {seconds[cfg.run_name]:.1f} s"
+
+    def finished(cfg, took: float) -> None:
+        seconds[cfg.run_name] = took
+        left = len(todo) - len(seconds)
+        eta = sum(_mean_seconds(seconds, c) for c in todo if c.run_name not in seconds) / max(1, workers)
+        print(f"[{len(seconds)}/{len(todo)}] {cfg.run_name}: {took:.1f} s"
               + (f" (about {eta / 60:.1f} min left)" if left else ""), file=sys.stderr, flush=True)
+
+    if workers <= 1:
+        for cfg in todo:
+            finished(cfg, _train_one(cfg, states[cfg.run_name] == "resume", threads))
+        return seconds
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, cfg, states[cfg.run_name] == "resume", threads): cfg for cfg in todo}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
     return seconds
+
+
+def _train_one(cfg, resume: bool, threads: int) -> float:
+    """One run, its output to its log file; a crash becomes RunFailed naming the log (picklable)."""
+    import torch
+
+    from training.train import train
+
+    torch.set_num_threads(max(1, threads))
+    log_path = Path(cfg.runs_dir) / ".logs" / f"{cfg.run_name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log_path.open("a") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        try:
+            train(cfg, resume=resume, progress=False)
+        except Exception as err:
+            traceback.print_exc()
+            raise RunFailed(RUN_FAILED.format(name=cfg.run_name, error=err, log=log_path)) from None
+    return round(time.perf_counter() - start, 2)
 
 
 def _mean_seconds(seconds: dict[str, float], cfg) -> float:
@@ -301,6 +327,9 @@ def read_record(path: Path, run: BenchRun) -> dict[str, Any]:
         "name": run.name, "task": run.task, "method": run.method, "lam": run.lam, "strength": run.strength,
         "seed": run.seed, "sections": list(run.sections),
         "metrics": {m.key: metric_value(report, m) for m in METRICS[run.task]},
+        "degenerate": bool((report.get("guard") or {}).get("degenerate")),
+        "guard": report.get("guard"), "threshold": report.get("threshold"),
+        "reweighted": report.get("overall", {}).get("reweighted"),
         "train_seconds": training.get("seconds"), "steps": training.get("steps"),
         "fairness_active_fraction": training.get("fairness_active_fraction"),
     }
@@ -323,23 +352,64 @@ def relative_change(value: float | None, baseline: float | None) -> float | None
     return (value - baseline) / baseline
 
 
+def paired_test(differences: Iterable[float | None], level: float = 0.95) -> dict[str, Any]:
+    """Mean of paired differences over seeds, its t interval at ``level`` and the two-sided p-value of a
+    one-sample t-test against 0 (= the paired t-test of method vs vanilla on the same seeds).
+
+    Every seed is kept; a seed whose figure is undefined is counted in ``n_undefined``. With fewer
+    than two defined differences, or all equal, there is no interval and no p-value.
+    """
+    from scipy import stats
+
+    values = list(differences)
+    kept = [float(v) for v in values if v is not None]
+    out: dict[str, Any] = {"mean": None, "ci": None, "p_value": None, "n": len(kept),
+                           "n_undefined": len(values) - len(kept), "values": kept}
+    if not kept:
+        return out
+    out["mean"] = statistics.fmean(kept)
+    if len(kept) < 2 or statistics.pstdev(kept) == 0.0:
+        return out
+    sem = statistics.stdev(kept) / math.sqrt(len(kept))
+    half = float(stats.t.ppf(0.5 + level / 2, len(kept) - 1)) * sem
+    out["ci"] = [out["mean"] - half, out["mean"] + half]
+    out["p_value"] = float(stats.ttest_1samp(kept, 0.0).pvalue)
+    return out
+
+
 def against_vanilla(records: Sequence[dict], vanilla: dict[int, dict], metrics: Sequence[Metric]) -> dict[str, Any]:
     """Per metric: the value over seeds, and the paired difference and relative change against vanilla.
 
     ``vanilla`` maps seed -> vanilla record of the same task and data; a seed without one is left out
-    of the paired figures (not of the value).
+    of the paired figures (not of the value). ``test`` is :func:`paired_test` of the differences.
     """
     out = {}
     for metric in metrics:
         values = [r["metrics"][metric.key] for r in records]
         pairs = [(r["metrics"][metric.key], vanilla[r["seed"]]["metrics"][metric.key])
                  for r in records if r["seed"] in vanilla]
+        differences = [None if m is None or v is None else m - v for m, v in pairs]
         out[metric.key] = {
             "value": summarize(values),
-            "delta": summarize(None if m is None or v is None else m - v for m, v in pairs),
+            "delta": summarize(differences),
             "relative": summarize(relative_change(m, v) for m, v in pairs),
+            "test": paired_test(differences),
         }
+    out["degenerate_seeds"] = sorted(r["seed"] for r in records if r.get("degenerate"))
     return out
+
+
+NOISE_FLOOR = "vanilla vs vanilla"
+"""The noise-floor row: vanilla seed k against vanilla seed k + 1 (mod the seeds), i.e. the paired change
+that retraining alone produces. A method's change inside this spread is not a method effect."""
+
+
+def noise_floor(vanilla: dict[int, dict], metrics: Sequence[Metric]) -> dict[str, Any] | None:
+    seeds = sorted(vanilla)
+    if len(seeds) < 3:
+        return None
+    shifted = [{**vanilla[seed], "seed": seeds[(i - 1) % len(seeds)]} for i, seed in enumerate(seeds)]
+    return against_vanilla(shifted, vanilla, metrics)
 
 
 def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
@@ -360,6 +430,9 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
                 method: against_vanilla([r for r in main_rows if r["method"] == method], vanilla_at(strength0), metrics)
                 for method in METHODS if any(r["method"] == method for r in main_rows)
             }
+            floor = noise_floor({r["seed"]: r for r in main_rows if r["method"] == "vanilla"}, metrics)
+            if floor:
+                result["main"][task][NOISE_FLOOR] = floor
         if "lambda" in plan.sections:
             by_method: dict[str, dict[str, Any]] = {}
             for method in plan.lambda_methods.get(task, ()):
@@ -411,13 +484,24 @@ def fmt_points(summary: dict[str, Any]) -> str:
     return text + (f" ± {100 * summary['sd']:.1f}" if summary["n"] > 1 else "")
 
 
+def fmt_test(test: dict[str, Any], digits: int = 3) -> str:
+    """'−0.061 [−0.092, −0.030] p=0.002': paired mean difference, its 95 % t interval and p-value."""
+    if test is None or test["mean"] is None:
+        return "–"
+    text = f"{test['mean']:+.{digits}f}"
+    if test["ci"]:
+        text += f" [{test['ci'][0]:+.{digits}f}, {test['ci'][1]:+.{digits}f}] p={test['p_value']:.2g}"
+    return text.replace("-", "−")
+
+
 def figure_cells(figures: dict[str, Any], metrics: Sequence[Metric], *, with_delta: bool) -> list[str]:
     cells = []
     for metric in metrics:
         entry = figures[metric.key]
         cells.append(fmt_value(entry["value"]))
         if with_delta:
-            cells.append(fmt_relative(entry["relative"]) if metric.is_gap else fmt_points(entry["delta"]))
+            cells.append(fmt_test(entry.get("test")) if entry.get("test") and entry["test"]["n"] > 1
+                         else fmt_relative(entry["relative"]) if metric.is_gap else fmt_points(entry["delta"]))
     return cells
 
 
@@ -431,14 +515,19 @@ def figure_headers(metrics: Sequence[Metric], *, with_delta: bool) -> list[str]:
 
 
 def main_table(task: str, figures: dict[str, Any]) -> str:
+    """One row per method (and the noise floor): value over seeds ± sd, then the paired difference to
+    vanilla with its 95 % interval and p-value; 'degenerate' counts seeds the guard flagged."""
     metrics = METRICS[task]
     rows = []
     for method, entry in figures.items():
         cells = figure_cells(entry, metrics, with_delta=True)
         if method == "vanilla":  # the baseline: no change against itself
             cells = [cell if i % 2 == 0 else "" for i, cell in enumerate(cells)]
-        rows.append([method, entry[metrics[0].key]["value"]["n"], *cells])
-    return markdown_table(["method", "seeds", *figure_headers(metrics, with_delta=True)], rows)
+        if method == NOISE_FLOOR:  # only the change is meaningful: vanilla's own values again
+            cells = ["" if i % 2 == 0 else cell for i, cell in enumerate(cells)]
+        rows.append([method, entry[metrics[0].key]["value"]["n"], len(entry.get("degenerate_seeds", [])), *cells])
+    headers = ["method", "seeds", "degenerate", *figure_headers(metrics, with_delta=True)]
+    return markdown_table(headers, rows)
 
 
 def lambda_table(task: str, figures: dict[str, Any]) -> str:
@@ -481,8 +570,10 @@ def report_text(result: dict[str, Any], plan: Plan) -> str:
     for task, figures in result["strength"].items():
         parts += [f"## {task}: gap against data bias strength (seed {plan.seeds[0]})", "",
                   strength_table(task, figures), ""]
-    parts.append("Gaps: lower is fairer. 'vs vanilla': relative change of a gap, difference in points of "
-                 "accuracy/AUC, paired by seed; ± is the sample standard deviation over seeds.")
+    parts.append("Gaps: lower is fairer. Values: mean ± sample sd over seeds. 'vs vanilla': mean paired difference "
+                 "(method − vanilla, same seed and data) with its 95 % t interval and the paired t-test's p-value "
+                 f"over all seeds; '{NOISE_FLOOR}' pairs vanilla seeds k and k+1, the change retraining alone "
+                 "gives. With one seed: relative change of a gap, points of accuracy/AUC.")
     return "\n".join(parts)
 
 
@@ -503,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1: tiny models gain nothing from more, and a shared machine "
                              "slows multi-threaded ops by up to 10x)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, each in its own process (2 on a 2-core machine halves the time)")
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: bench/runs/fairness[-quick])")
     parser.add_argument("--json", type=Path, help="where the figures go (default: bench/results/fairness[_quick].json)")
     return parser
@@ -571,7 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment()
     start = time.perf_counter()
     try:
-        trained = train_runs(configs, {name: state for name, (state, _) in states.items()})
+        trained = train_runs(configs, {name: state for name, (state, _) in states.items()}, workers=args.workers,
+                             threads=args.threads)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -35,7 +35,8 @@ def run_title(run: RunInfo) -> str:
     words = METHOD_NAMES.get(method, method)
     if method in LAMBDA_METHODS and run.config.get("lam") is not None:
         words += f", λ={float(run.config['lam']):g}"
-    return f"{run_key(run)} · {words}"
+    flag = " · ⚠ degenerate" if run.degenerate else ""
+    return f"{run_key(run)} · {words}{flag}"
 
 
 def method_rank(run: RunInfo) -> tuple[int, str]:

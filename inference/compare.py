@@ -50,7 +50,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from training import metrics
+from training import guard, metrics
 from training.rundir import PREDICTIONS, RunInfo
 
 try:  # installed with scikit-learn; without it BLAS keeps its own thread count
@@ -96,9 +96,12 @@ COLUMN_TITLES = {
     "seed": "Seed",
     "trained_on": "Trained on",
     "n": "n",
+    "flags": "Flags",
     **OVERALL_TITLES,
     **GAP_TITLES,
 }
+
+DEGENERATE_FLAG = "degenerate"  # shown in the Flags column and beside the run's point on the frontier
 
 # Messages: module constants, asserted word for word by the tests.
 NO_RUNS = "no runs selected; pick at least one run to compare"
@@ -280,14 +283,18 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
             return _skipped(run, message)
         frame = metrics.select_split(frame, split)  # the margins need the split's rows too
         report = metrics.evaluate(
-            frame, [attribute], min_n=MIN_N, bootstrap=bootstrap, seed=seed, ci=CI_LEVEL, split=split
+            frame, [attribute], threshold=run.threshold, min_n=MIN_N,
+            gap_min_n=run.config.get("eval_gap_min_n", metrics.GAP_MIN_N), bootstrap=bootstrap, seed=seed,
+            ci=CI_LEVEL, split=split,
         )
     except metrics.MetricsError as error:
         return _skipped(run, UNUSABLE_RUN.format(run=run.label(), reason=error))
-    row = {**run_description(run), **_figures(report, attribute)}
+    row = {**run_description(run), "flags": DEGENERATE_FLAG if run.degenerate else None, **_figures(report, attribute)}
     groups = _group_frame(run, report["attributes"][attribute])
     margins = _margin_frame(run, frame, columns)
     notes = _group_notes(run.label(), attribute, groups)
+    if run.degenerate:
+        notes = (f"{run.label()}: {guard.warning_text(run.guard_reasons)}", *notes)
     if report["overall"]["selection_rate"] in (0.0, 1.0):
         label = int(report["overall"]["selection_rate"])
         notes = (ONE_CLASS.format(run=run.label(), label=label, split=split), *notes)
@@ -434,7 +441,7 @@ MARGIN_COLUMNS = ["run", "method", "group", "label", "margin"]
 def table_columns() -> list[str]:
     """Column order of ``Comparison.table``."""
     figures = [f"{name}{suffix}" for name in (*OVERALL_TITLES, *metrics.GAPS) for suffix in ("", "_lo", "_hi")]
-    return ["run", "label", "task", "method", "lambda", "w_max", "seed", "trained_on", "n", *figures]
+    return ["run", "label", "task", "method", "lambda", "w_max", "seed", "trained_on", "n", "flags", *figures]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -548,7 +555,7 @@ def display_table(comparison: Comparison, *, digits: int = 3) -> pd.DataFrame:
     """The runs table for people: titled columns, each figure as 'value [low, high]'."""
     shown = {}
     table = comparison.table
-    for column in ("run", "method", "lambda", "w_max", "seed", "trained_on", "n"):
+    for column in ("run", "flags", "method", "lambda", "w_max", "seed", "trained_on", "n"):
         values = table[column]
         if column == "method":
             values = values.map(lambda m: METHOD_NAMES.get(m, m))
@@ -773,14 +780,16 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
         rows = table[table["method"] == method]
         x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
         captions = [run_caption(row) for row in rows.to_dict("records")]
+        flagged = (rows["flags"].fillna("") != "").to_numpy() if "flags" in rows else np.zeros(len(rows), bool)
         figure.add_scatter(
             name=METHOD_NAMES.get(method, method),
             x=x,
             y=y,
             mode="markers+text",
-            text=rows["run"],
+            text=[f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged)],
             textposition="top center",
-            marker={"size": 12, "color": _method_color(method)},
+            marker={"size": 12, "color": _method_color(method),
+                    "symbol": ["x" if bad else "circle" for bad in flagged]},
             error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
             error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
             customdata=list(zip(captions, *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo",

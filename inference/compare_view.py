@@ -122,10 +122,15 @@ def show(runs: Sequence[RunInfo], attribute: str, *, bootstrap: int) -> CompareV
 
 def summary_table(comparison: compare.Comparison) -> pd.DataFrame:
     """`compare.display_table` narrowed to fit a screen: each run named by its key ('fundus-fr (demo)'),
-    λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'); the seed and the demographic parity
+    λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'), a degenerate-model flag beside the run's
+    name ('skin-x ⚠ degenerate'); the seed and the demographic parity
     difference (neither paper reports it) are left to the CSV export."""
     table = compare.display_table(comparison, digits=SUMMARY_DIGITS)
-    table[SUMMARY_RUN_COLUMN] = comparison.table["label"].to_numpy()
+    flags = comparison.table["flags"].fillna("").to_numpy()
+    # a flag stays next to the run's figures: '⚠ degenerate' in the run's own cell
+    table[SUMMARY_RUN_COLUMN] = [f"{label} ⚠ {flag}" if flag else label
+                                 for label, flag in zip(comparison.table["label"].to_numpy(), flags)]
+    table = table.drop(columns=[compare.COLUMN_TITLES["flags"]])
     lam, w_max = compare.COLUMN_TITLES["lambda"], compare.COLUMN_TITLES["w_max"]
     settings = [" ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
                 for method, lv, wv in zip(table["Method"], table[lam], table[w_max])]

@@ -16,12 +16,13 @@ from inference.catalog import find_run, of_task, run_choices, run_key
 from inference.compare import METHOD_NAMES
 from inference.diagnosis import Diagnosis
 from inference.images import describe_image
+from training import guard
 from training.rundir import DEMO_RUNS_DIR, RunInfo
 from training.tasks import TASKS, get_task
 
 EXAMPLES_DIR = DEMO_RUNS_DIR.parent / "examples"
 TASK_CHOICES = (("Glaucoma (fundus photograph)", "fundus"), ("Skin lesion (dermoscopy)", "skin"))
-# The method each paper proposes is the adapter a visitor gets first: seed 000's Hybrid, seed 004's CMAC.
+# The method each paper proposes is the adapter a visitor gets first: Gu et al.'s Hybrid, CMAC-MMD for skin.
 DEFAULT_METHOD = {"fundus": "hybrid", "skin": "cmac"}
 
 NOTICE = (
@@ -45,8 +46,12 @@ def adapter_choices(runs: Sequence[RunInfo], task: str) -> list[tuple[str, str]]
 
 
 def default_adapter(runs: Sequence[RunInfo], task: str) -> str | None:
-    """The demo run of the method the task's paper proposes, else the first choice (None: no runs)."""
-    candidates = of_task(runs, task)
+    """The demo run of the method the task's paper proposes, else the first choice (None: no runs).
+
+    A run the degenerate-model guard flagged (training.guard) is never the default: a visitor's first
+    answer must not come from a constant classifier. It stays in the list, with its flag in the title.
+    """
+    candidates = [r for r in of_task(runs, task) if not r.degenerate]
     preferred = [r for r in candidates if r.is_demo and r.method == DEFAULT_METHOD.get(task)]
     chosen = preferred or candidates
     return run_key(chosen[0]) if chosen else None
@@ -87,14 +92,17 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
     confidences = {classes[0]: 1.0 - diagnosis.prob_positive, classes[1]: diagnosis.prob_positive}
     method = METHOD_NAMES.get(diagnosis.method, diagnosis.method)
     lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
+    warning = [f"> ⚠️ {guard.warning_text(run.guard_reasons)}", ""] if run.degenerate else []
     summary = "\n".join([
+        *warning,
         f"### {diagnosis.label} — {diagnosis.probability:.0%}",
         f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.",
         "",
         f"**Adapter** `{run_key(run)}` ({method}{lam}) on base model `{diagnosis.base_model}`  ",
         f"**Latency** {diagnosis.latency_ms:.0f} ms · image {describe_image(image)}",
     ])
-    details = {**diagnosis.as_dict(), "adapter": run_key(run), "image": describe_image(image)}
+    details = {**diagnosis.as_dict(), "adapter": run_key(run), "image": describe_image(image),
+               "degenerate": run.degenerate, "guard_reasons": run.guard_reasons}
     return DiagnosisView(confidences, summary, details)
 
 

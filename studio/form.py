@@ -25,7 +25,7 @@ from studio.settings import Settings
 from training.config import ConfigError, Method, TrainConfig, static_problems, validate
 from training.data import ATTRIBUTE_JOINER, FUNDUS_ATTRIBUTES, SKIN_ATTRIBUTES, DatasetError
 from training.data_spec import SYNTH_PREFIX, data_dir, load, parse_synth
-from training.demos import DEMOS
+from training.demos import DEMOS, RECIPE
 
 # The fields a visitor sets, in the order the form shows them; every other field keeps its default.
 FORM_FIELDS = ("method", "lam", "w_max", "attribute", "data", "backbone", "epochs", "lr", "lora_r",
@@ -76,10 +76,16 @@ class FieldSpec:
     custom: bool = False
 
 
+def studio_base() -> TrainConfig:
+    """What a Studio job uses for every field the form does not show: the demo recipe (effective batch 32,
+    stratified batches, a cross-entropy epoch before the fairness term), without which CMAC collapsed."""
+    return TrainConfig(**{k: v for k, v in RECIPE.items() if k not in FORM_FIELDS and k != "num_threads"})
+
+
 def form_fields(settings: Settings) -> list[FieldSpec]:
     """The form's widgets for this deployment, defaults and help from TrainConfig's metadata."""
     meta = {f.name: f for f in fields(TrainConfig)}
-    defaults = TrainConfig()
+    defaults = studio_base()
     dataset = next(iter(settings.datasets))
     specs = {
         "method": dict(kind="radio", choices=tuple((METHOD_NAMES[m], m) for m in get_args(Method))),
@@ -224,10 +230,12 @@ def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple
     problems += _cap_problems(chosen, settings)
 
     config = dataclasses.replace(
-        TrainConfig(), **{k: v for k, v in chosen.items() if k != "data"},
+        studio_base(), **{k: v for k, v in chosen.items() if k != "data"},
         data=settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
         runs_dir=str(settings.runs_dir),
     )
+    if config.balanced_sampling:  # the visitor's choice of batches replaces the recipe's stratified ones
+        config = dataclasses.replace(config, stratified_batches=False)
     config_problems = []
     try:
         if data_ok:

@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Small enough to generate in ~1 s, large enough that every group of race/ethnicity and sex x age_group
 # has training samples.
-FUNDUS_SPEC = "synth:fundus:n=240,seed=3"
-SKIN_SPEC = "synth:skin:n=240,seed=3"
+FUNDUS_SPEC = "synth:fundus:n=240,seed=3,test_min=0"
+SKIN_SPEC = "synth:skin:n=240,seed=3,test_min=0"
 
 
 def pytest_configure(config) -> None:

@@ -95,7 +95,11 @@ def test_diagnose_a_bundled_example_like_the_model_pool(client, runs):
                                                                           catalog.available_runs([runs])))
     assert details["probability"] == pytest.approx(expected.probability, abs=1e-6)
     assert details["label"] == expected.label == confidences["label"]
-    assert summary.startswith(f"### {expected.label} — {expected.probability:.0%}")
+    # the answer's heading; a run the degenerate-model guard flagged gets its warning above it
+    assert f"### {expected.label} — {expected.probability:.0%}" in summary.splitlines()
+    run = catalog.find_run("fundus-vanilla", catalog.available_runs([runs]))
+    assert summary.startswith("> ⚠️ This adapter is flagged as degenerate") == run.degenerate
+    assert details["degenerate"] == run.degenerate
     assert "**Certainty margin" in summary and "`fundus-vanilla` (Vanilla)" in summary
 
 
@@ -186,7 +190,7 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     keys = [f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")]
     summary, groups, accuracy, margin, frontier, notes, files = client.predict("fundus", "race", keys,
                                                                                api_name="/compare")
-    assert [row[0] for row in summary["data"]] == keys
+    assert [row[0].split(" ⚠ ")[0] for row in summary["data"]] == keys  # a flag may follow the run's name
     assert summary["headers"] == ["Run", "Method", "Trained on", "n", "Overall accuracy", "AUC", "MaxAccGap", "ΔTPR",
                                   "Equalized odds", "ES-AUC"]
     assert [row[1] for row in summary["data"]] == ["Vanilla", "FR λ=0.5", "GR w_max=10", "Hybrid λ=0.5 w_max=10",

@@ -262,9 +262,10 @@ def test_two_adapters_swap_lora_and_head(tiny, images, tmp_path):
 def test_clip_lora_on_both_towers(tiny):
     clf = add_lora(load_classifier(tiny["clip"], task="skin"))
     names = lora_module_names(clf)
-    assert sum(n.startswith("text_model.") for n in names) == 8
-    assert sum(n.startswith("vision_model.") for n in names) == 8
-    assert {n.rsplit(".", 1)[1] for n in names} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    assert sum(n.startswith("text_model.") for n in names) == 12  # 2 layers x (q, k, v, out, fc1, fc2)
+    assert sum(n.startswith("vision_model.") for n in names) == 12
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
+                                                     "visual_projection", "text_projection"}
     trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 

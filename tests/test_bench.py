@@ -179,14 +179,15 @@ def test_gpu_bench_without_cuda_says_so(capsys):
 def test_full_plan_covers_every_section_once_per_setting():
     runs = fairness.plan_runs(fairness.FULL)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 30 + 6 + 20  # main 2×5×3; λ 0.1 and 1.0 for 3 methods; 2 more strengths
-    assert "fundus-fr-l0.5-s1-seed2" in names and "skin-cmac-l0.1-s1-seed0" in names
+    # main 2 tasks × 5 methods × 10 seeds; λ 0.1 and 1.0 for 3 methods; 2 more strengths × (vanilla + the paper's method)
+    assert len(names) == len(set(names)) == 100 + 6 + 2 * 2 * 2
+    assert "fundus-fr-l0.5-s1-seed9" in names and "skin-cmac-l0.1-s1-seed0" in names
     assert "fundus-hybrid-l0.5-s0.5-seed0" in names and "skin-vanilla-l0.5-s0-seed0" in names
-    shared = next(r for r in runs if r.name == "fundus-fr-l0.5-s1-seed0")
+    shared = next(r for r in runs if r.name == "fundus-hybrid-l0.5-s1-seed0")
     assert shared.sections == ("main", "lambda", "strength")
     for task in fairness.TASKS:
         for method in fairness.METHODS:
-            assert sum(r.task == task and r.method == method and "main" in r.sections for r in runs) == 3
+            assert sum(r.task == task and r.method == method and "main" in r.sections for r in runs) == 10
 
 
 def test_quick_plan_trains_every_method_once():
@@ -203,7 +204,7 @@ def test_bench_config_is_the_demo_recipe_with_the_bench_changes(tmp_path):
 
     run = fairness.BenchRun("skin", "cmac", 0.1, 0.5, 2)
     cfg = fairness.bench_config(run, fairness.FULL, tmp_path)
-    assert cfg.data == "synth:skin:n=2000,seed=4,strength=0.5"
+    assert cfg.data == "synth:skin:n=2000,seed=0,strength=0.5,test_min=50"
     assert (cfg.method, cfg.lam, cfg.seed, cfg.max_samples, cfg.eval_bootstrap) == ("cmac", 0.1, 2, 960, 0)
     assert (cfg.runs_dir, cfg.run_name) == (str(tmp_path), "skin-cmac-l0.1-s0.5-seed2")
     unchanged = {"method", "lam", "seed", "data", "max_samples", "eval_bootstrap", "runs_dir", "run_name"}
@@ -290,8 +291,12 @@ def test_aggregate_lambda_and_strength_sections():
 def test_tables_show_mean_sd_and_change():
     result = fairness.aggregate(RECORDS, PLAN)
     main = fairness.main_table("fundus", result["main"]["fundus"])
-    assert "| fr | 2 | 0.705 ± 0.021 | −0.5 pt ± 0.7 | 0.800 ± 0.000 | +0.0 pt ± 0.0 | 0.170 ± 0.099 | −35% ± 21% |" in main
-    assert main.splitlines()[0].startswith("| method | seeds | accuracy | vs vanilla | AUC |")
+    # paired over the two seeds: accuracy −0.01, 0.00 → mean −0.005, t(1) interval ±12.706·0.005, p 0.5;
+    # race gap −0.10, −0.06 → −0.080 ± 12.706·0.02, p 0.16; AUC differences all 0 → no interval
+    assert ("| fr | 2 | 0 | 0.705 ± 0.021 | −0.005 [−0.069, +0.059] p=0.5 | 0.800 ± 0.000 | +0.000 | "
+            "0.170 ± 0.099 | −0.080 [−0.334, +0.174] p=0.16 |") in main
+    assert main.splitlines()[0].startswith("| method | seeds | degenerate | accuracy | vs vanilla | AUC |")
+    assert fairness.NOISE_FLOOR not in main  # two seeds: too few for a vanilla-vs-vanilla row
     lam = fairness.lambda_table("fundus", result["lambda"]["fundus"])
     assert "| fr | 1 | 0.680 | −2.0 pt | 0.800 | +0.0 pt | 0.050 | −75% |" in lam
     sweep = fairness.strength_table("fundus", result["strength"]["fundus"])
@@ -368,3 +373,18 @@ def test_fairness_dry_run_lists_the_plan(tmp_path):
     bad = run_cli("bench.fairness", "--sections", "nope", "--dry-run")
     assert bad.returncode == 2
     assert fairness.UNKNOWN_SECTION.format(name="nope", choices="main, lambda, strength") in bad.stderr
+
+
+def test_paired_test_and_noise_floor_over_seeds():
+    from scipy import stats
+
+    differences = [-0.12, -0.05, -0.09, -0.02, -0.07]
+    test = fairness.paired_test([*differences, None])
+    assert test["n"] == 5 and test["n_undefined"] == 1
+    assert test["p_value"] == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
+    half = stats.t.ppf(0.975, 4) * statistics.stdev(differences) / 5 ** 0.5
+    assert test["ci"] == pytest.approx([statistics.mean(differences) - half, statistics.mean(differences) + half])
+    vanilla = {seed: {"seed": seed, "metrics": {"accuracy": 0.7 + 0.01 * seed, "auc": 0.8}} for seed in range(4)}
+    floor = fairness.noise_floor(vanilla, [fairness.ACCURACY])
+    # seed k against seed k-1: +0.01 three times and −0.03 once (seed 0 against seed 3)
+    assert floor["accuracy"]["test"]["values"] == pytest.approx([-0.03, 0.01, 0.01, 0.01])

@@ -150,8 +150,9 @@ def test_a_cancelled_job_resumes_from_the_studio(page, shots):
     open_tab(page, "Studio")
     fill_form(page, {"epochs": "8", "lora-r": "4", "max-samples": "200"})
     page.locator("#launch-btn").click()
-    # 8 epochs of 21 steps: the previous test's 4-step job can never match
-    trained = re.compile(r"running · run \S+ · owner \w+ · step [1-9]\d*/168 ")
+    # 8 epochs of 6 optimiser steps (the Studio recipe's effective batch of 32): the previous test's
+    # 1-step job can never match
+    trained = re.compile(r"running · run \S+ · owner \w+ · step [1-9]\d*/48 ")
     expect(page.locator("#job-progress")).to_contain_text(trained, timeout=JOB_TIMEOUT_MS)
     page.locator("#cancel-btn").click()
     expect(page.locator("#job-progress")).to_contain_text("left a checkpoint", timeout=JOB_TIMEOUT_MS)

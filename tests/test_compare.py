@@ -385,7 +385,8 @@ def test_display_table_shows_intervals(five_runs):
     comparison = compare_runs(five_runs[:1], "race", bootstrap=100)
     shown = compare.display_table(comparison)
     row = comparison.table.iloc[0]
-    assert list(shown.columns)[:7] == ["Run", "Method", "λ", "w_max", "Seed", "Trained on", "n"]
+    assert list(shown.columns)[:8] == ["Run", "Flags", "Method", "λ", "w_max", "Seed", "Trained on", "n"]
+    assert shown.iloc[0]["Flags"] == ""  # a sound run carries no flag
     assert shown.iloc[0]["MaxAccGap"] == (
         f"{row['max_acc_gap']:.3f} [{row['max_acc_gap_lo']:.3f}, {row['max_acc_gap_hi']:.3f}]"
     )

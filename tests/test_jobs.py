@@ -34,7 +34,7 @@ from training.config import ConfigError, TrainConfig
 from training.data_spec import materialize
 
 REPO = Path(__file__).resolve().parents[1]
-SYNTH = "synth:fundus:n=200"
+SYNTH = "synth:fundus:n=200,test_min=0"
 RUN_ID = re.compile(r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)-l(?P<lam>[\d.]+)-\d{8}-\d{6}-[0-9a-f]{4}$")
 WAIT_S = 20.0
 REAL_WAIT_S = 180.0
@@ -356,7 +356,7 @@ sys.path.insert(0, REPO)
 from studio.jobs import JobStore, training_command
 from training.config import TrainConfig
 store = JobStore(RUNS, max_concurrent=2, command_for=lambda job: [sys.executable, FAKE, *training_command(job)[3:]])
-cfg = dict(data="synth:fundus:n=200", max_samples=64, epochs=1, eval_bootstrap=0)
+cfg = dict(data="synth:fundus:n=200,test_min=0", max_samples=64, epochs=1, eval_bootstrap=0)
 jobs = [store.submit(TrainConfig(run_name=name, **cfg)) for name in ("sleep-dies", "sleep-lives", "sleep-waits")]
 print(json.dumps([[j.id, j.state, j.pid] for j in jobs]), flush=True)
 time.sleep(600)

@@ -6,6 +6,7 @@ Paper 004: CMAC-MMD (RBF MMD² between subgroups' certainty margins).
 
 import itertools
 import math
+import re
 import statistics
 import time
 
@@ -72,6 +73,15 @@ def ref_kernel(a, b, h):
 
 
 def ref_mmd(x, y, h):
+    """Unbiased MMD² (Gretton et al. 2012, Eq. 3): within-sample sums over i ≠ j."""
+    kxx = sum(ref_kernel(a, b, h) for i, a in enumerate(x) for j, b in enumerate(x) if i != j)
+    kyy = sum(ref_kernel(a, b, h) for i, a in enumerate(y) for j, b in enumerate(y) if i != j)
+    kxy = sum(ref_kernel(a, b, h) for a in x for b in y) / (len(x) * len(y))
+    return kxx / (len(x) * (len(x) - 1)) + kyy / (len(y) * (len(y) - 1)) - 2 * kxy
+
+
+def ref_mmd_biased(x, y, h):
+    """The V-statistic (diagonals included) that the first CMAC implementation used."""
     kxx = sum(ref_kernel(a, b, h) for a in x for b in x) / (len(x) * len(x))
     kyy = sum(ref_kernel(a, b, h) for a in y for b in y) / (len(y) * len(y))
     kxy = sum(ref_kernel(a, b, h) for a in x for b in y) / (len(x) * len(y))
@@ -89,9 +99,9 @@ def ref_cmac(margins, subgroups, h):
     return sum(ref_mmd(x, y, h) for x, y in pairs) / len(pairs)
 
 
-def ref_median_bandwidth(values):
+def ref_median_bandwidth(values, floor=0.5):
     distances = [abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]]
-    return statistics.median_low(distances)
+    return max(statistics.median_low(distances), floor)
 
 
 def ref_margin(logits, labels):
@@ -159,20 +169,45 @@ def test_group_weights_clip_at_w_max_on_paper_split():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_mmd_rbf_matches_v_statistic(seed):
+def test_mmd_rbf_matches_u_statistic(seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(7, generator=gen, dtype=torch.float64)
     y = torch.randn(4, generator=gen, dtype=torch.float64) + 0.8
     for h in (0.3, 1.0, 2.5):
         want = ref_mmd(x.tolist(), y.tolist(), h)
         assert mmd_rbf(x, y, h).item() == pytest.approx(want, abs=TOL)
-    assert mmd_rbf(x, x, 1.0).item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_mmd_rbf_single_samples():
-    x = torch.tensor([0.0], dtype=torch.float64)
-    y = torch.tensor([1.0], dtype=torch.float64)
-    assert mmd_rbf(x, y, 1.0).item() == pytest.approx(2 - 2 * math.exp(-0.5), abs=TOL)
+def test_mmd_rbf_of_two_points_each():
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    k = lambda d: math.exp(-d * d / 2)  # noqa: E731
+    want = k(1) + k(1) - 2 * (k(3) + k(4) + k(2) + k(3)) / 4
+    assert mmd_rbf(x, y, 1.0).item() == pytest.approx(want, abs=TOL)
+
+
+def test_mmd_rbf_needs_two_samples_per_side():
+    with pytest.raises(ValueError, match=re.escape(losses.TOO_FEW_FOR_MMD.format(name="x", n=1))):
+        mmd_rbf(torch.tensor([0.0]), torch.tensor([1.0, 2.0]), 1.0)
+
+
+@pytest.mark.parametrize("bandwidth", [1.0, None])
+def test_cmac_penalty_is_zero_on_average_for_identically_distributed_subgroups(bandwidth):
+    """A perfectly fair model: six subgroups of 8 margins from one distribution. The unbiased penalty
+    averages ≈ 0 over many draws; the biased V-statistic the first version used does not."""
+    gen = torch.Generator().manual_seed(0)
+    subgroups = torch.arange(6).repeat_interleave(8)
+    unbiased, biased = [], []
+    for _ in range(400):
+        margins = 1.0 + 1.5 * torch.randn(48, generator=gen, dtype=torch.float64)
+        unbiased.append(cmac_mmd(margins, subgroups, bandwidth).item())
+        if bandwidth == 1.0 and len(biased) < 40:
+            parts = [margins[subgroups == g].tolist() for g in range(6)]
+            biased.append(statistics.mean(ref_mmd_biased(a, b, 1.0) for a, b in itertools.combinations(parts, 2)))
+    assert abs(statistics.mean(unbiased)) <= 0.03
+    assert statistics.stdev(unbiased) > 0.01  # it is a noisy estimate, not a constant 0
+    if biased:
+        assert statistics.mean(biased) > 0.1  # the V-statistic's bias at 8 samples per subgroup
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -191,7 +226,6 @@ def test_cmac_mmd_matches_mean_over_pairs(seed):
         want = ref_cmac(*as_lists(margins, subgroups), h)
         got = cmac_mmd(margins, subgroups, h)
         assert got.item() == pytest.approx(want, abs=TOL)
-        assert got.item() > 0.0
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -209,16 +243,26 @@ def test_median_bandwidth_and_cmac_with_it(seed):
     x, y = margins[:9], margins[9:]
     want = ref_mmd(x.tolist(), y.tolist(), ref_median_bandwidth(margins.tolist()))
     assert mmd_rbf(x, y, None).item() == pytest.approx(want, abs=TOL)
-    # Scale-free: CLIP cosine margins and scale·cosine logit margins give the same penalty.
-    on_logits = cmac_mmd(margins, subgroups, None).item()
-    assert on_logits > 0.0
-    assert cmac_mmd(margins / 25.0, subgroups, None).item() == pytest.approx(on_logits, abs=TOL)
+    # Not scale-free any more: margins shrunk 100x (a collapsing model) fall under the floor, so the
+    # penalty shrinks with them instead of staying put while its gradient grows 100x.
+    def grad_norm(values, bandwidth):
+        values = values.detach().clone().requires_grad_()
+        cmac_mmd(values, subgroups, bandwidth(values)).backward()
+        return values.grad.norm().item()
+
+    shifted = margins + 2.0 * (subgroups % 2)
+    bare = lambda v: median_bandwidth(v[subgroups != 9], floor=1e-12)  # noqa: E731 - the unfloored heuristic
+    floored = lambda v: None  # noqa: E731
+    assert grad_norm(shifted / 100, bare) / grad_norm(shifted, bare) == pytest.approx(100.0, rel=1e-6)
+    assert grad_norm(shifted / 100, floored) / grad_norm(shifted, floored) < 5.0
 
 
-def test_median_bandwidth_fallbacks():
-    assert median_bandwidth(torch.tensor([1.0, 1.0, 1.0, 4.0])) == 3.0  # most pairs coincide
-    assert median_bandwidth(torch.tensor([2.0, 2.0])) == 1.0  # all equal
-    assert median_bandwidth(torch.tensor([2.0])) == 1.0  # no pair
+def test_median_bandwidth_floor():
+    assert median_bandwidth(torch.tensor([1.0, 1.0, 1.0, 4.0])) == losses.MIN_BANDWIDTH  # median 0
+    assert median_bandwidth(torch.tensor([2.0, 2.0])) == losses.MIN_BANDWIDTH  # all equal
+    assert median_bandwidth(torch.tensor([2.0])) == losses.MIN_BANDWIDTH  # no pair
+    assert median_bandwidth(torch.tensor([0.0, 3.0, 6.0])) == 3.0
+    assert median_bandwidth(torch.tensor([0.0, 0.01, 0.02]), floor=0.001) == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("classes", [2, 5])

@@ -490,10 +490,53 @@ def test_groups_below_gap_min_n_are_reported_but_left_out_of_the_gaps():
         "prob": [0.9, 0.1] * 20 + [0.1, 0.9],  # the two-sample group is always wrong
         "sex": ["Female"] * 20 + ["Male"] * 20 + ["Unknown"] * 2,
     })
-    everyone = evaluate(df, ["sex"])["attributes"]["sex"]
+    everyone = evaluate(df, ["sex"], gap_min_n=1)["attributes"]["sex"]
     assert everyone["max_acc_gap"] == 1.0
+    assert evaluate(df, ["sex"])["gap_min_n"] == metrics.GAP_MIN_N == 30  # the one default: groups of 20 are out
+    assert evaluate(df, ["sex"])["attributes"]["sex"]["max_acc_gap"] is None
     filtered = evaluate(df, ["sex"], gap_min_n=10, bootstrap=50)["attributes"]["sex"]
     assert filtered["groups"]["Unknown"]["accuracy"] == 0.0
     assert filtered["groups"]["Unknown"]["in_gaps"] is False
     assert filtered["max_acc_gap"] == 0.0
     assert filtered["ci"]["max_acc_gap"] == [0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- operating point and population mix
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_youden_threshold_maximises_tpr_minus_fpr(seed):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, 300)
+    prob = np.clip(rng.normal(0.35 + 0.3 * label, 0.2), 0, 1)
+    threshold = metrics.youden_threshold(label, prob)
+
+    def j(t):
+        predicted = prob >= t
+        return predicted[label == 1].mean() - predicted[label == 0].mean()
+
+    best = max(j(t) for t in np.unique(prob))
+    assert j(threshold) == pytest.approx(best, abs=1e-12)
+    assert metrics.youden_threshold(np.zeros(5, int), np.linspace(0, 1, 5)) == 0.5  # one class: no ROC
+
+
+def test_reweighted_overall_figures_are_the_population_mix():
+    """An enriched test split (group b oversampled 4x) reweighted to the training mix gives the figures of
+    a population test set: each group's own figure, mixed by the population shares."""
+    rng = np.random.default_rng(7)
+    groups = np.array(["a"] * 500 + ["b"] * 500)
+    label = rng.integers(0, 2, 1000)
+    prob = np.clip(label * np.where(groups == "a", 0.8, 0.55) + rng.normal(0.1, 0.15, 1000), 0, 1)
+    frame = pd.DataFrame({"label": label, "prob": prob, "g": groups})
+    report = evaluate(frame, ["g"], population=("g", {"a": 800, "b": 200}))
+    by_group = report["attributes"]["g"]["groups"]
+    again = report["overall"]["reweighted"]
+    assert again["accuracy"] == pytest.approx(0.8 * by_group["a"]["accuracy"] + 0.2 * by_group["b"]["accuracy"])
+    assert again["tpr"] == pytest.approx(
+        (0.8 * by_group["a"]["tpr"] * by_group["a"]["n_pos"] / 500 + 0.2 * by_group["b"]["tpr"] * by_group["b"]["n_pos"] / 500)
+        / (0.8 * by_group["a"]["n_pos"] / 500 + 0.2 * by_group["b"]["n_pos"] / 500))
+    from sklearn.metrics import roc_auc_score
+
+    weights = metrics.population_weights(frame, "g", {"a": 800, "b": 200})
+    assert again["auc"] == pytest.approx(roc_auc_score(label, prob, sample_weight=weights), abs=1e-9)
+    assert report["overall"]["accuracy"] != pytest.approx(again["accuracy"])

@@ -122,7 +122,8 @@ def test_skin_layout_matches_ham10000(skin_dir):
     assert sorted(p.name for p in skin_dir.iterdir()) == [
         "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_metadata.csv", "synth_config.json"]
     df = pd.read_csv(skin_dir / "HAM10000_metadata.csv")
-    assert list(df.columns) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "fitzpatrick"]
+    assert list(df.columns) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "fitzpatrick",
+                                "split"]
     assert len(df) == 120 and df["image_id"].is_unique
     assert df["lesion_id"].str.fullmatch(r"HAM_\d{7}").all()
     assert df["image_id"].str.fullmatch(r"ISIC_\d{7}").all()
@@ -320,3 +321,45 @@ def test_cli_writes_a_self_documenting_dataset(tmp_path):
     cfg = __import__("json").loads((tmp_path / "s" / "synth_config.json").read_text())
     assert cfg["kind"] == "skin" and cfg["n"] == 12 and cfg["version"] == synth.VERSION
     assert cfg["effective_bias"] == {"appearance": 0.5, "prevalence": 0.5, "difficulty": 0.5}
+
+
+# ----------------------------------------------------------------------------- test-split enrichment
+
+
+def test_fundus_enrichment_gives_every_race_group_test_min_test_samples_and_nothing_else():
+    plain = synth.plan_fundus(2000, 0, BiasConfig())
+    enriched = synth.plan_fundus(2000, 0, BiasConfig(), 300)
+    test = enriched[enriched["split"] == 2]
+    assert test.groupby("race").size().min() >= 300
+    assert (enriched.loc[enriched["enriched"], "split"] == 2).all(), "added samples are test-only"
+    assert (enriched.groupby("split").size()[[0, 1]] == plain.groupby("split").size()[[0, 1]]).all()
+    assert enriched["filename"].is_unique
+    added = enriched[enriched["enriched"]]
+    assert added["ethnicity"].value_counts(normalize=True)[0] == pytest.approx(0.903, abs=0.05)
+
+
+def test_skin_enrichment_gives_every_sex_age_subgroup_test_min_malignant_test_images():
+    plan = synth.plan_skin(2000, 0, BiasConfig(), 50)
+    test = plan[(plan["split"] == "test") & (plan["sex"] != "unknown")]
+    positives = test[test["malignant"] == 1].groupby(["sex", "age_group"]).size()
+    assert len(positives) == 6 and positives.min() >= 50
+    assert plan.groupby("lesion_id")["split"].nunique().max() == 1, "a lesion never spans two splits"
+    assert (plan.loc[plan["enriched"], "split"] == "test").all()
+    train = plan[plan["split"] == "train"]
+    rare = plan.groupby(["sex", "age_group"]).size()
+    assert set(rare.index) <= set(train.groupby(["sex", "age_group"]).size().index), "every stratum trains"
+
+
+def test_latent_scores_are_the_ceiling_and_the_bias_lowers_it_for_young_women():
+    from sklearn.metrics import roc_auc_score
+
+    for strength in (0.0, 1.0):
+        plan = synth.plan_skin(3000, 1, BiasConfig(strength))
+        scores = synth.latent_scores("skin", 3000, 1, BiasConfig(strength))
+        young_women = plan[(plan["sex"] == "female") & (plan["age_group"] == "0-40")]
+        auc_all = roc_auc_score(plan["malignant"], scores.loc[plan["image_id"]])
+        auc_young = roc_auc_score(young_women["malignant"], scores.loc[young_women["image_id"]])
+        if strength == 0.0:
+            assert auc_all > 0.97 and auc_young > 0.95
+        else:
+            assert auc_young < auc_all - 0.05

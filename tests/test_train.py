@@ -25,7 +25,7 @@ from training.train import main as train_main
 from training.train import training_samples
 
 FAST = ["--epochs", "1", "--max-samples", "32", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "20",
-        "--eval-gap-min-n", "1",
+        "--eval-gap-min-n", "1", "--fairness-min-n", "1",
         "--no-progress"]
 
 
@@ -227,11 +227,59 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
 
 
 def test_a_group_without_training_samples_is_named_with_the_other_problems(tmp_path, capsys):
-    """synth:skin n=400 seed 0 puts its only 'Female & Unknown' lesion outside the training split."""
-    code = train_main(["--data", "synth:skin:n=400,seed=0", "--attribute", "sex+age_group", "--lambda", "-1",
+    """A HAM10000 folder whose split column puts every male 60+ lesion in the test split."""
+    import shutil
+
+    source = data_spec.materialize(SKIN_SPEC, progress=False)
+    folder = Path(shutil.copytree(source, tmp_path / "skin"))
+    table = pd.read_csv(folder / "HAM10000_metadata.csv")
+    table.loc[(table["sex"] == "male") & (table["age"] >= 60), "split"] = "test"
+    table.to_csv(folder / "HAM10000_metadata.csv", index=False)
+    code = train_main(["--data", str(folder), "--attribute", "sex+age_group", "--lambda", "-1",
                        "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2
     assert "invalid training configuration (2 problems)" in err
-    assert "attribute 'sex+age_group' has a group 'Female & Unknown' with 0 training samples" in err
+    assert "attribute 'sex+age_group' has a group 'Male & 60+' with 0 training samples" in err
     assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- CMAC's schedule and batches
+
+
+def test_stratified_batches_give_every_group_its_share_of_each_effective_batch():
+    from training.train import epoch_order
+
+    groups = torch.tensor([0] * 700 + [1] * 200 + [2] * 64 + [3] * 36)  # 70 / 20 / 6.4 / 3.6 %
+    cfg = TrainConfig(stratified_batches=True, seed=5)
+    order = epoch_order(1000, 0, cfg, groups)
+    assert sorted(order.tolist()) == list(range(1000)), "one epoch is every sample once"
+    for start in range(0, 1000 - 31, 32):  # every full effective batch of 32
+        counts = torch.bincount(groups[order[start:start + 32]], minlength=4).tolist()
+        expected = [32 * share for share in (0.7, 0.2, 0.064, 0.036)]
+        assert all(abs(c - e) <= 1.5 for c, e in zip(counts, expected)), counts
+    assert not torch.equal(order, epoch_order(1000, 1, cfg, groups)), "each epoch its own order"
+    plain = epoch_order(1000, 0, TrainConfig(seed=5), groups)
+    worst = min(torch.bincount(groups[plain[s:s + 32]], minlength=4)[3].item() for s in range(0, 992, 32))
+    assert worst == 0, "without stratification some batches miss the rarest group (why CMAC needs it)"
+
+
+def test_fairness_weight_waits_then_ramps():
+    from training.train import fairness_weight
+
+    cfg = TrainConfig(lam=0.5, fairness_delay_epochs=1.0, fairness_ramp_epochs=0.4)  # 10 steps an epoch
+    assert [fairness_weight(cfg, s, 10) for s in (0, 9, 10, 11, 12, 13, 50)] == [0, 0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    assert fairness_weight(TrainConfig(lam=0.7), 0, 10) == 0.7  # defaults: the paper's constant λ from step 1
+
+
+def test_tiny_groups_stay_out_of_the_fairness_term():
+    """A group below --fairness-min-n counts in the CE but never in FR's gap (training.losses fairness_mask)."""
+    from training.losses import compute_loss
+
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [-3.0, 3.0]])
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1, 2])  # group 2: one badly predicted sample
+    everyone = compute_loss("fr", logits, labels, groups, lam=1.0)
+    masked = compute_loss("fr", logits, labels, groups, lam=1.0, fairness_mask=groups != 2)
+    assert everyone.fairness.item() > 0.8 and masked.fairness.item() == pytest.approx(0.0, abs=1e-7)
+    assert masked.ce.item() == pytest.approx(everyone.ce.item())

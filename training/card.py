@@ -110,6 +110,7 @@ def render_card(config: dict[str, Any], eval_report: dict[str, Any], *, repo_id:
 
     sections = [
         _summary(config, repo_id),
+        *_guard(report),
         _method(config),
         _fairness(report, split),
         _data(config),
@@ -197,6 +198,24 @@ def _method(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _guard(report: dict[str, Any]) -> list[str]:
+    """A warning block right under the summary when the degenerate-model guard flagged the run."""
+    verdict = report.get("guard") or {}
+    if not verdict.get("degenerate"):
+        return []
+    from training.guard import warning_text
+
+    return [f"> **Warning: degenerate model.** {warning_text(verdict['reasons'])}"]
+
+
+def _reweighted(overall: dict[str, Any]) -> str:
+    again = overall.get("reweighted")
+    if not again:
+        return ""
+    return (f" Reweighted to the training split's mix of {again['attribute']} (the test split oversamples small "
+            f"groups): accuracy {_number(again.get('accuracy'))}, AUC {_number(again.get('auc'))}.")
+
+
 def _fairness(report: dict[str, Any], split: str | None) -> str:
     overall = report["overall"]
     ci = overall.get("ci") or {}
@@ -205,7 +224,9 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
         "",
         f"Overall: n = {overall.get('n', MISSING)}, accuracy {_with_interval(overall.get('accuracy'), ci.get('accuracy'))}, "
         f"AUC {_with_interval(overall.get('auc'), ci.get('auc'))}, ECE {_number(overall.get('ece'))} "
-        f"(threshold {report.get('threshold', 0.5)}).",
+        f"(threshold {_number(report.get('threshold', 0.5))}"
+        + (", chosen on the validation split by Youden's J" if report.get("threshold_rule") == "youden_on_val" else "")
+        + ")." + _reweighted(overall),
         "",
         _interval_note(report),
         "",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from training.data_spec import SYNTH_PREFIX, data_problems, parse_synth
-from training.losses import METHODS
+from training.losses import DEFAULT_BANDWIDTH, METHODS
 
 Method = Literal["vanilla", "fr", "gr", "hybrid", "cmac"]
 DType = Literal["float32", "bfloat16"]
@@ -61,7 +61,17 @@ class TrainConfig:
     attribute: str = _f("race", "Sensitive attribute the objective balances; 'a+b' is the intersection of a and b.")
     cmac_attribute: str | None = _f(None, "Attribute whose groups CMAC aligns (default: the same as --attribute; "
                                           "seed 004 uses an intersection such as sex+age_group).")
-    bandwidth: float | None = _f(None, "RBF bandwidth of the CMAC MMD; empty = median heuristic on each batch.")
+    bandwidth: float | None = _f(DEFAULT_BANDWIDTH, "RBF bandwidth of the CMAC MMD in logit-margin units (log-odds; "
+                                 "CMAC-MMD leaves it unspecified); empty = median heuristic on each batch, "
+                                 "floored at 0.5 so it cannot drive the model to a constant answer.")
+    fairness_delay_epochs: float = _f(0.0, "Epochs of plain cross-entropy before the fairness term starts (fr, "
+                                           "hybrid, cmac): a penalty on the margins of a model still at chance "
+                                           "pushes it towards a constant classifier.")
+    fairness_ramp_epochs: float = _f(0.0, "After the delay, λ rises linearly from 0 to --lambda over this many "
+                                          "epochs.")
+    fairness_min_n: int = _f(30, "Groups with fewer training samples are left out of the fairness term (fr, "
+                                 "hybrid, cmac); they still count in the cross-entropy. A subgroup of 4 images "
+                                 "says nothing about its distribution.")
     # data and model
     data: str = _f("synth:fundus", "Dataset folder (Harvard-FairVLMed or HAM10000 layout) or a synthetic spec "
                    "'synth:fundus' / 'synth:skin[:n=2000,seed=0,strength=1.0]' generated on first use.")
@@ -85,6 +95,9 @@ class TrainConfig:
     lora_r: int = _f(32, "LoRA rank r.")
     lora_alpha: float = _f(64.0, "LoRA scaling α (update scaled by α/r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.")
+    stratified_batches: bool = _f(False, "Spread every group of the fairness attribute evenly over the epoch, "
+                                         "so each optimiser step holds each group in its training share "
+                                         "(no re-weighting: the epoch is the same samples in another order).")
     balanced_sampling: bool = _f(False, "Group-balanced batches: sample each group of --attribute equally "
                                         "often, so every batch has the groups the fairness terms compare.")
     max_samples: int | None = _f(None, "Use at most this many training samples (stratified); empty = all.")
@@ -95,8 +108,10 @@ class TrainConfig:
     runs_dir: str = _f("runs", "Folder that holds run directories.")
     run_name: str | None = _f(None, "Run directory name; empty = <task>-<method>-<attribute>-<time>.")
     eval_bootstrap: int = _f(200, "Bootstrap resamples for the confidence intervals in eval.json.")
-    eval_gap_min_n: int = _f(10, "Test-set groups with fewer samples are reported in eval.json but left out of "
+    eval_gap_min_n: int = _f(30, "Test-set groups with fewer samples are reported in eval.json but left out of "
                                  "the gaps (a gap to a group of 2 measures noise).")
+    eval_threshold: float | None = _f(None, "Decision threshold for eval.json and Diagnose; empty = chosen on the "
+                                            "validation split by Youden's J (TPR − FPR), then applied to test.")
     eval_attributes: list[str] = _f([], "Attributes reported in eval.json besides --attribute (empty = all of "
                                         "the dataset's attributes).")
     log_every: int = _f(1, "Log to metrics.jsonl every N optimiser steps.")
@@ -136,6 +151,13 @@ def static_problems(cfg: TrainConfig) -> list[str]:
         p.append(f"lambda must be ≥ 0 (got {cfg.lam}); seed 000 uses 0.1, 0.5 or 1.0")
     if not isinstance(cfg.w_max, (int, float)) or cfg.w_max < 1:
         p.append(f"w_max must be ≥ 1 (got {cfg.w_max}); it caps the weight of the rarest group, seed 000 uses 10")
+    for name in ("fairness_delay_epochs", "fairness_ramp_epochs"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e6:
+            p.append(f"{name} must be a number of epochs ≥ 0 (got {v})")
+    if cfg.stratified_batches and cfg.balanced_sampling:
+        p.append("stratified_batches and balanced_sampling exclude each other: the first keeps each group's "
+                 "share of the data, the second gives every group an equal share; pick one")
     if cfg.bandwidth is not None and cfg.bandwidth <= 0:
         p.append(f"bandwidth must be > 0 or empty for the median heuristic (got {cfg.bandwidth})")
     if cfg.dtype not in get_args(DType):
@@ -146,6 +168,7 @@ def static_problems(cfg: TrainConfig) -> list[str]:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             p.append(f"{name} must be a whole number ≥ 1 (got {v})")
     for name, v in {"warmup_steps": cfg.warmup_steps, "save_every": cfg.save_every,
+                    "fairness_min_n": cfg.fairness_min_n,
                     "eval_bootstrap": cfg.eval_bootstrap, "eval_gap_min_n": cfg.eval_gap_min_n}.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             p.append(f"{name} must be a whole number ≥ 0 (got {v})")
@@ -153,6 +176,9 @@ def static_problems(cfg: TrainConfig) -> list[str]:
         p.append(f"seed must be a whole number ≥ 0 (got {cfg.seed})")
     if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
         p.append(f"num_threads must be a whole number ≥ 1 or empty (got {cfg.num_threads})")
+    if cfg.eval_threshold is not None and not (isinstance(cfg.eval_threshold, (int, float))
+                                               and 0.0 <= cfg.eval_threshold <= 1.0):
+        p.append(f"eval_threshold must be a probability in [0, 1] or empty (got {cfg.eval_threshold})")
     if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 10):
         p.append(f"max_samples must be ≥ 10 or empty (got {cfg.max_samples})")
     if isinstance(cfg.lr, str):

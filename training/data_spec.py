@@ -1,10 +1,14 @@
 """What a ``--data`` value means: a dataset folder, or a synthetic benchmark generated on first use.
 
-``synth:fundus`` and ``synth:skin[:n=2000,seed=0,strength=1.0]`` name a synthetic benchmark
+``synth:fundus`` and ``synth:skin[:n=2000,seed=0,strength=1.0,test_min=50]`` name a synthetic benchmark
 (``training.synth``) by its arguments. It is written once into the data cache
 (``$FAIRDX_DATA_DIR``, default ``data/`` in the repository) under a folder named after those
 arguments, and then read back by the same loaders as a real Harvard-FairVLMed or HAM10000 folder,
 so the demo exercises the real code path. Anything else is a folder path.
+
+``test_min`` enriches the test split (``training.synth.TEST_ENRICHMENT``) so that every group the
+benchmark's claims are judged on has enough test samples: by default at least 300 test samples per
+race group (fundus) and at least 50 malignant test images per sex x age subgroup (skin).
 
 `data_problems` is the data half of `training.config.validate`: it reads metadata only (no
 images) and names every problem (missing folder, unknown attribute, a group with no training
@@ -27,7 +31,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTH_PREFIX = "synth:"
 SYNTH_DEFAULTS = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
-SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int}
+SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int, "test_min": int}
+TEST_MIN_DEFAULTS = {"fundus": 300, "skin": 50}
 
 BAD_SYNTH_SPEC = (
     "data '{spec}' is not a valid synthetic spec: {reason}; write e.g. synth:fundus or "
@@ -44,13 +49,15 @@ class SynthSpec:
     seed: int = SYNTH_DEFAULTS["seed"]
     strength: float = SYNTH_DEFAULTS["strength"]
     image_size: int = SYNTH_DEFAULTS["image_size"]
+    test_min: int = 0
 
     @property
     def folder_name(self) -> str:
-        return f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
+        return (f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
+                f"-t{self.test_min}-v{synth.VERSION}")
 
     def __str__(self) -> str:
-        return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g}"
+        return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g},test_min={self.test_min}"
 
 
 def data_dir() -> Path:
@@ -76,10 +83,11 @@ def parse_synth(spec: str) -> SynthSpec:
             values[key] = SYNTH_KEYS[key](raw)
         except ValueError:
             raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=f"{key}='{raw}' is not a number")) from None
+    values.setdefault("test_min", TEST_MIN_DEFAULTS[task])
     parsed = SynthSpec(task, **values)  # type: ignore[arg-type]
     try:
         synth.validate_args(n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
-                            image_size=parsed.image_size, workers=1)
+                            image_size=parsed.image_size, workers=1, test_min=parsed.test_min)
     except ValueError as err:
         raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=str(err))) from None
     return parsed
@@ -103,7 +111,8 @@ def materialize(spec: str, *, progress: bool = True) -> Path:
         if not (out / synth.CONFIG_NAME).is_file():
             synth.GENERATORS[parsed.task](
                 out, n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
-                image_size=parsed.image_size, workers=min(2, os.cpu_count() or 1), progress=progress,
+                image_size=parsed.image_size, workers=min(2, os.cpu_count() or 1), test_min=parsed.test_min,
+                progress=progress,
             )
     return out
 

@@ -20,7 +20,7 @@ import torch
 from training import data_spec, rundir
 from training.backbones import Classifier, load_adapter, load_classifier
 from training.data import DatasetError
-from training.metrics import MetricsError, evaluate, format_report, read_predictions
+from training.metrics import GAP_MIN_N, MetricsError, evaluate_run, format_report, read_predictions
 from training.train import DTYPES, predict
 
 TASK_MISMATCH = "run '{run}' was trained for task '{task}' but {data} is a '{other}' dataset"
@@ -45,11 +45,27 @@ def reevaluate(run: rundir.RunInfo, *, attributes: Sequence[str] = (), bootstrap
     """Recompute eval.json from the run's own predictions.csv (atomically replaced)."""
     predictions = read_predictions(run.path / rundir.PREDICTIONS)
     reported = report_attributes(run, predictions.columns, attributes)
-    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0),
-                      gap_min_n=run.config.get("eval_gap_min_n", 1))
+    report = _evaluate(run, predictions, reported, bootstrap)
     payload = {"run_id": run.run_id, "split": "test", "attributes": reported, "report": report}
     rundir.write_json_atomic(run.path / rundir.EVAL, payload)
     return payload
+
+
+def _evaluate(run: rundir.RunInfo, predictions: pd.DataFrame, reported: Sequence[str], bootstrap: int, *,
+              population: bool = True) -> dict:
+    """The run's own evaluation rule (threshold, small-group rule, population mix) on these predictions.
+
+    External data is judged at the threshold the run chose on its own validation split, as a deployed
+    model would be; its overall figures are not reweighted (its mix is the point of the exercise).
+    """
+    cfg = run.config
+    shares = cfg.get("dataset", {}).get("group_counts", {}).get(cfg["attribute"]) if population else None
+    threshold = cfg.get("eval_threshold")
+    if not population:  # external: the run's own operating point, never one tuned on the new data
+        threshold = run.eval().get("report", {}).get("threshold", 0.5) if threshold is None else threshold
+    return evaluate_run(predictions, reported, bootstrap=bootstrap, seed=cfg.get("seed", 0),
+                        gap_min_n=cfg.get("eval_gap_min_n", GAP_MIN_N), threshold=threshold,
+                        population=(cfg["attribute"], shares) if shares else None)
 
 
 def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), bootstrap: int = 200,
@@ -65,8 +81,7 @@ def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), 
     out.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = report_attributes(run, predictions.columns, attributes)
-    report = evaluate(predictions, reported, split="test", bootstrap=bootstrap, seed=run.config.get("seed", 0),
-                      gap_min_n=run.config.get("eval_gap_min_n", 1))
+    report = _evaluate(run, predictions, reported, bootstrap, population=False)
     rundir.write_json_atomic(out / rundir.EVAL, {"run_id": run.run_id, "data": spec, "split": "test",
                                                  "attributes": reported, "report": report})
     return out

@@ -1,4 +1,4 @@
-"""Training objectives of FairDx: vanilla, FR, GR, Hybrid (paper 000) and CMAC-MMD (paper 004).
+"""Training objectives of FairDx: vanilla, FR, GR, Hybrid (Gu et al., fair LoRA) and CMAC-MMD (Zhang et al.).
 
 Every function is vectorised over the batch: group statistics come from ``torch.unique`` plus
 ``index_add_`` (a scatter-sum), never from a Python loop over samples. Inputs of lower precision
@@ -8,7 +8,8 @@ softmax, mean or kernel, and float64 inputs stay float64 (the tests use that).
 Group statistics are only meaningful over the samples they are computed on: the caller passes the
 *effective* batch (every micro-batch of one optimiser step, gathered over ranks), see DESIGN.md.
 
-Paper 000 = "fair LoRA for glaucoma" (Eqs. 1-9); paper 004 = CMAC-MMD (intersectional MMD).
+Equations cited as "Eq. k" are Gu et al.'s fair-LoRA paper for glaucoma (Eqs. 1-9); CMAC-MMD is
+Zhang et al., intersectional fairness in vision-language models (CLIP + MMD of certainty margins).
 """
 
 from collections.abc import Sequence
@@ -41,10 +42,20 @@ NON_POSITIVE_COUNT = (
 BAD_COUNTS = "counts must be a non-empty 1-D sequence of group sizes, got shape {shape}"
 BAD_W_MAX = "w_max must be >= 1 (w_max = 1 weights every group equally), got {w_max!r}"
 BAD_BANDWIDTH = "bandwidth must be > 0 (or None for the median heuristic), got {bandwidth!r}"
+TOO_FEW_FOR_MMD = "{name} has {n} sample(s); the unbiased MMD needs at least 2 per sample"
+MIN_BANDWIDTH = 0.5
+"""Floor of the median-heuristic width, in logit-margin units (a margin of 0.5 is an odds ratio of
+1.65 between the classes): below it the heuristic makes the CMAC penalty scale-free (see
+:func:`median_bandwidth`)."""
+DEFAULT_BANDWIDTH = 1.0
+"""CMAC's fixed RBF width in logit-margin units (log-odds). CMAC-MMD leaves its bandwidth unspecified;
+a fixed width on the margins' own scale cannot be shrunk by shrinking the margins, unlike the median
+heuristic, so a constant classifier is no refuge from the penalty."""
 EMPTY_BATCH = "{name} is empty; a loss needs at least one sample"
 NOT_1D = "{name} must be 1-D (one value per sample), got shape {shape}"
 LENGTH_MISMATCH = "{name} has {got} entries but the batch has {n} samples"
 NOT_INTEGER = "{name} must hold integer ids, got dtype {dtype}"
+NOT_BOOL = "{name} must be a bool tensor (True = takes part), got dtype {dtype}"
 BAD_LOGITS = "logits must have shape (batch, classes) with at least 2 classes, got shape {shape}"
 
 
@@ -113,72 +124,78 @@ def group_weights(counts: Tensor | Sequence[int], w_max: float) -> Tensor:
 
 
 def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | None) -> Tensor:
-    """Squared MMD between two 1-D samples, RBF kernel k(a, b) = exp(−(a − b)² / (2·bandwidth²)).
+    """Unbiased squared MMD (U-statistic) between two 1-D samples, RBF kernel k(a, b) = exp(−(a − b)² / (2h²)).
 
-    The biased (V-statistic) estimator: mean k(x, x) + mean k(y, y) − 2·mean k(x, y), diagonals
-    included. We use it rather than the unbiased U-statistic because it is the squared RKHS distance
-    between the two empirical mean embeddings, hence never negative (a penalty that can go negative
-    rewards the optimiser for noise) and it is defined and low-variance for the 2-5 samples a rare
-    intersectional subgroup has in one batch, where the U-statistic needs n ≥ 2 and swings in sign.
+    MMD²_u = Σ_{i≠j} k(x_i, x_j) / (n(n−1)) + Σ_{i≠j} k(y_i, y_j) / (m(m−1)) − 2·mean k(x, y)
+    (Gretton et al. 2012, Eq. 3). CMAC-MMD (Zhang et al.) does not name its estimator; we take the
+    unbiased one because its expectation is exactly 0 when both samples come from one distribution.
+    The biased V-statistic (diagonals included) is not: with 8 margins per subgroup it averaged
+    0.38 ± 0.25 on a perfectly fair model, a penalty that chases its own bias. The U-statistic can
+    be slightly negative by chance; its gradient is an unbiased estimate of the gradient of the true
+    MMD², so on average the optimiser follows the real distribution distance.
 
     Args:
-        x: (n,) first sample (e.g. certainty margins of subgroup s).
-        y: (m,) second sample.
-        bandwidth: kernel width, on the scale of the values (see :func:`certainty_margin`);
-            None = :func:`median_bandwidth` of x and y pooled.
+        x: (n,) first sample, n ≥ 2 (e.g. certainty margins of subgroup s).
+        y: (m,) second sample, m ≥ 2.
+        bandwidth: kernel width h on the scale of the values (see :func:`certainty_margin`);
+            None = :func:`median_bandwidth` of x and y pooled, floored at :data:`MIN_BANDWIDTH`.
     """
     _check_bandwidth(bandwidth)
     _check_samples(x, "x")
     _check_samples(y, "y")
+    for name, sample in (("x", x), ("y", y)):
+        if len(sample) < 2:
+            raise ValueError(TOO_FEW_FOR_MMD.format(name=name, n=len(sample)))
     x, y = _promote(x), _promote(y)
     if bandwidth is None:
         bandwidth = median_bandwidth(torch.cat([x, y]))
-    return (
-        _rbf_kernel(x, x, bandwidth).mean()
-        + _rbf_kernel(y, y, bandwidth).mean()
-        - 2.0 * _rbf_kernel(x, y, bandwidth).mean()
-    )
+    n, m = len(x), len(y)
+    kxx, kyy = _rbf_kernel(x, x, bandwidth), _rbf_kernel(y, y, bandwidth)
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return within_x + within_y - 2.0 * _rbf_kernel(x, y, bandwidth).mean()
 
 
-def median_bandwidth(values: Tensor) -> float:
-    """Median heuristic for the RBF width: the (lower) median of |a_i − a_j| over pairs i < j.
+def median_bandwidth(values: Tensor, floor: float | None = None) -> float:
+    """Median heuristic for the RBF width, floored: max(median |a_i − a_j| over pairs i < j, floor).
 
-    Puts the kernel on the scale of the data, so one setting serves logit margins (scale ~ 1-10)
-    and CLIP cosine margins (~ 0.01-0.1) alike. Returned as a float, i.e. outside autograd: the
-    width is a per-batch setting, and letting gradients reach it would let the optimiser lower the
-    penalty by widening the kernel instead of aligning the distributions. Falls back to the largest
-    distance when more than half the pairs coincide, and to 1.0 when all values are equal (every
-    MMD is then 0 whatever the width).
+    Puts the kernel on the scale of the data. Returned as a float, i.e. outside autograd: letting
+    gradients reach the width would let the optimiser lower the penalty by widening the kernel
+    instead of aligning the distributions. The floor (default :data:`MIN_BANDWIDTH`) is what keeps the
+    heuristic from driving collapse: without it the penalty is scale-free -- shrinking every margin
+    100× leaves the MMD unchanged while its gradient grows 100× -- so a model near margin 0 is pulled
+    towards a constant classifier it cannot leave. Falls back to the floor when all values coincide.
 
     Args:
         values: (n,) the pooled samples.
+        floor: smallest width returned; None = :data:`MIN_BANDWIDTH`.
     """
     _check_samples(values, "values")
+    floor = MIN_BANDWIDTH if floor is None else float(floor)
     values = _promote(values).detach()
     i, j = torch.triu_indices(len(values), len(values), offset=1, device=values.device)
     distances = (values[i] - values[j]).abs()
-    if distances.numel() == 0:
-        return 1.0
-    width = distances.median().item()
-    if width <= 0.0:
-        width = distances.max().item()
-    return width if width > 0.0 else 1.0
+    width = distances.median().item() if distances.numel() else 0.0
+    return max(width, floor)
 
 
 def cmac_mmd(margins: Tensor, subgroups: Tensor, bandwidth: float | None) -> Tensor:
-    """CMAC-MMD penalty (paper 004): mean of :func:`mmd_rbf` over all pairs of subgroups present.
+    """CMAC-MMD penalty (Zhang et al.): mean unbiased MMD² (:func:`mmd_rbf`) over all pairs of subgroups present.
 
-    Only intersectional subgroups with at least 2 samples in the batch take part: a single margin
-    is no estimate of a distribution, so a lone sample gets no gradient from this term. With fewer
+    Only intersectional subgroups with at least 2 samples in the batch take part: the U-statistic
+    needs two samples per side, and a single margin is no estimate of a distribution. With fewer
     than two such subgroups there is no pair and the result is a zero that still belongs to the
-    autograd graph (``margins.sum() * 0``), so ``backward()`` works unchanged.
+    autograd graph (``margins.sum() * 0``), so ``backward()`` works unchanged. The paper warns that
+    the estimate is unreliable with few samples per subgroup; the trainer's ``stratified_batches``
+    and ``grad_accum`` give every subgroup its share of each optimiser step.
 
-    We take the *mean* over pairs (DESIGN.md writes Σ; paper 004 does not say) so that the scale of
-    the term, and hence a good λ (paper: 0.5), does not grow with the number of subgroups, which
-    differs between tasks (6 in dermatology, 8 in glaucoma) and from batch to batch.
+    We take the *mean* over pairs (the paper sums; it does not normalise) so that the scale of the
+    term, and hence a good λ (paper: 0.5), does not grow with the number of subgroups, which differs
+    between tasks (6 in dermatology, 8 in glaucoma) and from batch to batch.
 
-    Vectorised: one n×n kernel matrix over the eligible samples, summed into a G×G matrix of
-    between-subgroup kernel means with two ``index_add_`` calls; MMD²(s, t) = M_ss + M_tt − 2·M_st.
+    Vectorised: one m×m kernel matrix over the eligible samples, summed into a G×G matrix of
+    between-subgroup kernel sums with two ``index_add_`` calls; the diagonal blocks drop the kernel's
+    diagonal (the U-statistic), MMD²(s, t) = W_s + W_t − 2·M_st.
 
     Args:
         margins: (n,) per-sample certainty margins (:func:`certainty_margin`).
@@ -205,13 +222,13 @@ def cmac_mmd(margins: Tensor, subgroups: Tensor, bandwidth: float | None) -> Ten
     if bandwidth is None:
         bandwidth = median_bandwidth(values)
 
-    kernel = _rbf_kernel(values, values, bandwidth)  # (m, m)
+    kernel = _rbf_kernel(values, values, bandwidth)  # (m, m); its diagonal is exp(0) = 1
     row_sums = values.new_zeros(n_groups, len(values)).index_add_(0, ids, kernel)
     block_sums = values.new_zeros(n_groups, n_groups).index_add_(1, ids, row_sums)
-    block_means = block_sums / (sizes[:, None] * sizes[None, :])
+    cross = block_sums / (sizes[:, None] * sizes[None, :])
+    within = (block_sums.diagonal() - sizes) / (sizes * (sizes - 1.0))  # U-statistic: i ≠ j only
     s, t = torch.triu_indices(n_groups, n_groups, offset=1, device=values.device)
-    within = block_means.diagonal()
-    return (within[s] + within[t] - 2.0 * block_means[s, t]).mean()
+    return (within[s] + within[t] - 2.0 * cross[s, t]).mean()
 
 
 def certainty_margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -248,9 +265,10 @@ def compute_loss(
     *,
     lam: float = 0.5,
     group_weight: Tensor | None = None,
-    bandwidth: float | None = 1.0,
+    bandwidth: float | None = DEFAULT_BANDWIDTH,
     subgroups: Tensor | None = None,
     margins: Tensor | None = None,
+    fairness_mask: Tensor | None = None,
 ) -> LossParts:
     """The five FairDx objectives on one (effective) batch.
 
@@ -293,11 +311,15 @@ def compute_loss(
             ``group_weight`` (ids 0..G-1); for fr any integer ids work.
         lam: λ ≥ 0, weight of the fairness term (paper: 0.5).
         group_weight: (G,) per-group weights from :func:`group_weights`; required for gr/hybrid.
-        bandwidth: RBF width for cmac, on the scale of the margins; None = median heuristic
-            (:func:`median_bandwidth`) on each batch.
+        bandwidth: RBF width for cmac, on the scale of the margins (default :data:`DEFAULT_BANDWIDTH`);
+            None = floored median heuristic (:func:`median_bandwidth`) on each batch.
         subgroups: (n,) intersectional subgroup ids for cmac; defaults to ``groups``.
         margins: (n,) certainty margins for cmac if the backbone supplies them (e.g. CLIP cosine
             margins); defaults to :func:`certainty_margin` of ``logits``.
+        fairness_mask: (n,) bool, the samples that take part in the fairness term (fr, hybrid, cmac);
+            None = all. The trainer leaves out groups too small to estimate anything (a subgroup of
+            4 training images, e.g. HAM10000's unknown sex) so they cannot drive the penalty; every
+            sample still counts in the CE.
     """
     if method not in METHODS:
         raise ValueError(UNKNOWN_METHOD.format(method=method, choices=", ".join(METHODS)))
@@ -317,9 +339,16 @@ def compute_loss(
     else:
         ce = ce_per_sample.mean()
 
-    if method in ("fr", "hybrid"):
+    if fairness_mask is not None:
+        _check_mask(fairness_mask, n)
+    if method in LAMBDA_METHODS and fairness_mask is not None and not bool(fairness_mask.any()):
+        fairness = ce_per_sample.sum() * 0.0  # nobody takes part: a zero inside the graph
+    elif method in ("fr", "hybrid"):
         # p_true = softmax(logits)[label] = exp(−CE_i): reuses the CE already computed.
-        fairness = soft_accuracy_gap(torch.exp(-ce_per_sample), groups)
+        p_true = torch.exp(-ce_per_sample)
+        if fairness_mask is not None:
+            p_true, groups = p_true[fairness_mask], groups[fairness_mask]
+        fairness = soft_accuracy_gap(p_true, groups)
     elif method == "cmac":
         if margins is None:
             margins = certainty_margin(logits, labels)
@@ -329,6 +358,8 @@ def compute_loss(
                 raise ValueError(LENGTH_MISMATCH.format(name="margins", got=len(margins), n=n))
         subgroups = groups if subgroups is None else subgroups
         _check_ids(subgroups, "subgroups", n)
+        if fairness_mask is not None:
+            margins, subgroups = margins[fairness_mask], subgroups[fairness_mask]
         fairness = cmac_mmd(margins, subgroups, bandwidth)
     else:
         fairness = zero
@@ -392,6 +423,14 @@ def _check_ids(ids: Tensor, name: str, n: int) -> None:
     _check_samples(ids, name)
     if len(ids) != n:
         raise ValueError(LENGTH_MISMATCH.format(name=name, got=len(ids), n=n))
+
+
+def _check_mask(mask: Tensor, n: int) -> None:
+    if mask.dtype != torch.bool:
+        raise ValueError(NOT_BOOL.format(name="fairness_mask", dtype=mask.dtype))
+    _check_samples(mask, "fairness_mask")
+    if len(mask) != n:
+        raise ValueError(LENGTH_MISMATCH.format(name="fairness_mask", got=len(mask), n=n))
 
 
 def _check_logits(logits: Tensor) -> None:

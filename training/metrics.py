@@ -21,7 +21,7 @@ A sample is predicted positive when ``prob >= threshold``. Per group we report `
 A group with one class only has no AUC and no TPR (no positives) or FPR (no negatives): the figure is
 None, an ``UndefinedMetricWarning`` names the group and metric, and the gaps use the other groups.
 A gap needs two groups that define its metric, otherwise it is None. Groups smaller than ``min_n``
-are kept in the gaps and flagged ``small``; groups smaller than ``gap_min_n`` (default 1, i.e. none)
+are kept in the gaps and flagged ``small``; groups smaller than ``gap_min_n`` (default :data:`GAP_MIN_N` = 30)
 are reported but left out of the gaps (``in_gaps`` false): a gap between a group of 2 and one of 300
 measures noise, e.g. HAM10000's few lesions of unknown sex.
 
@@ -50,6 +50,9 @@ GROUP_JOINER = " & "  # joins the values in a group label, as training.data.GROU
 GAPS = ("max_acc_gap", "delta_tpr", "equalized_odds", "dpd", "es_auc")
 GROUP_METRICS = ("accuracy", "auc", "tpr", "fpr", "selection_rate")
 ECE_BINS = 10
+GAP_MIN_N = 30
+"""The one small-group rule: a group with fewer test samples is reported (with its n) but left out of
+the gaps -- the max − min of six groups of 5 measures noise, not the model."""
 _CHUNK_ELEMENTS = 1 << 22  # resample weights held at once (replicates × rows), 32 MiB of float64
 
 # Messages: module constants, asserted word for word by the tests.
@@ -176,6 +179,40 @@ def expected_calibration_error(label, prob, *, n_bins: int = ECE_BINS) -> float:
     return float(np.abs(excess).sum() / len(prob))
 
 
+def youden_threshold(label, prob) -> float:
+    """The decision threshold that maximises Youden's J = TPR − FPR on these predictions.
+
+    Meant for the validation split: the threshold is chosen there and the test split is evaluated at
+    it, so no test figure is tuned on the test data. Among equally good thresholds the midpoint of
+    the best run of scores is taken; with one class only (no ROC) the default 0.5 is returned.
+    """
+    from sklearn.metrics import roc_curve
+
+    label = np.asarray(label, dtype=int)
+    prob = np.asarray(prob, dtype=float)
+    if label.min(initial=0) == label.max(initial=0) or len(label) == 0:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(label, prob)
+    j = tpr - fpr
+    best = np.flatnonzero(np.isclose(j, j.max()))
+    finite = thresholds[best][np.isfinite(thresholds[best])]
+    return float(np.clip(np.median(finite), 0.0, 1.0)) if len(finite) else 0.5
+
+
+def population_weights(df: pd.DataFrame, attribute: str, shares: dict[str, float]) -> np.ndarray:
+    """Per row, population share / sample share of its group of ``attribute``: the importance weights
+    that turn figures over an enriched test split (minorities oversampled) into figures over the
+    population's group mix. Groups missing from ``shares`` get weight 0."""
+    columns = _attribute_columns(attribute, df.columns)
+    values = df[columns[0]].astype(str)
+    for column in columns[1:]:
+        values = values + GROUP_JOINER + df[column].astype(str)
+    sample_share = values.map(values.value_counts(normalize=True))
+    total = sum(shares.values())
+    population = values.map({k: v / total for k, v in shares.items()}).fillna(0.0)
+    return (population / sample_share).to_numpy(float)
+
+
 def group_metrics(df: pd.DataFrame, attribute: str, *, threshold: float = 0.5, min_n: int = 30) -> GroupReport:
     """Per-group metrics and gaps of one attribute spec (a column, or columns joined by "+")."""
     _check_arguments(threshold=threshold, min_n=min_n)
@@ -190,17 +227,21 @@ def evaluate(
     *,
     threshold: float = 0.5,
     min_n: int = 30,
-    gap_min_n: int = 1,
+    gap_min_n: int = GAP_MIN_N,
     bootstrap: int = 0,
     seed: int = 0,
     ci: float = 0.95,
     split: str | None = None,
+    population: tuple[str, dict[str, float]] | None = None,
 ) -> dict:
     """The JSON-able report of a predictions frame: overall figures, then groups and gaps per attribute.
 
     With ``bootstrap=B > 0`` every gap (and overall accuracy and AUC) gets a ``ci`` percentile
     interval at level ``ci`` from B seeded resamples, and ``n_bootstrap_failed`` counts the
-    replicates left out per gap (see the module docstring).
+    replicates left out per gap (see the module docstring). ``population=(attribute, shares)``
+    adds ``overall["reweighted"]``: the overall figures with every row weighted by
+    :func:`population_weights`, i.e. as they would be on the population's mix of that attribute's
+    groups (used when the test split oversamples minorities). Per-group figures need no reweighting.
     """
     if isinstance(attributes, str) or not all(isinstance(a, str) for a in attributes):
         raise MetricsError(BAD_ARGUMENT.format(name="attributes", rule="a list of attribute names", value=attributes))
@@ -224,6 +265,14 @@ def evaluate(
         "overall": dict(overall),
         "attributes": {spec: report.to_dict() for spec, report in reports.items()},
     }
+    if population is not None:
+        attribute, shares = population
+        weights = population_weights(preds.frame, attribute, shares)
+        rates = _rates(everyone.stats(weights[None, :])[:, :, None])
+        result["overall"]["reweighted"] = {
+            "attribute": attribute, "shares": {k: float(v) for k, v in shares.items()},
+            **{m: _number(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
+        }
     if bootstrap:
         intervals = _bootstrap(preds, everyone, partitions, reports, n_boot=bootstrap, seed=seed, level=ci)
         for owner, per_name in intervals.items():
@@ -231,6 +280,39 @@ def evaluate(
             target["ci"] = {name: interval for name, (interval, _) in per_name.items()}
             target["n_bootstrap_failed"] = {name: failed for name, (_, failed) in per_name.items()}
     return result
+
+
+def evaluate_run(
+    predictions: pd.DataFrame,
+    attributes: Sequence[str],
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    gap_min_n: int = GAP_MIN_N,
+    threshold: float | None = None,
+    population: tuple[str, dict[str, float]] | None = None,
+) -> dict:
+    """A run's test report as ``eval.json`` holds it: operating point, figures, degenerate-model guard.
+
+    The decision threshold is ``threshold`` if given, else :func:`youden_threshold` of the rows with
+    split ``val`` (0.5 when there are none): chosen on validation, reported on test, so a model whose
+    probabilities are shifted (common at 19 % prevalence) is not judged at an arbitrary 0.5. The
+    report gains ``threshold_rule`` and ``guard`` (:func:`training.guard.check` on the test rows).
+    """
+    from training import guard
+
+    rule = "given"
+    if threshold is None:
+        val = predictions[predictions[SPLIT] == "val"] if SPLIT in predictions.columns else predictions.iloc[:0]
+        threshold = youden_threshold(val[LABEL], val[PROB]) if len(val) else 0.5
+        rule = "youden_on_val" if len(val) else "default_0.5"
+    report = evaluate(predictions, attributes, threshold=threshold, split="test", bootstrap=bootstrap, seed=seed,
+                      gap_min_n=gap_min_n, population=population)
+    test = select_split(predictions, "test")
+    report["threshold_rule"] = rule
+    report["guard"] = guard.check(pd.to_numeric(test[LABEL]).to_numpy(), pd.to_numeric(test[PROB]).to_numpy(),
+                                  threshold)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -585,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attribute", action="append", default=[], help="column, or columns joined by '+'; repeatable")
     parser.add_argument("--threshold", type=float, default=0.5, help="predict positive when prob >= threshold")
     parser.add_argument("--min-n", type=int, default=30, help="flag groups with fewer samples as small")
-    parser.add_argument("--gap-min-n", type=int, default=1, help="leave groups with fewer samples out of the gaps")
+    parser.add_argument("--gap-min-n", type=int, default=GAP_MIN_N, help="leave groups with fewer samples out of the gaps")
     parser.add_argument("--bootstrap", type=int, default=0, help="resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
     parser.add_argument("--ci", type=float, default=0.95, help="interval level")

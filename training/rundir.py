@@ -5,7 +5,7 @@
       adapter/         adapter_config.json, adapter_model.safetensors (+ head.safetensors)
       metrics.jsonl    one line per logged step: step, epoch, loss parts, lr, samples/s
       predictions.csv  per val/test sample: id, split, label, prob, margin, every attribute
-      eval.json        training.metrics.evaluate per attribute, bootstrap intervals
+      eval.json        training.metrics.evaluate_run: threshold, per attribute, intervals, guard
       README.md        model card
 
 A run is written into a hidden staging folder ``runs/.staging-<run_id>/`` (which also holds the
@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,29 @@ class RunInfo:
 
     def eval(self) -> dict[str, Any]:
         return json.loads((self.path / EVAL).read_text())
+
+    @cached_property
+    def evaluation(self) -> dict[str, Any]:
+        """The ``report`` of eval.json, read once ({} when unreadable: such a run shows no figures)."""
+        try:
+            return self.eval().get("report") or {}
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold the run was evaluated at (chosen on its validation split); 0.5 for
+        runs evaluated before thresholds were chosen. Diagnose and Compare decide at it too."""
+        return float(self.evaluation.get("threshold", 0.5))
+
+    @property
+    def degenerate(self) -> bool:
+        """The degenerate-model guard's verdict from eval.json (training.guard)."""
+        return bool((self.evaluation.get("guard") or {}).get("degenerate"))
+
+    @property
+    def guard_reasons(self) -> list[str]:
+        return list((self.evaluation.get("guard") or {}).get("reasons") or [])
 
 
 def missing_files(path: Path) -> list[str]:

@@ -74,17 +74,37 @@ skin (tone weight t: Fitzpatrick I 0, II 0, III 0.25, IV 0.5, V 0.85, VI 1;
   lesion); sun damage: background mottling amplitude ``0.03 + U(0, 0.05) + 0.08 A g`` and
   ``Poisson(1 + 6 A g)`` solar lentigines.
 - difficulty (d = D * max(y, t), y = 1 for female aged < 40, 0.5 for male aged < 40, else 0): the
-  malignancy cue ``c`` is ``U(0.35, 1.0) - 0.3 d`` for malignant lesions and ``U(0, 0.6)`` for
-  benign ones (overlapping on purpose); asymmetry, border irregularity, colour variety and diameter
-  each follow ``clip(c + N(0, 0.15), 0, 1)``. Colour variety: ``round(0.5 + 4 c' U(0.6, 1))`` extra
+  malignancy cue ``c`` is ``U(0.45, 1.0) - 0.25 d`` for malignant lesions and ``U(0, 0.5)`` for
+  benign ones (they overlap only where d > 0, i.e. the bias is what makes a group hard); asymmetry,
+  border irregularity, colour variety and diameter each follow ``clip(c + N(0, 0.08), 0, 1)``
+  (version 1.0: ``U(0.35, 1) - 0.3 d`` vs ``U(0, 0.6)`` and noise 0.15, whose ceiling -- the AUC of
+  ``c`` itself -- left no room above 0.85, and whose overlap hid the bias). A fifth score, structure,
+  draws the dermoscopic structures: ``Poisson(1 + 20 s²)`` dark globules scattered up to
+  ``0.75 + 0.25 s`` of the lesion radius and ``Poisson(14 max(0, s - 0.35))`` radial streaks at the
+  border -- local patterns that global image statistics barely see. The lesion radius is
+  ``0.26 + 0.16 diameter ± 0.04``, the shape harmonics 0.02 (order 1, a shift), ``0.02 + 0.24 asymmetry``
+  (orders 2-3) and ``(0.01 + 0.12 border) / (k/3)^0.6`` (orders 4-12), each times U(0.6, 1). Colour variety: ``round(0.5 + 4 c' U(0.6, 1))`` extra
   colours (c' the colour cue), black / blue-grey / red / white ever likelier as c' grows, whatever
   the dx; dx sets the base colour and a few motifs (a central white patch in df, red-purple lobules in
   vasc, arborizing vessels in bcc with probability ``0.3 + 0.5 c'``).
+
+Test-split enrichment
+---------------------
+``test_min`` (``TEST_ENRICHMENT``) adds test-only samples so that every group a claim is judged on
+has enough of them: fundus, at least ``test_min`` test samples per race group (the demos: 300);
+skin, at least ``test_min`` malignant test images per known-sex x age-group subgroup (the demos: 50;
+HAM10000's few unknown-sex or unknown-age rows are kept, but stay out of the gaps by size). Added
+samples are drawn like population samples of their group (same prevalence, appearance and
+difficulty), so each group's own figures are unbiased; the test split's group *mix* is not the
+population's, which is why ``eval.json`` also reports the overall figures reweighted to the
+training split's mix. The skin metadata gains a ``split`` column (the HAM10000 loader honours one),
+because the added lesions must stay in the test split; lesions are never split across splits.
 
 Usage::
 
     python -m training.synth fundus --out data/synth-fundus --n 10000 --seed 0
     python -m training.synth skin --out data/synth-skin --n 10000 --seed 0 --strength 0
+    python -m training.synth skin --out data/synth-skin-test50 --n 2000 --test-min 50
 """
 
 from __future__ import annotations
@@ -110,7 +130,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import map_coordinates
 
-VERSION = "1.0"
+VERSION = "2.0"
 CONFIG_NAME = "synth_config.json"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 JPEG_QUALITY = 90
@@ -118,10 +138,12 @@ MIN_N = 10
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 MAX_KNOB = 2.0
+MAX_TEST_MIN = 2000
 
 # RNG streams: every random draw comes from default_rng([seed, STREAM, ...]).
 _STREAM_FUNDUS_PLAN, _STREAM_FUNDUS_IMAGE = 101, 102
-_STREAM_SKIN_PLAN, _STREAM_SKIN_LESION, _STREAM_SKIN_VIEW = 201, 202, 203
+_STREAM_SKIN_PLAN, _STREAM_SKIN_LESION, _STREAM_SKIN_VIEW, _STREAM_SKIN_EXTRA = 201, 202, 203, 204
+_STREAM_FUNDUS_EXTRA = 103
 
 
 @dataclass(frozen=True)
@@ -148,9 +170,11 @@ class BiasConfig:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_args(*, n: int, seed: int, bias: BiasConfig, image_size: int, workers: int) -> None:
+def validate_args(*, n: int, seed: int, bias: BiasConfig, image_size: int, workers: int, test_min: int = 0) -> None:
     """Collect every problem with the generator's arguments and raise one ValueError naming them all."""
     problems = []
+    if not isinstance(test_min, (int, np.integer)) or isinstance(test_min, bool) or not 0 <= test_min <= MAX_TEST_MIN:
+        problems.append(f"test_min={test_min!r} must be an integer in [0, {MAX_TEST_MIN}]")
     if not isinstance(n, (int, np.integer)) or n < MIN_N:
         problems.append(f"n={n!r} is too small (use at least {MIN_N} samples)")
     elif n > 99_999:
@@ -217,7 +241,7 @@ def _systematic(p: np.ndarray) -> np.ndarray:
     return np.diff(np.concatenate([[0.0], c])).astype(int)
 
 
-def _deficit_schedule(n: int, fractions) -> np.ndarray:
+def deficit_schedule(n: int, fractions) -> np.ndarray:
     """Category per position: each step takes the category furthest behind its target fraction."""
     fractions = np.asarray(fractions, dtype=float)
     counts = np.zeros(len(fractions))
@@ -310,7 +334,7 @@ def _finish(
 
 FUNDUS_SPLITS = ("Training", "Validation", "Test")
 FUNDUS_USE = ("training", "validation", "test")
-FUNDUS_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+SPLIT_FRACTIONS = FUNDUS_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 RACE_CODES, RACE_NAMES, RACE_SHARES = (0, 1, 2), ("asian", "black", "white"), (8.2, 14.9, 76.9)
 ETH_CODES, ETH_NAMES, ETH_SHARES = (0, 1, -1), ("non-hispanic", "hispanic", "unknown"), (90.3, 4.3, 5.4)
 GENDER_CODES, GENDER_NAMES, GENDER_SHARES = (0, 1), ("female", "male"), (57.1, 42.9)
@@ -346,12 +370,16 @@ def _group_weight(race: int, eth: int, by_race: dict, by_eth: dict) -> float:
     return float(np.clip(by_race[race] + by_eth[eth], 0.0, 1.0))
 
 
-def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig()) -> pd.DataFrame:
+def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.DataFrame:
     """Every sample's metadata (no pixels): demographics, label, split, filename, note.
 
     Rows are in filename order (Training first, then Validation, then Test), like the real release.
+    ``test_min`` > 0 adds test-only samples to every race group with fewer than ``test_min`` test
+    samples, each drawn like a population sample of that race (ethnicity, gender and age by their
+    shares, glaucoma with the group's prevalence), so only the race mix of the test split changes
+    (see `TEST_ENRICHMENT`); column ``enriched`` marks them.
     """
-    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1)
+    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min)
     rng = np.random.default_rng([seed, _STREAM_FUNDUS_PLAN])
     race = _exact_assignment(rng, n, RACE_CODES, RACE_SHARES)
     eth = _exact_assignment(rng, n, ETH_CODES, ETH_SHARES)
@@ -360,7 +388,8 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig()) -> pd.DataFr
 
     P = bias.effective["prevalence"]
     offsets = P * (np.log([FUNDUS_OR_RACE[r] for r in race]) + np.log([FUNDUS_OR_ETH[e] for e in eth]))
-    p = _sigmoid(_solve_intercept(offsets, FUNDUS_PREVALENCE) + offsets)
+    b0 = _solve_intercept(offsets, FUNDUS_PREVALENCE)
+    p = _sigmoid(b0 + offsets)
     key = rng.permutation(n)
     order = np.lexsort((key, gender, eth, race))
     label = np.empty(n, dtype=int)
@@ -368,21 +397,44 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig()) -> pd.DataFr
 
     order = np.lexsort((rng.permutation(n), label, gender, eth, race))
     split = np.empty(n, dtype=int)
-    split[order] = _deficit_schedule(n, FUNDUS_SPLIT_FRACTIONS)
+    split[order] = deficit_schedule(n, FUNDUS_SPLIT_FRACTIONS)
+
+    enriched = np.zeros(n, bool)
+    if test_min:
+        extra = _fundus_test_samples(np.random.default_rng([seed, _STREAM_FUNDUS_EXTRA]),
+                                     race[split == 2], test_min, b0, P)
+        race, eth, gender, age, label = (np.concatenate([a, extra[k]]) for a, k in
+                                         ((race, "race"), (eth, "eth"), (gender, "gender"), (age, "age"), (label, "label")))
+        split = np.concatenate([split, np.full(len(extra["race"]), 2)])
+        enriched = np.concatenate([enriched, np.ones(len(extra["race"]), bool)])
+    total = len(race)
 
     lang_p = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}
     language = [LANGUAGES[rng.choice(4, p=lang_p[bool(e == 1)])] for e in eth]
-    marital = [MARITAL[i] for i in rng.choice(len(MARITAL), n, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))]
+    marital = [MARITAL[i] for i in rng.choice(len(MARITAL), total, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))]
     notes = [_fundus_note(rng, a, g) for a, g in zip(age, gender)]
 
     df = pd.DataFrame(
         dict(race=race, ethnicity=eth, gender=gender, age=age, language=language,
-             maritalstatus=marital, note=notes, split=split, glaucoma=label)
+             maritalstatus=marital, note=notes, split=split, glaucoma=label, enriched=enriched)
     )
-    df = df.iloc[np.lexsort((rng.permutation(n), df["split"].to_numpy()))].reset_index(drop=True)
-    df.insert(0, "filename", [f"data_{i + 1:05d}.npz" for i in range(n)])
+    df = df.iloc[np.lexsort((rng.permutation(total), df["split"].to_numpy()))].reset_index(drop=True)
+    df.insert(0, "filename", [f"data_{i + 1:05d}.npz" for i in range(total)])
     df["use"] = [FUNDUS_USE[s] for s in df["split"]]
     return df
+
+
+def _fundus_test_samples(rng: np.random.Generator, test_race: np.ndarray, test_min: int, b0: float,
+                         P: float) -> dict[str, np.ndarray]:
+    """Demographics and labels of the test-only samples that bring every race group to `test_min`."""
+    race = np.concatenate([np.full(max(0, test_min - int((test_race == r).sum())), r) for r in RACE_CODES])
+    m = len(race)
+    eth = np.asarray(ETH_CODES)[rng.choice(len(ETH_CODES), m, p=np.array(ETH_SHARES) / sum(ETH_SHARES))]
+    gender = np.asarray(GENDER_CODES)[rng.choice(2, m, p=np.array(GENDER_SHARES) / sum(GENDER_SHARES))]
+    age = np.round(np.clip(rng.normal(60.0, 16.0, m), 18.0, 90.0), 2)
+    offsets = P * (np.log([FUNDUS_OR_RACE[r] for r in race]) + np.log([FUNDUS_OR_ETH[e] for e in eth]))
+    label = (rng.random(m) < _sigmoid(b0 + offsets)).astype(int)
+    return dict(race=race.astype(int), eth=eth.astype(int), gender=gender.astype(int), age=age, label=label)
 
 
 def _fundus_note(rng: np.random.Generator, age: float, gender: int) -> str:
@@ -545,14 +597,18 @@ def generate_fundus(
     image_size: int = 224,
     workers: int = 2,
     *,
+    test_min: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Write a Harvard-FairVLMed-layout glaucoma set into `out` (atomically); return `out`."""
+    """Write a Harvard-FairVLMed-layout glaucoma set into `out` (atomically); return `out`.
+
+    ``test_min``: see `TEST_ENRICHMENT` (0 = a plain 70/10/20 split of the n samples).
+    """
     out = Path(out)
-    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers)
+    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min)
     _check_out(out, overwrite)
-    plan = plan_fundus(n, seed, bias)
+    plan = plan_fundus(n, seed, bias, test_min)
 
     def write(tmp: Path) -> None:
         for folder in FUNDUS_SPLITS:
@@ -575,7 +631,7 @@ def generate_fundus(
             "glaucoma": np.where(plan["glaucoma"] == 1, "yes", "no"),
         })
         summary.to_csv(tmp / "data_summary.csv", index=False, lineterminator="\n")
-        _write_json(tmp / CONFIG_NAME, _config("fundus", n, seed, bias, image_size))
+        _write_json(tmp / CONFIG_NAME, _config("fundus", n, seed, bias, image_size, test_min, plan))
 
     return _atomic_write(out, write)
 
@@ -612,6 +668,9 @@ AGE_BINS = ((0, 40, "0-40"), (40, 60, "40-60"), (60, 200, "60+"))
 SKIN_OR_AGE = {"0-40": 0.5, "40-60": 1.0, "60+": 2.0}
 SKIN_OR_SEX = {"male": 1.5, "female": 1.0, "unknown": 1.0}
 IMAGES_PER_LESION = ((1, 2, 3, 4), (0.78, 0.13, 0.06, 0.03))
+# The lesion's latent malignancy cue c (module docstring): malignant U(0.45, 1) - 0.25 d, benign U(0, 0.5);
+# each of the four visible scores is clip(c + N(0, 0.08), 0, 1).
+SKIN_CUE_MALIGNANT, SKIN_CUE_BENIGN, SKIN_CUE_SHIFT, SKIN_SCORE_NOISE = (0.45, 1.0), (0.0, 0.5), 0.25, 0.08
 MISSING_AGE_FRACTION = 0.006
 FIRST_IMAGE_NUMBER = 24306
 # transmittance palettes (multiplicative on skin, <1 darkens)
@@ -631,54 +690,123 @@ def age_group(age: float) -> str:
     raise ValueError(f"age={age!r} is outside every bin")
 
 
-def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig()) -> pd.DataFrame:
+def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.DataFrame:
     """Every image's metadata (no pixels), one row per image, in metadata-file order.
 
-    Extra columns (not written to the CSV): lesion_index, view, image_index, malignant, true_age,
-    age_group, part.
+    Lesions (not images) are split 70/10/20 within each (sex, age group, label) stratum, so a rare
+    stratum's first lesion is a training one and a lesion never spans two splits. ``test_min`` > 0
+    then adds test-only lesions to every known-sex x age-group subgroup whose malignant *test images*
+    number fewer than ``test_min``; the added lesions follow their subgroup's own prevalence and
+    appearance, so per-subgroup figures are unbiased and only the subgroup mix of the test split
+    departs from the population's (see `TEST_ENRICHMENT`).
+
+    Extra columns (not written to the CSV except ``split``): lesion_index, view, image_index,
+    malignant, true_age, age_group, part, enriched.
     """
-    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1)
+    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min)
     rng = np.random.default_rng([seed, _STREAM_SKIN_PLAN])
     per_lesion = []
     while sum(per_lesion) < n:
-        per_lesion.append(int(rng.choice(IMAGES_PER_LESION[0], p=IMAGES_PER_LESION[1])))
+        per_lesion.append(_images_of_lesion(rng))
     per_lesion[-1] -= sum(per_lesion) - n
     L = len(per_lesion)
 
     fitz = _exact_assignment(rng, L, range(6), FITZPATRICK_SHARES)
     sex = _exact_assignment(rng, L, SKIN_SEX_NAMES, SKIN_SEX_SHARES)
-    true_age = np.clip(np.round(rng.normal(52.0, 17.0, L) / 5.0) * 5.0, 0.0, 85.0)
+    true_age = _skin_ages(rng, L)
     groups = np.array([age_group(a) for a in true_age])
     missing = np.zeros(L, bool)
     missing[rng.permutation(L)[: int(round(MISSING_AGE_FRACTION * L))]] = True
 
     P = bias.effective["prevalence"]
     offsets = P * (np.log([SKIN_OR_AGE[g] for g in groups]) + np.log([SKIN_OR_SEX[s] for s in sex]))
-    p = _sigmoid(_solve_intercept(offsets, SKIN_PREVALENCE) + offsets)
+    b0 = _solve_intercept(offsets, SKIN_PREVALENCE)
+    p = _sigmoid(b0 + offsets)
     order = np.lexsort((rng.permutation(L), fitz, groups, sex))
     malignant = np.empty(L, int)
     malignant[order] = _systematic(p[order])
+    visible_group = np.where(missing, "unknown", groups)
+    split = _stratified_split(rng, list(zip(sex, visible_group, malignant)))
+    lesions = pd.DataFrame(dict(images=per_lesion, fitz=fitz, sex=sex, true_age=true_age, age_group=groups,
+                                missing=missing, malignant=malignant, split=split, enriched=False))
+    if test_min:
+        extra = _skin_test_lesions(np.random.default_rng([seed, _STREAM_SKIN_EXTRA]), lesions, test_min, b0, P)
+        lesions = pd.concat([lesions, extra], ignore_index=True)
+    L, n_images = len(lesions), int(lesions["images"].sum())
 
-    dx = [_choice(rng, SKIN_MALIGNANT if m else SKIN_BENIGN, SKIN_DX_SHARES) for m in malignant]
+    dx = [_choice(rng, SKIN_MALIGNANT if m else SKIN_BENIGN, SKIN_DX_SHARES) for m in lesions["malignant"]]
     dx_type = [_choice(rng, tuple(SKIN_DX_TYPES[d]), SKIN_DX_TYPES[d]) for d in dx]
     loc = [_choice(rng, tuple(SKIN_LOCALIZATIONS), SKIN_LOCALIZATIONS) for _ in range(L)]
     lesion_number = np.sort(rng.choice(int(L * 1.02) + 1, L, replace=False))[rng.permutation(L)]
-    image_number = FIRST_IMAGE_NUMBER + rng.permutation(n)
+    image_number = FIRST_IMAGE_NUMBER + rng.permutation(n_images)
 
     rows, k = [], 0
-    for j in range(L):
-        for v in range(per_lesion[j]):
+    for j, lesion in enumerate(lesions.to_dict("records")):
+        for v in range(lesion["images"]):
             rows.append(dict(
                 lesion_id=f"HAM_{lesion_number[j]:07d}", image_id=f"ISIC_{image_number[k]:07d}",
-                dx=dx[j], dx_type=dx_type[j], age=np.nan if missing[j] else float(true_age[j]),
-                sex=sex[j], localization=loc[j], fitzpatrick=FITZPATRICK[fitz[j]],
-                lesion_index=j, view=v, image_index=k, malignant=int(malignant[j]),
-                true_age=float(true_age[j]), age_group=groups[j],
-                part=1 if image_number[k] < FIRST_IMAGE_NUMBER + (n + 1) // 2 else 2,
+                dx=dx[j], dx_type=dx_type[j], age=np.nan if lesion["missing"] else float(lesion["true_age"]),
+                sex=lesion["sex"], localization=loc[j], fitzpatrick=FITZPATRICK[lesion["fitz"]],
+                split=SKIN_SPLITS[lesion["split"]], lesion_index=j, view=v, image_index=k,
+                malignant=int(lesion["malignant"]), true_age=float(lesion["true_age"]),
+                age_group=lesion["age_group"], enriched=bool(lesion["enriched"]),
+                part=1 if image_number[k] < FIRST_IMAGE_NUMBER + (n_images + 1) // 2 else 2,
             ))
             k += 1
     df = pd.DataFrame(rows)
     return df.sort_values(["lesion_id", "image_id"], kind="stable").reset_index(drop=True)
+
+
+def _images_of_lesion(rng: np.random.Generator) -> int:
+    return int(rng.choice(IMAGES_PER_LESION[0], p=IMAGES_PER_LESION[1]))
+
+
+def _skin_ages(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Ages in 5-year steps, N(52, 17) clipped to [0, 85] (HAM10000's recorded ages are multiples of 5)."""
+    return np.clip(np.round(rng.normal(52.0, 17.0, n) / 5.0) * 5.0, 0.0, 85.0)
+
+
+def _stratified_split(rng: np.random.Generator, strata: list[tuple]) -> np.ndarray:
+    """Split code (0 train, 1 val, 2 test) per item: the 70/10/20 deficit schedule run inside each
+    stratum over a seeded shuffle, so every stratum is split within one item of 70/10/20 and a stratum's
+    first item always goes to training (the largest fraction)."""
+    split = np.empty(len(strata), dtype=int)
+    by_stratum: dict[tuple, list[int]] = {}
+    for i in rng.permutation(len(strata)):
+        by_stratum.setdefault(strata[i], []).append(int(i))
+    for members in by_stratum.values():
+        split[members] = deficit_schedule(len(members), SPLIT_FRACTIONS)
+    return split
+
+
+def _skin_test_lesions(rng: np.random.Generator, lesions: pd.DataFrame, test_min: int, b0: float,
+                       P: float) -> pd.DataFrame:
+    """Test-only lesions for each known-sex x age-group subgroup until it has `test_min` malignant test images.
+
+    Each added lesion is drawn like a population lesion of that subgroup: age from the population's age
+    distribution restricted to the bin, Fitzpatrick type by its shares, malignant with the subgroup's
+    prevalence sigmoid(b0 + P (ln OR_age + ln OR_sex)) -- so the subgroup's prevalence and difficulty are
+    its own and only the subgroup mix of the test split changes.
+    """
+    extra = []
+    for sex in SKIN_SEX_NAMES[:2]:
+        for lo, hi, group in AGE_BINS:
+            mine = lesions[(lesions["sex"] == sex) & (lesions["age_group"] == group) & ~lesions["missing"]]
+            have = int((mine["images"] * ((mine["split"] == 2) & (mine["malignant"] == 1))).sum())
+            p = float(_sigmoid(b0 + P * (np.log(SKIN_OR_AGE[group]) + np.log(SKIN_OR_SEX[sex]))))
+            while have < test_min:
+                age = _skin_ages(rng, 64)
+                age = age[(age >= lo) & (age < hi)]
+                for a in age:
+                    malignant = int(rng.random() < p)
+                    images = _images_of_lesion(rng)
+                    extra.append(dict(images=images, fitz=int(rng.choice(6, p=np.array(FITZPATRICK_SHARES) / 100.0)),
+                                      sex=sex, true_age=float(a), age_group=group, missing=False,
+                                      malignant=malignant, split=2, enriched=True))
+                    have += images * malignant
+                    if have >= test_min:
+                        break
+    return pd.DataFrame(extra, columns=list(lesions.columns))
 
 
 def _choice(rng: np.random.Generator, names: tuple, shares: dict) -> str:
@@ -695,21 +823,25 @@ def skin_lesion_params(row: dict, seed: int, bias: BiasConfig) -> dict:
     y = 1.0 if (young and row["sex"] == "female") else (0.5 if young else 0.0)
     d = eff["difficulty"] * max(y, tone)
     g = float(np.clip((row["true_age"] - 40.0) / 40.0, 0.0, 1.0))
-    cue = rng.uniform(0.35, 1.0) - 0.3 * d if row["malignant"] else rng.uniform(0.0, 0.6)
+    cue = rng.uniform(*SKIN_CUE_MALIGNANT) - SKIN_CUE_SHIFT * d if row["malignant"] else rng.uniform(*SKIN_CUE_BENIGN)
     cue = float(np.clip(cue, 0.0, 1.0))
     # each visible cue is the lesion's cue plus its own noise: asymmetry, border, colour, diameter
-    asym, border, colour, diam = np.clip(cue + rng.normal(0.0, 0.15, 4), 0.0, 1.0)
+    scores = np.clip(cue + rng.normal(0.0, SKIN_SCORE_NOISE, 5), 0.0, 1.0)
+    asym, border, colour, diam, structure = scores
     k = np.arange(1, 13)
-    amp = np.where(k <= 2, 0.02 + 0.20 * asym, (0.012 + 0.09 * border) / k**0.6) * rng.uniform(0.5, 1.0, 12)
+    # order 1 only shifts the outline; orders 2-3 make it lopsided (asymmetry), 4-12 ragged (border)
+    amp = np.where(k == 1, 0.02, np.where(k <= 3, 0.02 + 0.24 * asym, (0.01 + 0.12 * border) / (k / 3) ** 0.6))
+    amp = amp * rng.uniform(0.6, 1.0, 12)
     n_fields = 4
     return dict(
         dx=row["dx"],
         cue=cue,
+        scores=scores.astype(float).tolist(),  # asymmetry, border, colour, diameter, structure (pretraining targets)
         skin=SKIN_RGB[FITZPATRICK.index(row["fitzpatrick"])] * rng.uniform(0.95, 1.05, 3).astype(np.float32),
         log_contrast=float(max(0.15, 1.0 - 0.55 * eff["appearance"] * tone)),
         sun=float(0.03 + rng.uniform(0.0, 0.05) + 0.08 * eff["appearance"] * g),
         lentigines=int(rng.poisson(1.0 + 6.0 * eff["appearance"] * g)),
-        radius=float(0.26 + 0.24 * diam + rng.uniform(-0.06, 0.06)),
+        radius=float(0.26 + 0.16 * diam + rng.uniform(-0.04, 0.04)),
         harm_amp=amp.astype(np.float32),
         harm_phase=rng.uniform(0, 2 * np.pi, 12).astype(np.float32),
         edge=float(0.03 + 0.08 * border * rng.random()),
@@ -720,6 +852,12 @@ def skin_lesion_params(row: dict, seed: int, bias: BiasConfig) -> dict:
         vessels=rng.uniform(-0.8, 0.8, (int(rng.integers(3, 7)), 2))
         if row["dx"] == "vasc" or (row["dx"] == "bcc" and rng.random() < 0.3 + 0.5 * colour) else None,
         seed=rng.integers(2**31),
+        # dermoscopic structures (module docstring): globules at (angle, radius / lesion radius, size);
+        # streaks at (angle, length), radiating from the border
+        globules=np.stack([rng.uniform(0, 2 * np.pi, k := int(rng.poisson(1.0 + 20.0 * structure**2))),
+                           rng.uniform(0.15, 0.75 + 0.25 * structure, k), rng.uniform(0.03, 0.05, k)], 1),
+        streaks=np.stack([rng.uniform(0, 2 * np.pi, m := int(rng.poisson(14.0 * max(0.0, structure - 0.35)))),
+                          rng.uniform(0.12, 0.3, m)], 1),
     )
 
 
@@ -792,6 +930,9 @@ def render_skin(lesion: dict, view_rng: np.random.Generator, size: int) -> np.nd
         logt = logt + 0.15 * _lowfreq(rng, size, 48)[..., None]  # scale
     img = skin * np.exp(alpha[..., None] * lesion["log_contrast"] * logt)
 
+    structures = _structure_mask(lesion, size, zoom, phi, tx, ty)
+    if structures is not None:  # globules and streaks, fainter on dark skin like the rest of the lesion
+        img = img * np.exp(lesion["log_contrast"] * structures[..., None] * np.log(np.array(_PAL["dark"], np.float32)))
     if lesion["vessels"] is not None:
         vm = _lesion_vessels(lesion, size, zoom, phi, tx, ty)
         img = img * (1.0 - lesion["log_contrast"] * vm[..., None] * np.array([0.1, 0.55, 0.5], np.float32))
@@ -799,6 +940,33 @@ def render_skin(lesion: dict, view_rng: np.random.Generator, size: int) -> np.nd
     if rng.random() < 0.3:  # dermatoscope's dark circular border
         img = img * _ramp(r - rng.uniform(1.0, 1.3), 0.05)[..., None]
     return _finish(img, rng, 0.5 * size / 224.0, 2.0)
+
+
+def _structure_mask(lesion, size, zoom, phi, tx, ty) -> np.ndarray | None:
+    """Globules (dark dots scattered over the lesion) and streaks (short radial lines at its border), in
+    lesion coordinates like the lentigines, so every view of a lesion shows the same ones."""
+    if not len(lesion["globules"]) and not len(lesion["streaks"]):
+        return None
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    c, s = np.cos(phi), np.sin(phi)
+    radius = lesion["radius"]
+
+    def to_image(points: np.ndarray) -> list[tuple[float, float]]:
+        points = np.asarray(points) * zoom
+        return _to_px(np.stack([c * points[:, 0] - s * points[:, 1] + tx, s * points[:, 0] + c * points[:, 1] + ty], 1),
+                      size)
+
+    for angle, rel, dot in lesion["globules"]:
+        (px, py), = to_image([[rel * radius * np.cos(angle), rel * radius * np.sin(angle)]])
+        rad = dot * zoom * size / 2
+        draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=230)
+    for angle, length in lesion["streaks"]:
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        ends = to_image([0.85 * radius * direction, (radius + length) * direction])
+        draw.line(ends, fill=200, width=max(1, round(size / 112)))
+    canvas = canvas.filter(ImageFilter.GaussianBlur(size / 224))
+    return np.asarray(canvas, np.float32) / 255.0
 
 
 def _lentigo_mask(rng, count, size, zoom, phi, tx, ty) -> np.ndarray:
@@ -871,7 +1039,8 @@ def _render_skin_task(task) -> int:
     return 1
 
 
-SKIN_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "fitzpatrick"]
+SKIN_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "fitzpatrick", "split"]
+SKIN_SPLITS = ("train", "val", "test")
 
 
 def generate_skin(
@@ -882,14 +1051,18 @@ def generate_skin(
     image_size: int = 224,
     workers: int = 2,
     *,
+    test_min: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Write a HAM10000-layout skin-lesion set into `out` (atomically); return `out`."""
+    """Write a HAM10000-layout skin-lesion set into `out` (atomically); return `out`.
+
+    ``test_min``: see `TEST_ENRICHMENT` (0 = a plain 70/10/20 split of the n samples).
+    """
     out = Path(out)
-    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers)
+    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min)
     _check_out(out, overwrite)
-    plan = plan_skin(n, seed, bias)
+    plan = plan_skin(n, seed, bias, test_min)
 
     def write(tmp: Path) -> None:
         for part in (1, 2):
@@ -900,7 +1073,7 @@ def generate_skin(
         ]
         _run_pool(_render_skin_task, tasks, workers, progress, "skin")
         plan[SKIN_COLUMNS].to_csv(tmp / "HAM10000_metadata.csv", index=False, lineterminator="\n")
-        _write_json(tmp / CONFIG_NAME, _config("skin", n, seed, bias, image_size))
+        _write_json(tmp / CONFIG_NAME, _config("skin", n, seed, bias, image_size, test_min, plan))
 
     return _atomic_write(out, write)
 
@@ -908,11 +1081,15 @@ def generate_skin(
 # ============================================================================= shared machinery
 
 
-def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int) -> dict:
-    """What synth_config.json records: everything that determines the bytes (not `workers`)."""
+def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, test_min: int,
+            plan: pd.DataFrame) -> dict:
+    """What synth_config.json records: everything that determines the bytes (not `workers`), and how
+    many test-only samples the enrichment added."""
     return dict(
         generator="training.synth", version=VERSION, kind=kind, n=int(n), seed=int(seed),
-        image_size=int(image_size), bias=asdict(bias), effective_bias=bias.effective,
+        image_size=int(image_size), bias=asdict(bias), effective_bias=bias.effective, test_min=int(test_min),
+        test_enrichment=dict(rule=TEST_ENRICHMENT[kind], added=int(plan["enriched"].sum()),
+                             total=len(plan)),
     )
 
 
@@ -957,7 +1134,31 @@ def _atomic_write(out: Path, write: Callable[[Path], None]) -> Path:
     return out
 
 
+def latent_scores(kind: str, n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.Series:
+    """The generator's own disease score per sample id (the file stem / image_id), drawn exactly as the
+    images are: fundus, the cup-to-disc ratio the image shows (after label noise); skin, the lesion's
+    malignancy cue c. Its AUC on a split is the benchmark's ceiling there -- what a model that read the
+    one latent perfectly would reach; the visible findings are noisier still."""
+    if kind == "fundus":
+        plan = plan_fundus(n, seed, bias, test_min)
+        scores = [fundus_params({**row, "index": i + 1}, seed, bias, i + 1)["cdr"]
+                  for i, row in enumerate(plan.to_dict("records"))]
+        return pd.Series(scores, index=[Path(f).stem for f in plan["filename"]], name="latent")
+    plan = plan_skin(n, seed, bias, test_min)
+    scores = [skin_lesion_params(row, seed, bias)["cue"] for row in plan.to_dict("records")]
+    return pd.Series(scores, index=plan["image_id"].tolist(), name="latent")
+
+
 GENERATORS = {"fundus": generate_fundus, "skin": generate_skin}
+TEST_ENRICHMENT = {
+    "fundus": "test-only samples added to every race group with fewer than test_min test samples, "
+              "drawn like that group's population samples",
+    "skin": "test-only lesions added to every known-sex x age-group subgroup with fewer than test_min "
+            "malignant test images, drawn like that subgroup's population lesions",
+}
+"""What ``test_min`` does per task. A test split enriched this way estimates every group's own figures
+from enough samples; its overall figures describe the enriched mix, so `training.metrics` also reports
+them reweighted to the training split's group mix (the population's)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -975,6 +1176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance", type=float, default=BiasConfig.appearance, help="appearance knob in [0, 2]")
     p.add_argument("--prevalence", type=float, default=BiasConfig.prevalence, help="prevalence knob in [0, 2]")
     p.add_argument("--difficulty", type=float, default=BiasConfig.difficulty, help="difficulty knob in [0, 2]")
+    p.add_argument("--test-min", type=int, default=0,
+                   help="enrich the test split: fundus, at least this many test samples per race group; skin, at "
+                        "least this many malignant test images per sex x age subgroup (default 0 = off)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -989,12 +1193,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = GENERATORS[args.kind](
             args.out, n=args.n, seed=args.seed, bias=bias, image_size=args.image_size,
-            workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+            workers=args.workers, test_min=args.test_min, overwrite=args.overwrite, progress=not args.no_progress,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.n} {args.kind} images to {out} in {time.perf_counter() - start:.1f} s")
+    total = json.loads((out / CONFIG_NAME).read_text())["test_enrichment"]["total"]
+    print(f"wrote {total} {args.kind} images to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

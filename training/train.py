@@ -49,7 +49,8 @@ from training.config import PAPER_LR, ConfigError, TrainConfig, add_arguments, f
 from training.data import Dataset, DatasetError, Sample, group_key
 from training.distributed import gather_with_grad
 from training.losses import compute_loss, group_weights
-from training.metrics import evaluate
+from training.synth import deficit_schedule
+from training.metrics import evaluate_run
 
 EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -124,13 +125,46 @@ def group_ids(samples: Sequence[Sample], attribute: str) -> tuple[Tensor, list[s
 def epoch_order(n: int, epoch: int, cfg: TrainConfig, groups: Tensor) -> Tensor:
     """Sample indices for one epoch, a pure function of (seed, epoch) so a resumed run sees the same order.
 
-    balanced_sampling draws n samples with replacement, each group equally likely (weights 1/N_s).
+    stratified_batches: a seeded permutation, re-ordered so that every group of ``groups`` is spread
+    evenly over the epoch (position k goes to the group furthest behind its share k·N_s/N), so any
+    window of one effective batch holds each group within one sample of its share. CMAC-MMD needs
+    "enough samples of every subgroup in each mini-batch"; this gives it without changing what the
+    model sees over an epoch. balanced_sampling draws n samples with replacement, each group equally
+    likely (weights 1/N_s).
     """
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    if cfg.stratified_batches:
+        perm = torch.randperm(n, generator=generator)
+        counts = torch.bincount(groups).double()
+        queues = [perm[groups[perm] == g].tolist() for g in range(len(counts))]
+        slots = deficit_schedule(n, (counts / n).tolist())
+        taken = [0] * len(counts)
+        order = []
+        for g in slots:
+            order.append(queues[g][taken[g]])
+            taken[g] += 1
+        return torch.tensor(order, dtype=torch.long)
     if not cfg.balanced_sampling:
         return torch.randperm(n, generator=generator)
     counts = torch.bincount(groups).double()
     return torch.multinomial(1.0 / counts[groups], n, replacement=True, generator=generator)
+
+
+def fairness_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """λ at optimiser step `step` (0-based): 0 for ``fairness_delay_epochs`` of plain CE, then a linear
+    ramp to ``lam`` over ``fairness_ramp_epochs``. A margin or gap penalty on a model still at chance has
+    nothing to align and can only push it towards a constant answer (our first CMAC demo collapsed so)."""
+    delay = round(cfg.fairness_delay_epochs * steps_per_epoch)
+    ramp = round(cfg.fairness_ramp_epochs * steps_per_epoch)
+    into = step - delay + 1
+    if into <= 0:
+        return 0.0
+    return cfg.lam * min(1.0, into / ramp) if ramp else cfg.lam
+
+
+def fairness_attribute(cfg: TrainConfig) -> str:
+    """The attribute whose groups the method's fairness term compares (CMAC may name its own)."""
+    return (cfg.cmac_attribute or cfg.attribute) if cfg.method == "cmac" else cfg.attribute
 
 
 def lr_lambda(warmup: int, total: int):
@@ -268,6 +302,9 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
     subgroups, _ = group_ids(samples, cfg.cmac_attribute or cfg.attribute)
     counts = torch.bincount(groups, minlength=len(group_names))
     weights = group_weights(counts, cfg.w_max)
+    fair_groups, fair_names = group_ids(samples, fairness_attribute(cfg))
+    fair_counts = torch.bincount(fair_groups, minlength=len(fair_names))
+    in_fairness = fair_counts[fair_groups] >= cfg.fairness_min_n  # tiny groups stay out of the penalty
     labels = torch.tensor([s.label for s in samples])
 
     # model: frozen backbone + LoRA (+ the Qwen head)
@@ -301,15 +338,17 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
         t0 = time.perf_counter()
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = epoch_order(len(samples), epoch, cfg, groups), epoch
+            order, order_epoch = epoch_order(len(samples), epoch, cfg, fair_groups), epoch
         index = order[position * effective:(position + 1) * effective][rank::world]
         logits = torch.cat([model(clf.preprocess([samples[i].load_image() for i in micro]))
                             for micro in batches(index.tolist(), cfg.batch_size)])
         # every rank computes the loss of the whole effective batch (differentiable all-gather)
+        lam = fairness_weight(cfg, step, steps_per_epoch)
         parts = compute_loss(
             cfg.method, gather_with_grad(logits), gather_with_grad(labels[index].to(logits.device)),
-            gather_with_grad(groups[index].to(logits.device)), lam=cfg.lam, group_weight=weights.to(logits.device),
+            gather_with_grad(groups[index].to(logits.device)), lam=lam, group_weight=weights.to(logits.device),
             bandwidth=cfg.bandwidth, subgroups=gather_with_grad(subgroups[index].to(logits.device)),
+            fairness_mask=gather_with_grad(in_fairness[index].long().to(logits.device)).bool(),
         )
         accelerator.backward(parts.total)
         if cfg.max_grad_norm:
@@ -320,10 +359,10 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
 
         step_times.append(time.perf_counter() - t0)
         loss = parts.total.item()
-        active += bool(parts.fairness.item() > 0)
+        active += bool(lam > 0 and parts.fairness.item() != 0)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             record = {"step": step + 1, "total_steps": total_steps, "epoch": round((step + 1) / steps_per_epoch, 4),
-                      "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(),
+                      "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(), "lam": lam,
                       "lr": scheduler.get_last_lr()[0], "samples_per_s": len(index) * world / step_times[-1],
                       "elapsed_s": round(time.perf_counter() - started, 3)}
             _write_line(log, record)
@@ -368,8 +407,9 @@ def publish(cfg: TrainConfig, dataset: Dataset, clf: Classifier, staging: Path, 
     predictions = predict(clf, dataset.split("val") + dataset.split("test"), attributes, progress)
     predictions.to_csv(staging / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = eval_attributes(cfg, dataset)
-    report = evaluate(predictions, reported, split="test", bootstrap=cfg.eval_bootstrap, seed=cfg.seed,
-                      gap_min_n=cfg.eval_gap_min_n)
+    report = evaluate_run(predictions, reported, bootstrap=cfg.eval_bootstrap, seed=cfg.seed,
+                          gap_min_n=cfg.eval_gap_min_n, threshold=cfg.eval_threshold,
+                          population=(cfg.attribute, dataset.group_counts(cfg.attribute, "train")))
     rundir.write_json_atomic(staging / rundir.EVAL, {"run_id": cfg.run_name, "split": "test",
                                                      "attributes": reported, "report": report})
     import peft

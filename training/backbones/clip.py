@@ -18,7 +18,11 @@ from training.tasks import Task, get_task
 
 class ClipClassifier(Classifier):
     family = "clip"
-    lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    # Attention and MLP of both towers plus the two projections into the joint space: CMAC-MMD fine-tunes
+    # CLIP as a whole, and attention alone (LoRA's usual targets) left the tiny CLIP unable to learn skin.
+    lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "visual_projection",
+                           "text_projection"]
+    LORA_PER_LAYER = 6
 
     def __init__(self, model, *, base_model_id: str, task: Task, tokenizer, image_processor, image_size: int):
         super().__init__(model, base_model_id=base_model_id, task=task)
@@ -87,12 +91,14 @@ class ClipClassifier(Classifier):
     def check_lora(self, wrapped: list[str]) -> None:
         config = self.hf_model.config
         expected = {
-            "text_model.": 4 * config.text_config.num_hidden_layers,
-            "vision_model.": 4 * config.vision_config.num_hidden_layers,
+            "text_model.": self.LORA_PER_LAYER * config.text_config.num_hidden_layers,
+            "vision_model.": self.LORA_PER_LAYER * config.vision_config.num_hidden_layers,
+            "visual_projection": 1,
+            "text_projection": 1,
         }
         found = {tower: sum(n.startswith(tower) for n in wrapped) for tower in expected}
         if found != expected or sum(found.values()) != len(wrapped):
             raise AssertionError(
-                f"LoRA must wrap q/k/v/out projections of both towers {expected}; it wrapped {found} "
-                f"(+{len(wrapped) - sum(found.values())} elsewhere)"
+                f"LoRA must wrap q/k/v/out and fc1/fc2 of both towers and the two projections {expected}; it "
+                f"wrapped {found} (+{len(wrapped) - sum(found.values())} elsewhere)"
             )
