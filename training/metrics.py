@@ -199,14 +199,20 @@ def youden_threshold(label, prob) -> float:
     return float(np.clip(np.median(finite), 0.0, 1.0)) if len(finite) else 0.5
 
 
+def group_labels(df: pd.DataFrame, spec: str) -> pd.Series:
+    """Each row's group of an attribute spec: the column's value, or the values joined by GROUP_JOINER."""
+    columns = _attribute_columns(spec, df.columns)
+    values = df[columns[0]].astype(str)
+    for column in columns[1:]:
+        values = values + GROUP_JOINER + df[column].astype(str)
+    return values
+
+
 def population_weights(df: pd.DataFrame, attribute: str, shares: dict[str, float]) -> np.ndarray:
     """Per row, population share / sample share of its group of ``attribute``: the importance weights
     that turn figures over an enriched test split (minorities oversampled) into figures over the
     population's group mix. Groups missing from ``shares`` get weight 0."""
-    columns = _attribute_columns(attribute, df.columns)
-    values = df[columns[0]].astype(str)
-    for column in columns[1:]:
-        values = values + GROUP_JOINER + df[column].astype(str)
+    values = group_labels(df, attribute)
     sample_share = values.map(values.value_counts(normalize=True))
     total = sum(shares.values())
     population = values.map({k: v / total for k, v in shares.items()}).fillna(0.0)
@@ -423,11 +429,7 @@ class _Partition:
 
     @classmethod
     def build(cls, preds: _Predictions, spec: str) -> _Partition:
-        columns = _attribute_columns(spec, preds.frame.columns)
-        values = preds.frame[columns[0]].astype(str)
-        for column in columns[1:]:
-            values = values + GROUP_JOINER + preds.frame[column].astype(str)
-        codes, names = pd.factorize(values, sort=True)
+        codes, names = pd.factorize(group_labels(preds.frame, spec), sort=True)
         groups = [_RankIndex.build(np.flatnonzero(codes == g), preds) for g in range(len(names))]
         return cls(spec, [str(name) for name in names], codes, groups)
 
