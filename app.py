@@ -10,22 +10,21 @@ Named API endpoints (gradio_client): /diagnose, /compare, /report, and with the 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from inference import catalog, compare_view, diagnose_view
-from inference.compare import CompareError
+from inference import catalog, compare_view, diagnose_view, request_limits
+from inference.compare_engine import CompareError
 from inference.safe_image import SafeImage
 from inference.serving import ModelPool, ServingError
-from studio import jobs_view
+from studio import actions, jobs_view
 from studio.form import FORM_FIELDS, FieldSpec, attribute_choices, config_from_form, default_attribute, form_fields
 from studio.form import sweep_from_form
 from studio.jobs import JobLimitError, JobStore, UnknownJobError
@@ -34,6 +33,7 @@ from studio.settings import (
     synthetic_to_generate,
 )
 from training.config import ConfigError
+from training.methods import LAMBDA_METHODS
 
 log = logging.getLogger("fairdx.app")
 
@@ -91,7 +91,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         missing = synthetic_to_generate(settings)
         if missing:
             threading.Thread(target=_generate, args=(missing,), name="fairdx-synth", daemon=True).start()
-    export_dir = Path(tempfile.mkdtemp(prefix="fairdx-exports-"))
+    export_dir = compare_view.export_folder()
 
     def runs():
         return catalog.available_runs(settings.run_dirs)
@@ -334,7 +334,7 @@ def _studio_tab(settings: Settings, store: JobStore):
                 launch = gr.Button("Launch", variant="primary", elem_id="launch-btn")
                 with gr.Row():
                     lambdas = gr.Textbox("0.1, 0.5, 1.0", label="λ sweep", scale=3, elem_id="sweep-lambdas",
-                                         info="One job per λ value (methods fr, hybrid, cmac).")
+                                         info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}).")
                     sweep = gr.Button("Sweep λ", scale=1, elem_id="sweep-btn")
             status = gr.Markdown(elem_id="studio-status")
         with gr.Column(scale=6):
@@ -375,51 +375,27 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
                          username=getattr(request, "username", None))
 
 
+    @_named_form_parameters()
     @guarded
-    def launch(method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r, balanced_sampling, seed,
-               max_samples, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        values = dict(zip(FORM_FIELDS, (method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r,
-                                        balanced_sampling, seed, max_samples)))
-        owner = owner_of(request, profile)
-        submitted = store.submit(config_from_form(values, settings), owner=owner)
-        return (jobs_view.LAUNCHED.format(job_id=submitted.id, run_id=submitted.run_id), jobs_view.jobs_table(store),
-                submitted.id)
+    def launch(request: gr.Request, profile: gr.OAuthProfile | None, *values):
+        message, job_id = actions.launch(store, settings, actions.form_values(values), owner_of(request, profile))
+        return message, jobs_view.jobs_table(store), job_id
 
+    @_named_form_parameters("lambdas_text")
     @guarded
-    def sweep(method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r, balanced_sampling, seed,
-              max_samples, lambdas_text, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        values = dict(zip(FORM_FIELDS, (method, lam, w_max, attribute, data, backbone, epochs, lr, lora_r,
-                                        balanced_sampling, seed, max_samples)))
-        owner = owner_of(request, profile)
-        config, lambdas = sweep_from_form(values, lambdas_text, settings)
-        submitted = store.submit_sweep(config, lambdas, owner=owner)
-        return jobs_view.sweep_message(submitted, lambdas), jobs_view.jobs_table(store), submitted[0].id
-
-    @guarded
-    def cancel(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        if not job_id:
-            raise ValueError(jobs_view.CHOOSE_JOB)
-        owner = owner_of(request, profile) if settings.multi_user else None
-        target = store.get(job_id)
-        if owner is not None:
-            check_may_control(settings, owner, job_id, target.owner)
-        if not target.is_active:
-            message = jobs_view.ALREADY_FINISHED.format(job_id=job_id, state=target.state)
-        else:
-            message = jobs_view.CANCEL_SENT.format(job_id=job_id, state=jobs_view.state_text(store.cancel(job_id)))
+    def sweep(request: gr.Request, profile: gr.OAuthProfile | None, *values):
+        message, job_id = actions.sweep(store, settings, actions.form_values(values[:-1]), values[-1],
+                                        owner_of(request, profile))
         return message, jobs_view.jobs_table(store), job_id
 
     @guarded
+    def cancel(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return actions.cancel(store, settings, job_id, owner_of(request, profile)), jobs_view.jobs_table(store), job_id
+
+    @guarded
     def resume(job_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        """A failed or cancelled job with a checkpoint continues as a new job (JobStore.resume)."""
-        if not job_id:
-            raise ValueError(jobs_view.CHOOSE_JOB)
-        owner = owner_of(request, profile)
-        target = store.get(job_id)
-        check_may_control(settings, owner, job_id, target.owner)
-        resumed = store.resume(job_id, owner=owner)
-        return (jobs_view.RESUMED.format(job_id=resumed.id, old=job_id, run_id=resumed.run_id),
-                jobs_view.jobs_table(store), resumed.id)
+        message, new_id = actions.resume(store, settings, job_id, owner_of(request, profile))
+        return message, jobs_view.jobs_table(store), new_id
 
     @guarded
     def list_jobs():
@@ -445,9 +421,6 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         return (jobs_view.jobs_table(store), job_choices(current), *detail(current, last_drawn),
                 gr.Timer(active=active))
 
-    def start_polling():
-        return gr.Timer(active=True)
-
     def refresh_run_choices(d_task, d_adapter, c_task, c_keys, seen):
         """After a job finishes its run is offered in Diagnose and Compare (only redrawn when runs changed)."""
         all_runs = runs()
@@ -469,11 +442,15 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
 
     @guarded
     def check_launch(*values):
-        config_from_form(dict(zip(FORM_FIELDS, values)), settings)
+        config_from_form(actions.form_values(values), settings)
 
     @guarded
     def check_sweep(*values):
-        sweep_from_form(dict(zip(FORM_FIELDS, values[:-1])), values[-1], settings)
+        sweep_from_form(actions.form_values(values[:-1]), values[-1], settings)
+
+    def method_changed(method: str):
+        """λ and w_max are live only for the methods whose objective reads them (training.methods)."""
+        return tuple(gr.update(interactive=by_name[name].enabled_for(method)) for name in ("lam", "w_max"))
 
     launch_outputs = [parts["status"], parts["jobs_table"], job]
     for button, check, fn, inputs, name in (
@@ -490,6 +467,9 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         follow, job, [job, timer], api_visibility="private")
     job.change(detail, [job, drawn], detail_outputs, api_visibility="private")
     parts["jobs_table"].select(_selected_job, None, job, api_visibility="private")
+    by_name = {spec.name: spec for spec in form_fields(settings)}
+    parts["fields"]["method"].change(method_changed, parts["fields"]["method"],
+                                     [parts["fields"]["lam"], parts["fields"]["w_max"]], api_visibility="private")
     parts["fields"]["data"].change(dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"],
                                    api_visibility="private")
     d_task, d_adapter = diagnose_inputs
@@ -499,6 +479,22 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         refresh_run_choices, [d_task, d_adapter, c_task, c_runs, runs_seen], [d_adapter, c_runs, runs_seen],
         api_visibility="private", show_progress="hidden")
     demo.load(poll, [job, drawn], [*jobs_outputs, *detail_outputs, timer], api_visibility="private")
+
+
+def _named_form_parameters(*extra: str) -> Callable:
+    """Give ``fn(request, profile, *values)`` a signature that names each form field (then `extra`).
+
+    Gradio fills a handler's request and profile only into positional parameters, and the API takes
+    an endpoint's inputs by the names in its signature (``/launch`` with ``method=...``); the form's
+    fields are listed once, in studio.form.FORM_FIELDS.
+    """
+    def wrap(fn: Callable) -> Callable:
+        special = list(inspect.signature(fn).parameters.values())[:2]
+        fields = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in (*FORM_FIELDS, *extra)]
+        fn.__signature__ = inspect.Signature([p.replace(default=inspect.Parameter.empty) for p in special] + fields)
+        return fn
+
+    return wrap
 
 
 def _selected_job(event: gr.SelectData):
@@ -519,7 +515,8 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
     """
     kwargs: dict[str, Any] = dict(max_file_size=MAX_FILE_SIZE, enable_monitoring=False, show_error=False,
                                   run_history=False, ssr_mode=False, css=CSS, theme=gr.themes.Soft(),
-                                  footer_links=["api", "gradio"])
+                                  footer_links=["api", "gradio"],
+                                  app_kwargs=request_limits.app_kwargs())  # 413 for bodies over 16 MB (issue 12)
     if settings.auth and not settings.on_space:
         kwargs["auth"] = list(settings.auth)
         kwargs["auth_message"] = "Sign in to FairDx (accounts set by the operator in FAIRDX_AUTH)."

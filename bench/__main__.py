@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS_DIR, environment, environment_line, markdown_table, write_result
+from training.methods import BASELINE
+
+VANILLA = BASELINE.name  # the reference method
 
 Headline = Callable[[dict[str, Any]], str]
 
@@ -50,7 +53,7 @@ def _fairness(result: dict) -> str:
         changes = []
         for method, figures in methods.items():
             rel = figures[gap]["relative"]["mean"]
-            if method != "vanilla":
+            if method != VANILLA:
                 changes.append(f"{method} {'–' if rel is None else f'{100 * rel:+.0f}%'}")
         label = next(m["label"] for m in result["metrics"][task] if m["key"] == gap)
         parts.append(f"{task} {label} vs vanilla: " + ", ".join(changes))

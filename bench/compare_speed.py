@@ -11,7 +11,7 @@ times, in the same process:
 - ``evaluate alone``: for each run, ``metrics.read_predictions`` + ``metrics.evaluate`` one after
   the other -- the floor any Compare implementation pays without parallelism -- with OpenBLAS's
   default thread count and with one BLAS thread (what compare_runs sets while it computes);
-- ``compare_runs uncached, 1 thread`` and ``..., N threads``: ``inference.compare.compare_runs``
+- ``compare_runs uncached, 1 thread`` and ``..., N threads``: ``inference.compare_engine.compare_runs``
   after ``clear_cache()``; the pool has one thread per core;
 - ``compare_runs cached``: the same call again (a refresh of the tab);
 - ``figures``: the three Plotly figures built from the comparison.
@@ -41,13 +41,15 @@ import numpy as np
 import pandas as pd
 
 from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
-from inference import compare
+from inference import compare_engine as engine
+from inference.compare_figures import frontier_figure, group_accuracy_figure, margin_figure
 from training import metrics
+from training.methods import BASELINE, NAMES
 from training.rundir import list_runs
 
 RESULTS = RESULTS_DIR / "compare_speed.json"
-METHODS = ("vanilla", "fr", "gr", "hybrid", "cmac")
-RACE = {"White": 0.769, "Black": 0.149, "Asian": 0.082}  # seed 000 §4.1 group mix
+METHODS = NAMES
+RACE = {"White": 0.769, "Black": 0.149, "Asian": 0.082}  # Gu et al., fair LoRA §4.1 group mix
 ETHNICITY = {"Non-Hispanic": 0.903, "Hispanic": 0.043, "Unknown": 0.054}
 GENDER = {"Female": 0.571, "Male": 0.429}
 
@@ -81,7 +83,7 @@ def build_runs(root: Path, runs: int, n: int) -> None:
         run_id = f"fundus-{method}-{k:02d}"
         path = root / run_id
         (path / "adapter").mkdir(parents=True)
-        frame = synthetic_predictions(rng, n, gap=0.3 if method == "vanilla" else 0.1)
+        frame = synthetic_predictions(rng, n, gap=0.3 if method == BASELINE.name else 0.1)
         frame.to_csv(path / "predictions.csv", index=False)
         config = {"task": "fundus", "method": method, "backbone": "assets/backbones/tiny-qwen2.5-vl", "lam": 0.5,
                   "w_max": 10.0, "attribute": "race", "seed": k, "run_id": run_id, "data": "synth:fundus"}
@@ -119,26 +121,26 @@ def measure(root: Path, attribute: str, bootstrap: int, repeat: int) -> dict[str
             frame = metrics.read_predictions(run.path / "predictions.csv")
             metrics.evaluate(frame, [attribute], bootstrap=bootstrap, split="test")
 
-    def comparison() -> compare.Comparison:
-        return compare.compare_runs(runs, attribute, bootstrap=bootstrap)
+    def comparison() -> engine.Comparison:
+        return engine.compare_runs(runs, attribute, bootstrap=bootstrap)
 
     def with_workers(workers: int | None) -> dict[str, list[float]]:
-        compare.MAX_WORKERS = workers
+        engine.MAX_WORKERS = workers
         try:
-            return timed(comparison, repeat, before=compare.clear_cache)
+            return timed(comparison, repeat, before=engine.clear_cache)
         finally:
-            compare.MAX_WORKERS = None
+            engine.MAX_WORKERS = None
 
     timings = {"evaluate alone (serial, default BLAS threads)": timed(evaluate_alone, repeat)}
-    with compare.one_blas_thread():
+    with engine.one_blas_thread():
         timings["evaluate alone (serial, 1 BLAS thread)"] = timed(evaluate_alone, repeat)
     timings["compare_runs uncached, 1 thread"] = with_workers(1)
     timings[f"compare_runs uncached, {os.cpu_count()} threads"] = with_workers(None)
-    compare.clear_cache()
+    engine.clear_cache()
     result = comparison()
     timings["compare_runs cached"] = timed(comparison, repeat)
     timings["figures (bars + frontier + violins)"] = timed(
-        lambda: (compare.group_accuracy_figure(result), compare.frontier_figure(result), compare.margin_figure(result)),
+        lambda: (group_accuracy_figure(result), frontier_figure(result), margin_figure(result)),
         repeat,
     )
     return timings
@@ -147,13 +149,13 @@ def measure(root: Path, attribute: str, bootstrap: int, repeat: int) -> dict[str
 def profile(root: Path, attribute: str, bootstrap: int, lines: int = 15) -> str:
     """cProfile of one uncached single-thread comparison (threads hide their work from cProfile)."""
     runs = list_runs(root)
-    compare.clear_cache()
-    compare.MAX_WORKERS = 1
+    engine.clear_cache()
+    engine.MAX_WORKERS = 1
     profiler = cProfile.Profile()
     try:
-        profiler.runcall(compare.compare_runs, runs, attribute, bootstrap=bootstrap)
+        profiler.runcall(engine.compare_runs, runs, attribute, bootstrap=bootstrap)
     finally:
-        compare.MAX_WORKERS = None
+        engine.MAX_WORKERS = None
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(lines)
     return out.getvalue()

@@ -15,14 +15,14 @@ named below) and reads each run's ``eval.json`` (test split):
   per method the paired difference to vanilla (same seed, same data) with its 95 % t interval and the
   paired t-test's p-value over all seeds; a "vanilla vs vanilla" row (seed k against seed k + 1), the
   change retraining alone produces; and how many seeds the degenerate-model guard flagged.
-- **lambda**: λ ∈ {0.1, 0.5, 1.0} (paper 000, Table 2) for fr and hybrid on fundus and cmac on skin.
+- **lambda**: λ ∈ {0.1, 0.5, 1.0} (Gu et al., Table 2) for fr and hybrid on fundus and cmac on skin.
 - **strength**: every method at data bias strength 0, 0.5 and 1.0 (``synth:<task>:...,strength=s``):
   how each method's gap reduction depends on how biased the data is.
   The lambda and strength sections use the first seed only (the budget), so read them as one draw.
 
 Runs whose setting another section already has are trained once (the names say the setting:
 ``<task>-<method>-l<λ>-s<strength>-seed<k>``). They go to ``bench/runs/fairness/`` (``--quick``:
-``bench/runs/fairness-quick/``) as complete run directories, so ``python -m training.report --runs
+``bench/runs/fairness-quick/``) as complete run directories, so ``python -m inference.report --runs
 bench/runs/fairness`` reads them too. A run already there with the same settings is reused (the bench
 resumes where it stopped; an interrupted run continues from its checkpoint); ``--fresh`` retrains.
 
@@ -52,7 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, RUNS_DIR, environment, environment_line, markdown_table, write_result
-from training.losses import METHODS
+from training.methods import BASELINE, CMAC, FR, GR, HYBRID, NAMES as METHODS
+
+VANILLA = BASELINE.name  # the reference of every paired change
 
 TASKS = ("fundus", "skin")
 SECTIONS = ("main", "lambda", "strength")
@@ -117,14 +119,14 @@ class Plan:
 FULL = Plan(
     name="full", n=2000, data_seed=0, max_samples=960, epochs=None, seeds=tuple(range(10)),
     methods={task: METHODS for task in TASKS},
-    lambdas=(0.1, 0.5, 1.0), lambda_methods={"fundus": ("fr", "hybrid"), "skin": ("cmac",)},
-    strengths=(0.0, 0.5, 1.0), strength_methods={"fundus": ("vanilla", "hybrid"), "skin": ("vanilla", "cmac")},
+    lambdas=(0.1, 0.5, 1.0), lambda_methods={"fundus": (FR.name, HYBRID.name), "skin": (CMAC.name,)},
+    strengths=(0.0, 0.5, 1.0), strength_methods={"fundus": (VANILLA, HYBRID.name), "skin": (VANILLA, CMAC.name)},
 )
 QUICK = Plan(
     name="quick", n=600, data_seed=0, max_samples=160, epochs=1, seeds=(0,),
-    methods={"fundus": ("vanilla", "fr", "gr", "hybrid"), "skin": ("vanilla", "cmac")},
-    lambdas=(0.5, 1.0), lambda_methods={"fundus": ("fr",)},
-    strengths=(0.0, 1.0), strength_methods={"fundus": ("vanilla", "hybrid")},
+    methods={"fundus": (VANILLA, FR.name, GR.name, HYBRID.name), "skin": (VANILLA, CMAC.name)},
+    lambdas=(0.5, 1.0), lambda_methods={"fundus": (FR.name,)},
+    strengths=(0.0, 1.0), strength_methods={"fundus": (VANILLA, HYBRID.name)},
     test_min={"fundus": 40, "skin": 8},
     runs_dir=RUNS_DIR / "fairness-quick", json_path=RESULTS_DIR / "fairness_quick.json",
 )
@@ -176,14 +178,14 @@ def plan_runs(plan: Plan, tasks: Sequence[str] = TASKS) -> list[BenchRun]:
                 for method in plan.methods.get(task, ()):
                     add("main", task, method, lam0, strength0, seed)
         if "lambda" in plan.sections and plan.lambda_methods.get(task):
-            add("lambda", task, "vanilla", lam0, strength0, plan.seeds[0])  # the baseline of the relative change
+            add("lambda", task, VANILLA, lam0, strength0, plan.seeds[0])  # the baseline of the relative change
             for method in plan.lambda_methods[task]:
                 for lam in plan.lambdas:
                     add("lambda", task, method, lam, strength0, plan.seeds[0])
         if "strength" in plan.sections:
             methods = plan.strength_methods.get(task, ())
             for strength in plan.strengths:
-                for method in dict.fromkeys(("vanilla", *methods)) if methods else ():
+                for method in dict.fromkeys((VANILLA, *methods)) if methods else ():
                     add("strength", task, method, lam0, strength, plan.seeds[0])
     return [BenchRun(*key, sections=tuple(s for s in SECTIONS if s in sections)) for key, sections in wanted.items()]
 
@@ -198,11 +200,11 @@ def bench_config(run: BenchRun, plan: Plan, runs_dir: Path):
     if plan.test_min is not None:
         spec = replace(spec, test_min=plan.test_min[run.task])
     data = str(spec) + (f",image_size={spec.image_size}" if spec.image_size != SYNTH_DEFAULTS["image_size"] else "")
-    return replace(
-        base, method=run.method, lam=run.lam, seed=run.seed, data=data,
+    return base.replace(
+        method=run.method, lam=run.lam, seed=run.seed, data=data,
         max_samples=plan.max_samples if plan.max_samples is not None else base.max_samples,
         epochs=plan.epochs or base.epochs,
-        eval_bootstrap=0,  # the bench reports the spread over seeds; training.report bootstraps on its own
+        eval_bootstrap=0,  # the bench reports the spread over seeds; inference.report bootstraps on its own
         runs_dir=str(runs_dir), run_name=run.name,
     )
 
@@ -422,7 +424,7 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
         lam0, strength0 = base_setting(task)
 
         def vanilla_at(strength: float) -> dict[int, dict]:
-            return {r["seed"]: r for r in rows if r["method"] == "vanilla" and r["strength"] == strength}
+            return {r["seed"]: r for r in rows if r["method"] == VANILLA and r["strength"] == strength}
 
         if "main" in plan.sections:
             main_rows = [r for r in rows if "main" in r["sections"]]
@@ -430,7 +432,7 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
                 method: against_vanilla([r for r in main_rows if r["method"] == method], vanilla_at(strength0), metrics)
                 for method in METHODS if any(r["method"] == method for r in main_rows)
             }
-            floor = noise_floor({r["seed"]: r for r in main_rows if r["method"] == "vanilla"}, metrics)
+            floor = noise_floor({r["seed"]: r for r in main_rows if r["method"] == VANILLA}, metrics)
             if floor:
                 result["main"][task][NOISE_FLOOR] = floor
         if "lambda" in plan.sections:
@@ -452,7 +454,7 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
                     mine = [r for r in chosen if r["method"] == method]
                     if mine:
                         by_strength.setdefault(f"{strength:g}", {})[method] = against_vanilla(
-                            mine, {plan.seeds[0]: r for r in chosen if r["method"] == "vanilla"}, metrics)
+                            mine, {plan.seeds[0]: r for r in chosen if r["method"] == VANILLA}, metrics)
             if by_strength:
                 result["strength"][task] = by_strength
     return result
@@ -521,7 +523,7 @@ def main_table(task: str, figures: dict[str, Any]) -> str:
     rows = []
     for method, entry in figures.items():
         cells = figure_cells(entry, metrics, with_delta=True)
-        if method == "vanilla":  # the baseline: no change against itself
+        if method == VANILLA:  # the baseline: no change against itself
             cells = [cell if i % 2 == 0 else "" for i, cell in enumerate(cells)]
         if method == NOISE_FLOOR:  # only the change is meaningful: vanilla's own values again
             cells = ["" if i % 2 == 0 else cell for i, cell in enumerate(cells)]
@@ -543,14 +545,14 @@ def strength_table(task: str, figures: dict[str, Any]) -> str:
     label = next(m.label for m in METRICS[task] if m.key == gap)
     methods = [m for m in METHODS if any(m in by for by in figures.values())]
     headers = ["strength", "vanilla accuracy", f"vanilla {label}"]
-    headers += [f"{m} {label} (vs vanilla)" for m in methods if m != "vanilla"]
+    headers += [f"{m} {label} (vs vanilla)" for m in methods if m != VANILLA]
     rows = []
     for strength, by_method in figures.items():
-        vanilla = by_method.get("vanilla")
+        vanilla = by_method.get(VANILLA)
         row = [strength, fmt_value(vanilla["accuracy"]["value"]) if vanilla else "–",
                fmt_value(vanilla[gap]["value"]) if vanilla else "–"]
         for method in methods:
-            if method == "vanilla":
+            if method == VANILLA:
                 continue
             entry = by_method.get(method)
             row.append(f"{fmt_value(entry[gap]['value'])} ({fmt_relative(entry[gap]['relative'])})" if entry else "–")
@@ -632,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configs = [bench_config(run, plan, plan.runs_dir) for run in runs]
     try:
-        if not args.dry_run:  # generates the synthetic sets the plan needs that are not cached yet
+        if not args.dry_run:  # the synthetic sets are generated by the first run that needs each
             print(f"checking {len(configs)} configs and their data...", file=sys.stderr, flush=True)
         for cfg in configs:
             validate(cfg, check_data=not args.dry_run)
@@ -682,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(environment_line(env))
     print(report_text(result, plan))
     print(f"\n{len(trained)} runs trained in {wall / 60:.1f} min, {len(runs) - len(trained)} reused; "
-          f"runs in {plan.runs_dir} (python -m training.report --runs {plan.runs_dir})")
+          f"runs in {plan.runs_dir} (python -m inference.report --runs {plan.runs_dir})")
     payload = {
         "plan": {**{k: v for k, v in asdict(plan).items() if k not in ("runs_dir", "json_path")},
                  "runs_dir": str(plan.runs_dir), "base": {t: dict(zip(("lam", "strength"), base_setting(t)))

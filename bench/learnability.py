@@ -32,6 +32,9 @@ from sklearn.metrics import roc_auc_score
 
 from bench import synth_bias
 from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
+from training.methods import BASELINE
+
+VANILLA = BASELINE.name  # the reference method
 
 FEATURES = {"fundus": synth_bias.fundus_features, "skin": synth_bias.skin_features}
 NO_VANILLA = "no complete vanilla run of task '{task}' in {runs}; train one (python -m training.demos --method vanilla)"
@@ -73,7 +76,7 @@ def vanilla_runs(runs: Path) -> dict[str, Path]:
 
     found: dict[str, Path] = {}
     for run in rundir.list_runs(runs):
-        if run.method == "vanilla":
+        if run.method == VANILLA:
             found.setdefault(run.task, run.path)
     return found
 

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
-from training.losses import METHODS
+from training.methods import BASELINE, NAMES as METHODS
+
+VANILLA = BASELINE.name
 
 TASKS = ("fundus", "skin")
 MODELS = {"fundus": "tiny Qwen2.5-VL", "skin": "tiny CLIP"}
@@ -141,7 +143,7 @@ def round_robin(calls: dict[str, Callable[[int], None]], rounds: int, inner: int
     return times
 
 
-def paired_ratios(times: dict[str, list[float]], baseline: str = "vanilla") -> dict[str, dict[str, float]]:
+def paired_ratios(times: dict[str, list[float]], baseline: str = VANILLA) -> dict[str, dict[str, float]]:
     """Per entry: median seconds, and the median and quartiles of its per-round ratio to the baseline."""
     out = {}
     for name, values in times.items():
@@ -172,8 +174,8 @@ def measure_task(task: str, repeats: int, n_batches: int, loss_calls: int) -> di
     for clock in ("cpu", "wall"):
         step, loss = paired_ratios(steps[clock]), paired_ratios(losses[clock])
         for method in METHODS:
-            loss[method]["extra_over_step"] = (loss[method]["median_s"] - loss["vanilla"]["median_s"]) \
-                / step["vanilla"]["median_s"]
+            loss[method]["extra_over_step"] = (loss[method]["median_s"] - loss[VANILLA]["median_s"]) \
+                / step[VANILLA]["median_s"]
         result[clock] = {"step": step, "loss": loss}
     return result
 
@@ -184,7 +186,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         cpu, wall = r["cpu"], r["wall"]
         for method in METHODS:
             s, l = cpu["step"][method], cpu["loss"][method]
-            base = method == "vanilla"
+            base = method == VANILLA
             rows.append([r["model"], method, f"{1000 * s['median_s']:.1f}", f"{s['ratio']:.3f}",
                          f"{s['ratio_q1']:.3f}–{s['ratio_q3']:.3f}", f"{wall['step'][method]['ratio']:.3f}",
                          f"{1e6 * l['median_s']:.0f}", f"{l['ratio']:.1f}",
@@ -215,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [measure_task(task, repeats, n_batches, mode["loss_calls"]) for task in args.tasks]
     print(environment_line(env))
     print(table(results))
-    worst = {r["model"]: max(r["cpu"]["step"][m]["ratio"] for m in METHODS if m != "vanilla") for r in results}
+    worst = {r["model"]: max(r["cpu"]["step"][m]["ratio"] for m in METHODS if m != VANILLA) for r in results}
     print("\nworst step ratio: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()) + f" (goal ≤ {GOAL})")
     path = args.json or RESULTS_DIR / ("overhead_quick.json" if args.quick else "overhead.json")
     write_result(path, {"goal": GOAL, "threads": args.threads, "clock": "thread CPU time (primary), wall",

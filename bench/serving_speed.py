@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from training.methods import BASELINE, FR
+
+VANILLA = BASELINE.name  # the reference method
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "bench" / "results" / "serving_speed.json"
@@ -50,7 +53,7 @@ def synthetic_run(
     images: list,
     labels: list[int] | None = None,
     backbone: str | None = None,
-    method: str = "vanilla",
+    method: str = VANILLA,
     lam: float = 0.5,
     seed: int = 0,
     max_pixels: int | None = None,
@@ -152,7 +155,7 @@ def measure_model(task: str, runs_dir: Path, n: int, reloads: int) -> dict[str, 
 
     images = noise_images(4, seed=1)
     run_a = synthetic_run(runs_dir, f"{task}-a", task=task, images=images, seed=0)
-    run_b = synthetic_run(runs_dir, f"{task}-b", task=task, images=images, seed=1, method="fr")
+    run_b = synthetic_run(runs_dir, f"{task}-b", task=task, images=images, seed=1, method=FR.name)
     image = noise_images(1, seed=2)[0]
     result: dict[str, Any] = {"model": MODELS[task], "task": task, "backbone": run_a.backbone}
     result["cold_start"] = cold_start(run_a.path)

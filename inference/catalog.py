@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from inference.compare import METHOD_NAMES
-from training.losses import LAMBDA_METHODS, METHODS
+from training import methods
 from training.rundir import RunInfo, list_runs
 
 UNKNOWN_RUN = "no complete run '{key}'{task_words}; choose one of: {choices}"
@@ -32,16 +31,16 @@ def run_key(run: RunInfo) -> str:
 def run_title(run: RunInfo) -> str:
     """'fundus-hybrid (demo) · Hybrid, λ=0.5': the key with what sets the run apart."""
     method = run.method
-    words = METHOD_NAMES.get(method, method)
-    if method in LAMBDA_METHODS and run.config.get("lam") is not None:
-        words += f", λ={float(run.config['lam']):g}"
+    words = methods.title(method)
+    if run.settings.objective.uses_lambda:
+        words += f", λ={run.settings.lam:g}"
     flag = " · ⚠ degenerate" if run.degenerate else ""
     return f"{run_key(run)} · {words}{flag}"
 
 
 def method_rank(run: RunInfo) -> tuple[int, str]:
     """Sort key: the five methods in the papers' order, demo runs before the user's, then by id."""
-    method = METHODS.index(run.method) if run.method in METHODS else len(METHODS)
+    method = methods.rank(run.method)
     return (0 if run.is_demo else 1, method, run.run_id)
 
 

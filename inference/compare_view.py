@@ -1,14 +1,18 @@
 """The Compare tab without Gradio: attribute and run choices per task, and what a comparison shows.
 
-The figures themselves come from ``inference.compare`` (tables, Plotly figures, CSV) and the report
-from ``training.report.build_report``; this module picks the defaults (the task's five demo runs, the
-attribute they were trained to balance), turns a comparison into the two tables the tab shows, and
-writes the downloads into the app's export folder.
+The comparison comes from ``inference.compare_engine``, its figures from ``inference.compare_figures``, its
+cells and CSV from ``inference.compare_export`` and the report from ``inference.report.build_report``;
+this module picks the defaults (the task's five demo runs, the attribute they were trained to balance),
+turns a comparison into the two tables the tab shows, and writes the downloads into the export folder
+(one per process, removed when the process exits).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import tempfile
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +21,13 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from inference import compare
 from inference.catalog import find_run, of_task, run_choices, run_key
+from inference.compare_engine import NO_RUNS, Comparison, compare_runs
+from inference.compare_export import COLUMN_TITLES, display_table, format_interval, to_csv
+from inference.compare_figures import frontier_figure, group_accuracy_figure, margin_figure
 from inference.diagnose_view import check_task
+from inference.report import build_report
 from training.data import ATTRIBUTE_JOINER, GROUP_JOINER
-from training.report import build_report
 from training.rundir import RunInfo
 
 DEFAULT_RUN_COUNT = 5  # one run per method
@@ -37,9 +43,8 @@ NO_ATTRIBUTES = "the selected runs have no attribute columns in their prediction
 
 def attributes_of(run: RunInfo) -> list[str]:
     """The attribute columns a run's predictions.csv holds (config.json records them under 'dataset')."""
-    dataset = run.config.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("attributes"):
-        return list(dataset["attributes"])
+    if run.record.dataset.get("attributes"):
+        return list(run.record.dataset["attributes"])
     try:
         header = pd.read_csv(run.path / "predictions.csv", nrows=0).columns
     except (OSError, ValueError):
@@ -56,7 +61,7 @@ def attribute_choices(runs: Sequence[RunInfo], task: str) -> list[str]:
         if run.task != task:
             continue
         singles += [a for a in attributes_of(run) if a not in singles]
-        trained += [a for a in (run.config.get("attribute"), run.config.get("cmac_attribute")) if a]
+        trained += [a for a in (run.settings.attribute, run.settings.cmac_attribute) if a]
     pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
     wider = [a for a in dict.fromkeys(trained) if a not in singles and a not in pairs]
     return singles + pairs + wider
@@ -67,7 +72,7 @@ def default_attribute(runs: Sequence[RunInfo], task: str) -> str | None:
     sex+age_group for the skin demos), else the first choice."""
     choices = attribute_choices(runs, task)
     chosen = [find_run(key, runs) for key in default_runs(runs, task)]
-    counts = Counter(run.config.get("attribute") for run in chosen if run.config.get("attribute") in choices)
+    counts = Counter(run.settings.attribute for run in chosen if run.settings.attribute in choices)
     if counts:
         return counts.most_common(1)[0][0]
     return choices[0] if choices else None
@@ -91,7 +96,7 @@ def selected_runs(keys: Sequence[str] | None, runs: Sequence[RunInfo], task: str
     """The runs behind the keys (ValueError for an unknown key or another task's run)."""
     check_task(task)
     if not keys:
-        raise ValueError(compare.NO_RUNS)
+        raise ValueError(NO_RUNS)
     return [find_run(key, runs, task=task) for key in keys]
 
 
@@ -103,46 +108,46 @@ class CompareView:
     margin_figure: go.Figure
     frontier_figure: go.Figure
     notes: str
-    comparison: compare.Comparison
+    comparison: Comparison
 
 
 def show(runs: Sequence[RunInfo], attribute: str, *, bootstrap: int) -> CompareView:
     """Compare the runs on `attribute` (CompareError for arguments no run can use)."""
-    comparison = compare.compare_runs(runs, (attribute or "").strip(), bootstrap=bootstrap)
+    comparison = compare_runs(runs, (attribute or "").strip(), bootstrap=bootstrap)
     return CompareView(
         summary=summary_table(comparison),
         groups=group_table(comparison),
-        accuracy_figure=compare.group_accuracy_figure(comparison),
-        margin_figure=compare.margin_figure(comparison),
-        frontier_figure=compare.frontier_figure(comparison),
+        accuracy_figure=group_accuracy_figure(comparison),
+        margin_figure=margin_figure(comparison),
+        frontier_figure=frontier_figure(comparison),
         notes=notes_markdown(comparison),
         comparison=comparison,
     )
 
 
-def summary_table(comparison: compare.Comparison) -> pd.DataFrame:
-    """`compare.display_table` narrowed to fit a screen: each run named by its key ('fundus-fr (demo)'),
+def summary_table(comparison: Comparison) -> pd.DataFrame:
+    """`compare_export.display_table` narrowed to fit a screen: each run named by its key ('fundus-fr (demo)'),
     λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'), a degenerate-model flag beside the run's
     name ('skin-x ⚠ degenerate'); the seed and the demographic parity
     difference (neither paper reports it) are left to the CSV export."""
-    table = compare.display_table(comparison, digits=SUMMARY_DIGITS)
+    table = display_table(comparison, digits=SUMMARY_DIGITS)
     flags = comparison.table["flags"].fillna("").to_numpy()
     # a flag stays next to the run's figures: '⚠ degenerate' in the run's own cell
     table[SUMMARY_RUN_COLUMN] = [f"{label} ⚠ {flag}" if flag else label
                                  for label, flag in zip(comparison.table["label"].to_numpy(), flags)]
-    table = table.drop(columns=[compare.COLUMN_TITLES["flags"]])
-    lam, w_max = compare.COLUMN_TITLES["lambda"], compare.COLUMN_TITLES["w_max"]
+    table = table.drop(columns=[COLUMN_TITLES["flags"]])
+    lam, w_max = COLUMN_TITLES["lambda"], COLUMN_TITLES["w_max"]
     settings = [" ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
                 for method, lv, wv in zip(table["Method"], table[lam], table[w_max])]
     table["Method"] = settings
-    return table.drop(columns=[lam, w_max, *(compare.COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
+    return table.drop(columns=[lam, w_max, *(COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
 
 
 def _setting(name: str, value) -> str:
     return "" if value in ("", None) or value != value else f"{name}={float(value):g}"
 
 
-def group_table(comparison: compare.Comparison) -> pd.DataFrame:
+def group_table(comparison: Comparison) -> pd.DataFrame:
     """Per-group accuracy: a row per run, a column per group, each cell 'acc [lo, hi] (n=…)'."""
     if comparison.empty:
         return pd.DataFrame(columns=[SUMMARY_RUN_COLUMN])
@@ -158,7 +163,7 @@ def group_table(comparison: compare.Comparison) -> pd.DataFrame:
                 row[group] = "–"
                 continue
             g = mine.loc[group]
-            cell = compare.format_interval(g["accuracy"], g["accuracy_lo"], g["accuracy_hi"], digits=2)
+            cell = format_interval(g["accuracy"], g["accuracy_lo"], g["accuracy_hi"], digits=2)
             row[group] = f"{cell} (n={int(g['n'])})"
         rows.append(row)
     return pd.DataFrame(rows, columns=[SUMMARY_RUN_COLUMN, *order])
@@ -169,7 +174,7 @@ def _group_order(group: str) -> tuple:
     return tuple((part == "Unknown", part) for part in group.split(GROUP_JOINER))
 
 
-def notes_markdown(comparison: compare.Comparison) -> str:
+def notes_markdown(comparison: Comparison) -> str:
     notes = list(comparison.notes)
     if not notes:
         return NOTES_NONE
@@ -177,22 +182,41 @@ def notes_markdown(comparison: compare.Comparison) -> str:
 
 
 # ---------------------------------------------------------------------- downloads
+EXPORT_PREFIX = "fairdx-exports-"
+_EXPORTS_LOCK = threading.Lock()
+
+
+def export_folder() -> Path:
+    """The folder the downloads are written to: one per process, made on first use.
+
+    It is a ``tempfile.TemporaryDirectory`` held by this module, so it is removed with its files when
+    the interpreter exits (its finalizer runs at exit) instead of piling up in /tmp at every start.
+    """
+    with _EXPORTS_LOCK:  # two first calls at once must not make two folders
+        return Path(_exports().name)
+
+
+@functools.cache
+def _exports() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix=EXPORT_PREFIX)
+
+
 def _slug(*parts: str) -> str:
     digest = hashlib.sha1("\0".join(parts).encode()).hexdigest()[:10]
     readable = re.sub(r"[^A-Za-z0-9_+.-]+", "_", "-".join(parts[:2]))[:60]
     return f"{readable}-{digest}"
 
 
-def write_csv(comparison: compare.Comparison, folder: Path, task: str, *, which: str = "runs") -> Path:
+def write_csv(comparison: Comparison, folder: Path, task: str, *, which: str = "runs") -> Path:
     """The comparison's runs (or per-group) table as CSV in `folder`, named after what it holds."""
     keys = [str(k) for k in comparison.table.get("label", [])]
     path = Path(folder) / f"compare-{_slug(task, comparison.attribute, which, *keys)}-{which}.csv"
-    path.write_text(compare.to_csv(comparison, which=which))
+    path.write_text(to_csv(comparison, which=which))
     return path
 
 
 def write_report(runs: Sequence[RunInfo], folder: Path, task: str, *, bootstrap: int) -> Path:
-    """training.report.build_report over the selected runs, as Markdown in `folder`."""
+    """inference.report.build_report over the selected runs, as Markdown in `folder`."""
     keys = sorted(run_key(run) for run in runs)
     path = Path(folder) / f"fairdx-report-{_slug(task, str(bootstrap), *keys)}.md"
     path.write_text(build_report(runs, bootstrap=bootstrap, sources=keys))

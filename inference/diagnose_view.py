@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from inference.catalog import find_run, of_task, run_choices, run_key
-from inference.compare import METHOD_NAMES
+from training import methods
 from inference.diagnosis import Diagnosis
 from inference.images import describe_image
 from training import guard
@@ -22,8 +22,6 @@ from training.tasks import TASKS, get_task
 
 EXAMPLES_DIR = DEMO_RUNS_DIR.parent / "examples"
 TASK_CHOICES = (("Glaucoma (fundus photograph)", "fundus"), ("Skin lesion (dermoscopy)", "skin"))
-# The method each paper proposes is the adapter a visitor gets first: Gu et al.'s Hybrid, CMAC-MMD for skin.
-DEFAULT_METHOD = {"fundus": "hybrid", "skin": "cmac"}
 
 NOTICE = (
     "**Research demo — not a medical device.** The models here are tiny and trained on synthetic images; "
@@ -52,9 +50,14 @@ def default_adapter(runs: Sequence[RunInfo], task: str) -> str | None:
     answer must not come from a constant classifier. It stays in the list, with its flag in the title.
     """
     candidates = [r for r in of_task(runs, task) if not r.degenerate]
-    preferred = [r for r in candidates if r.is_demo and r.method == DEFAULT_METHOD.get(task)]
+    preferred = [r for r in candidates if r.is_demo and r.method == _proposed(task)]
     chosen = preferred or candidates
     return run_key(chosen[0]) if chosen else None
+
+
+def _proposed(task: str) -> str | None:
+    """The method the task's paper proposes (training.tasks), the adapter a visitor gets first."""
+    return TASKS[task].proposed_method if task in TASKS else None
 
 
 def keep_or_default(runs: Sequence[RunInfo], task: str, current: str | None) -> str | None:
@@ -90,7 +93,7 @@ class DiagnosisView:
 def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisView:
     classes = get_task(diagnosis.task).classes
     confidences = {classes[0]: 1.0 - diagnosis.prob_positive, classes[1]: diagnosis.prob_positive}
-    method = METHOD_NAMES.get(diagnosis.method, diagnosis.method)
+    method = methods.title(diagnosis.method)
     lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
     warning = [f"> ⚠️ {guard.warning_text(run.guard_reasons)}", ""] if run.degenerate else []
     summary = "\n".join([

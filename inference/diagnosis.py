@@ -1,7 +1,7 @@
 """What the Diagnose tab shows for one image: the predicted class, how certain, and which adapter said so.
 
 The certainty margin at inference time
-    Paper 004's margin is the true class's score minus the best competing class's score; it needs the
+    CMAC-MMD's margin is the true class's score minus the best competing class's score; it needs the
     true label, so it exists only in training and evaluation (``predictions.csv`` holds it). At
     inference there is no label, so a `Diagnosis` reports the margin of the *predicted* class:
 
@@ -48,7 +48,7 @@ READING_HIGH = "high certainty: {label} — a decision aid, not a diagnosis"
 READINGS = {"low": READING_LOW, "moderate": READING_MODERATE, "high": READING_HIGH}
 
 # Methods whose objective has a fairness weight λ (training.config: "fr, hybrid, cmac").
-from training.losses import LAMBDA_METHODS as METHODS_WITH_LAMBDA  # noqa: E402
+from training.methods import LAMBDA_METHODS as METHODS_WITH_LAMBDA  # noqa: E402
 
 
 def certainty_level(probability: float) -> str:

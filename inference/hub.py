@@ -49,7 +49,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from training.card import render_card
 from training.data_spec import SYNTH_PREFIX
-from training.rundir import ADAPTER, CARD, CONFIG, EVAL, METRICS, PREDICTIONS, read_run
+from training.rundir import ADAPTER, CARD, CONFIG, EVAL, METRICS, PREDICTIONS, RunInfo, read_run
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 ADAPTER_SUFFIXES = frozenset({".json", ".safetensors"})
@@ -94,11 +94,11 @@ class HubError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------- push
-def includes_predictions(config: dict, with_predictions: bool | None) -> bool:
+def includes_predictions(run: RunInfo, with_predictions: bool | None) -> bool:
     """Whether predictions.csv is uploaded: as asked, else only for a synthetic data spec."""
     if with_predictions is not None:
         return with_predictions
-    return str(config.get("data", "")).startswith(SYNTH_PREFIX)
+    return run.settings.data.startswith(SYNTH_PREFIX)
 
 
 def prepare_upload(
@@ -127,7 +127,7 @@ def prepare_upload(
     (out / ADAPTER).mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         shutil.copy2(run.path / name, out / name)
-    if includes_predictions(run.config, with_predictions):
+    if includes_predictions(run, with_predictions):
         shutil.copy2(run.path / PREDICTIONS, out / PREDICTIONS)
     for path in sorted(adapter_dir.iterdir()):
         if path.is_file() and path.suffix in ADAPTER_SUFFIXES:
@@ -304,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "push":
             url = push(args.run_dir, args.repo_id, private=args.private, with_predictions=args.with_predictions)
-            config = read_run(args.run_dir).config
-            shared_predictions = includes_predictions(config, args.with_predictions)
+            shared_predictions = includes_predictions(read_run(args.run_dir), args.with_predictions)
             print(f"pushed {args.run_dir} to {url} (predictions.csv {'included' if shared_predictions else 'left out'})")
         else:
             path = pull(args.repo_id, runs_dir=args.runs_dir, revision=args.revision, name=args.name)

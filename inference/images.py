@@ -21,22 +21,48 @@ Decisions, so that nobody has to rediscover them:
 - ICC profiles are ignored: pixel values are taken as stored, as they were in training.
 - Strips more elongated than MAX_ASPECT_RATIO are rejected: no fundus or skin photo looks like that, the
   CLIP backbone's centre crop would keep a sliver of it, and Qwen2.5-VL's processor fails at 200:1.
+
+Memory (a public server gets bursts of 36 MP camera frames):
+- At most MAX_CONCURRENT_DECODES uploads are decoded at once (`DECODE_SLOTS`); the others wait, so the
+  peak is a few full-size decodes, not one per visitor.
+- With `working_pixels` (SafeImage passes WORKING_MAX_PIXELS) a larger image is reduced while it is
+  decoded: JPEG decodes at 1/2, 1/4 or 1/8 scale (`Image.draft`, never below the working size), then one
+  Lanczos resize (after an integer `reduce` where the factor allows) brings it to the working size. No
+  FairDx model looks at that many pixels (the tiny checkpoints use under 0.1 MP, the README's GPU budget
+  0.2 MP); images at or under the working size are untouched. The one exception: a run on the full
+  Qwen2.5-VL with its checkpoint's own budget (max 12.8 MP) sees at most 8 MP of a larger upload.
+- Nothing full-size outlives `load_image`: the parsed file is closed and EXIF orientation is applied in
+  place; a decode counts as memory in use (`inference.memory.in_use`), so once the burst is over the heap
+  it freed goes back to the operating system instead of staying in glibc's per-thread arenas.
+- A base64 `data:` URL is measured from its length before it is decoded (`decode_data_url`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import math
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageFile, ImageOps
+
+from inference import memory
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # same 10 MB as the app's launch(max_file_size="10mb")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP camera frame; 120 MB once decoded to RGB
 MIN_SIDE = 32
 MAX_ASPECT_RATIO = 20
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # PIL plugin names, tried in this order
+WORKING_MAX_PIXELS = 8_000_000  # uploads are reduced to this at decode time (SafeImage); see the docstring
+MAX_CONCURRENT_DECODES = 2
+DECODE_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 EMPTY_FILE = "The file is empty (0 bytes); upload the image file again."
 TOO_MANY_BYTES = (
@@ -76,34 +102,107 @@ def load_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    working_pixels: int | None = None,
 ) -> Image.Image:
     """The upload as an upright 8-bit RGB image, or ImageRejected saying what is wrong and what to do.
 
-    The result's `info` holds only "source_format" and "source_mode" (for `describe_image`); EXIF, ICC and
-    the other metadata of the upload are dropped with the original.
+    working_pixels: reduce a larger image to about this many pixels while decoding it (None: full size).
+    The result's `info` holds only "source_format", "source_mode" and, for a reduced image,
+    "source_size" (for `describe_image`); EXIF, ICC and the other metadata of the upload are dropped.
     """
-    data = _read_capped(source, max_bytes)
-    image = _open_header(data, max_pixels)
-    _check_size(image, max_pixels)
+    with _decode_slot():
+        data = _read_capped(source, max_bytes)
+        image = _open_header(data, max_pixels)
+        del data  # the parser holds its own reference for as long as it needs one
+        try:
+            _check_size(image, max_pixels)
+            return _decode(image, max_pixels, working_pixels)
+        finally:
+            image.close()
+
+
+def _decode(image: ImageFile.ImageFile, max_pixels: int, working_pixels: int | None) -> Image.Image:
+    width, height = image.size
     try:
+        requested = _working_size(image.size, working_pixels)
+        if requested is not None:
+            image.draft(None, requested)  # JPEG: decode at 1/2..1/8 scale, never below `requested`; others: no-op
         image.load()  # the first (and only) full decode
-        upright = ImageOps.exif_transpose(image)
+        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # by 90 or 270 degrees
+        ImageOps.exif_transpose(image, in_place=True)
     except Image.DecompressionBombError as exc:  # defence in depth: no allowed plugin checks again here today
         raise ImageRejected(TOO_MANY_PIXELS_DECLARED.format(limit_mp=max_pixels / 1e6)) from exc
     except _PARSE_ERRORS as exc:
         raise ImageRejected(DAMAGED) from exc
-    rgb = to_rgb(upright)
-    rgb.info = {"source_format": image.format, "source_mode": image.mode}
+    source: dict[str | tuple[int, int], Any] = {"source_format": image.format, "source_mode": image.mode}
+    target = _working_size(image.size, working_pixels)
+    if target is not None and image.mode == "RGB" and not image.has_transparency_data:
+        rgb = to_rgb(_shrink(image, target))  # resize first: the one full-size copy is never made
+    else:
+        rgb = to_rgb(image)
+        if target is not None:
+            rgb = _shrink(rgb, target)
+    upright = (height, width) if turned else (width, height)
+    if rgb.size != upright:
+        source["source_size"] = upright
+    rgb.info = source
     return rgb
 
 
+def _working_size(size: tuple[int, int], working_pixels: int | None) -> tuple[int, int] | None:
+    """The size, same aspect ratio, with at most `working_pixels` pixels; None if `size` is no larger."""
+    width, height = size
+    if not working_pixels or width * height <= working_pixels:
+        return None
+    scale = math.sqrt(working_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def _shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Lanczos downscale, after an integer box `reduce` when the image is 3x the target or more."""
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def decode_data_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a base64 `data:` URL, its size checked from the URL's length before anything is decoded.
+
+    A 150 MB URL is refused by arithmetic; decoding it first would cost its size again (and more).
+    """
+    comma = url.rfind(",")
+    if not url.startswith("data:") or comma < 0:
+        raise ImageRejected(NOT_AN_IMAGE)
+    length = len(url) - comma - 1  # base64 characters; 4 of them carry 3 bytes, "=" padding carries none
+    padding = 2 if url.endswith("==") else 1 if url.endswith("=") else 0
+    size = length // 4 * 3 - padding if length % 4 == 0 else length * 3 // 4
+    if size <= 0:
+        raise ImageRejected(EMPTY_FILE)
+    if size > max_bytes:
+        raise ImageRejected(TOO_MANY_BYTES.format(size_mb=size / 2**20, limit_mb=max_bytes / 2**20))
+    try:
+        return base64.b64decode(url[comma + 1:], validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
+        raise ImageRejected(NOT_AN_IMAGE) from exc
+
+
+@contextmanager
+def _decode_slot() -> Iterator[None]:
+    """One of DECODE_SLOTS, held while decoding; counted as memory in use (see inference.memory)."""
+    with DECODE_SLOTS, memory.in_use():
+        yield
+
+
 def describe_image(image: Image.Image) -> str:
-    """A one-line summary for the UI, e.g. "512×512 RGB (PNG, was I;16)"."""
+    """A one-line summary for the UI, e.g. "512×512 RGB (PNG, was I;16)" or
+    "3464×2309 RGB (JPEG, downscaled from 7360×4912)"."""
     text = f"{image.width}×{image.height} {image.mode}"
     source_format, source_mode = image.info.get("source_format"), image.info.get("source_mode")
+    notes = [source_format] if source_format else []
     if source_format and source_mode and source_mode != image.mode:
-        return f"{text} ({source_format}, was {source_mode})"
-    return f"{text} ({source_format})" if source_format else text
+        notes.append(f"was {source_mode}")
+    if image.info.get("source_size"):
+        width, height = image.info["source_size"]
+        notes.append(f"downscaled from {width}×{height}")
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def _read_capped(source: str | Path | bytes, max_bytes: int) -> bytes:

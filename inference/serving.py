@@ -1,11 +1,12 @@
 """`ModelPool`: one base model per backbone in memory, each run's adapter hot-swapped onto it.
 
-DESIGN.md, "Serving": switching the Diagnose tab from one run to another must cost milliseconds, not a
+docs/architecture.md, "Serving": switching the Diagnose tab from one run to another must cost milliseconds, not a
 model load. So the pool keeps one `Classifier` per base (backbone, dtype) and loads each run's PEFT
 adapter onto it once, under its own adapter name (`training.backbones.load_adapter`); later requests
 for that run only `set_adapter`. What else a run's predictions depend on is switched per request: the
-task (`clf.set_task`: question / class prompts) and, for Qwen2.5-VL, the image pixel budget the run was
-trained with (its own image processor, loaded once per budget; the weights are shared).
+task (`clf.set_task`: question / class prompts) and the image pixel budget the run was trained with
+(`clf.set_image_budget`: Qwen2.5-VL loads one image processor per budget and shares the weights; a family
+without a pixel budget, CLIP, refuses a run that names one).
 
     pool = ModelPool(max_adapters_per_base=8)
     diagnosis = pool.predict(image, read_run("runs/fundus-fr"))     # -> inference.diagnosis.Diagnosis
@@ -15,7 +16,9 @@ Threads. Gradio runs handlers in worker threads. Each base has a lock held from 
 run in parallel.
 
 Memory. With `max_adapters_per_base` set, the least recently used adapter of a base is deleted
-(`PeftModel.delete_adapter`) when one more is loaded, so a public server's memory stays bounded.
+(`PeftModel.delete_adapter`) when one more is loaded, so a public server's memory stays bounded. A
+prediction counts as memory in use (`inference.memory.in_use`): after a burst, what its preprocessing
+freed is given back to the operating system.
 
 Untrusted adapters. Adapters load from safetensors only (never pickle) and `trust_remote_code` is never
 passed. Before anything touches the model, `check_adapter` reads the adapter's config and the tensor
@@ -43,17 +46,15 @@ from typing import Any, NamedTuple, get_args
 import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+from peft.tuners.tuners_utils import check_target_module_exists
 from PIL import Image
 from safetensors import safe_open
 from torch import Tensor, nn
-from transformers import AutoImageProcessor
 
+from inference import memory
 from inference.diagnosis import Diagnosis
 from training import rundir
-from training.backbones import (
-    Classifier, QwenVLClassifier, load_adapter, load_classifier, resolve_backbone, set_adapter,
-)
+from training.backbones import Classifier, load_adapter, load_classifier, resolve_backbone, set_adapter
 from training.backbones.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS
 from training.config import DType
 from training.rundir import RunInfo, read_run
@@ -137,7 +138,7 @@ class BaseKey(NamedTuple):
 
 
 def image_budget(run: RunInfo) -> tuple[int | None, int | None]:
-    """The Qwen2.5-VL (min_pixels, max_pixels) a run was trained and evaluated with (None: the checkpoint's)."""
+    """The (min_pixels, max_pixels) a run was trained and evaluated with (None: the checkpoint's)."""
     return run.config.get("min_pixels"), run.config.get("max_pixels")
 
 
@@ -158,8 +159,6 @@ class _Base:
     lora_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # LoRA module -> (in, out)
     linear_names: tuple[str, ...] = ()  # every nn.Linear of the pristine base (what target_modules can select)
     head_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    processors: dict[tuple, Any] = field(default_factory=dict)  # image budget -> Qwen image processor
-    budget: tuple = (None, None)  # the image budget clf.image_processor has now
     adapters: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict)  # run path -> adapter, LRU first
     active: str | None = None
 
@@ -167,7 +166,6 @@ class _Base:
         """Forget the model: the next request loads the base again."""
         self.clf, self.active = None, None
         self.adapters.clear()
-        self.processors.clear()
 
 
 class ModelPool:
@@ -211,7 +209,7 @@ class ModelPool:
                 raise TypeError(NOT_AN_IMAGE.format(type=type(image).__name__))
         run = _as_run(run)
         base = self._base(run)
-        with base.lock:
+        with memory.in_use(), base.lock:  # the processor's arrays go back to the OS after a burst
             clf = self._activate(base, run)
             with torch.inference_mode():
                 return clf(clf.preprocess(images)).cpu()
@@ -257,7 +255,7 @@ class ModelPool:
         if clf.task.name != run.task:
             clf.set_task(run.task)
         budget = image_budget(run)
-        if budget != base.budget:
+        if budget != clf.image_budget:
             self._set_image_budget(base, run, budget)
         key, stamp = str(run.path.resolve()), _stamp(run.path / rundir.ADAPTER)
         loaded = base.adapters.get(key)
@@ -285,24 +283,16 @@ class ModelPool:
         base.head_shapes = {name: tuple(t.shape) for name, t in clf.head_state_dict().items()}
         base.clf, base.active = clf, None
         base.adapters.clear()
-        base.processors = {budget: getattr(clf, "image_processor", None)}
-        base.budget = budget
         with self._lock:
             self.base_loads += 1
         log.info("serving: loaded base %s", clf.describe())
 
     def _set_image_budget(self, base: _Base, run: RunInfo, budget: tuple) -> None:
-        """Give the Qwen classifier the image processor of `run`'s pixel budget (CLIP has none to set)."""
-        if base.clf.family != QwenVLClassifier.family:
-            raise ServingError(BAD_IMAGE_BUDGET.format(run_id=run.run_id, budget=budget,
-                                                       reason=f"a {base.clf.family} model has no pixel budget"))
-        if budget not in base.processors:
-            try:
-                base.processors[budget] = qwen_image_processor(base.key.backbone, *budget)
-            except (OSError, ValueError) as err:
-                raise ServingError(BAD_IMAGE_BUDGET.format(run_id=run.run_id, budget=budget, reason=err)) from err
-        base.clf.image_processor = base.processors[budget]
-        base.budget = budget
+        """Preprocess under `run`'s pixel budget from now on (the classifier says whether it has one)."""
+        try:
+            base.clf.set_image_budget(*budget)
+        except (OSError, ValueError) as err:
+            raise ServingError(BAD_IMAGE_BUDGET.format(run_id=run.run_id, budget=budget, reason=err)) from err
 
     def _load_adapter(self, base: _Base, run: RunInfo, key: str, stamp: tuple) -> None:
         adapter_dir = run.path / rundir.ADAPTER
@@ -461,12 +451,6 @@ def _canonical(backbone: str) -> str:
     return str(resolved.resolve()) if resolved.is_dir() else str(backbone)
 
 
-def qwen_image_processor(checkpoint: str, min_pixels: int | None, max_pixels: int | None):
-    """The image processor `load_classifier` builds for this budget (training.backbones.base.load_parts)."""
-    budget = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
-    return AutoImageProcessor.from_pretrained(checkpoint, backend="pil", **budget)
-
-
 def _stamp(adapter_dir: Path) -> tuple:
     """(mtime_ns, size) of the adapter files, so a run rewritten on disk is loaded again."""
     stamp = []
@@ -480,13 +464,12 @@ def _stamp(adapter_dir: Path) -> tuple:
 
 
 def _selected(config: LoraConfig, names) -> list[str]:
-    """The module names PEFT would put LoRA on under `config` (its own matching rules)."""
-    selected = []
-    for name in names:
-        match = check_target_module_exists(config, name)
-        if match and not isinstance(match, _ExcludedModule):
-            selected.append(name)
-    return selected
+    """The module names PEFT would put LoRA on under `config` (its own matching rules).
+
+    `check_target_module_exists` returns something true (True, a re.Match) for a target and something false
+    (False, None, or PEFT's falsy marker of an excluded module) otherwise; its truth value is the answer.
+    """
+    return [name for name in names if check_target_module_exists(config, name)]
 
 
 def _adapter_name(run_id: str, taken: set[str]) -> str:

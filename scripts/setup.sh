@@ -4,9 +4,12 @@
 #   bash scripts/setup.sh app    # requirements.txt       (what the app needs)
 #   bash scripts/setup.sh test   # requirements-test.txt  (the app plus the test tools)
 #
-# Needs only Python >= 3.11 with venv and pip. Idempotent: after a successful install it records
-# the sha256 of the requirements files in .venv/.fairdx-<profile>.sha256, so a second call with
-# unchanged files returns in well under a second. Set FAIRDX_PYTHON to choose the interpreter.
+# Then it installs FairDx itself from pyproject.toml in editable mode (offline: no dependencies, no
+# build isolation; torch's requirements bring the setuptools it builds with), which puts the
+# `fairdx` command in .venv/bin. Needs only Python >= 3.11 with venv and pip. Idempotent: after a
+# successful install it records the sha256 of the requirements files and pyproject.toml in
+# .venv/.fairdx-<profile>.sha256, so a second call with unchanged files returns in well under a
+# second. Set FAIRDX_PYTHON to choose the interpreter.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +21,11 @@ case "$PROFILE" in
 esac
 VENV="$ROOT/.venv"
 STAMP="$VENV/.fairdx-$PROFILE.sha256"
+PROJECT="$ROOT/pyproject.toml"
+DIGESTED=("${REQUIREMENTS[@]}")
+if [ -f "$PROJECT" ]; then
+  DIGESTED+=("$PROJECT")
+fi
 
 for file in "${REQUIREMENTS[@]}"; do
   if [ ! -f "$file" ]; then
@@ -52,8 +60,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 
-# sha256 over the requirements files, computed by the venv's own Python (no sha256sum/shasum needed).
-DIGEST="$("$VENV/bin/python" - "${REQUIREMENTS[@]}" <<'PY'
+# sha256 over the requirements files and pyproject.toml, computed by the venv's own Python (no
+# sha256sum/shasum needed).
+DIGEST="$("$VENV/bin/python" - "${DIGESTED[@]}" <<'PY'
 import hashlib, sys
 h = hashlib.sha256()
 for name in sys.argv[1:]:
@@ -70,5 +79,10 @@ fi
 echo "setup: installing ${REQUIREMENTS[0]##*/} into .venv (the first time takes a few minutes)"
 rm -f "$STAMP"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -r "${REQUIREMENTS[0]}"
+if [ -f "$PROJECT" ]; then
+  echo "setup: installing FairDx (pyproject.toml, editable) into .venv"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps --no-build-isolation \
+    --editable "$ROOT"
+fi
 echo "$DIGEST" > "$STAMP"
 echo "setup: done"

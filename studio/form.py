@@ -4,27 +4,27 @@ The form is built from ``training.config.TrainConfig`` itself: each field's help
 info line and its default is the widget's default, so the CLI, the form and the model card never
 disagree. Values come back through `config_from_form`, which applies the deployment's rules
 (allow-listed datasets and backbones by *name*, caps on epochs / samples / LoRA rank) and then the
-CLI's own validation (``training.config.validate``), and raises ONE ``ConfigError`` naming every
-problem, so nothing is queued from a form with a mistake in it.
+CLI's own parsing (``training.config.parse``: the same typed model, bounds and data check), and raises
+ONE ``ConfigError`` naming every problem, so nothing is queued from a form with a mistake in it. Which
+fields a method uses (λ, w_max) comes from the method registry (``training.methods``).
 
 No Gradio here; app.py turns each `FieldSpec` into a component.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, get_args
+from typing import Any
 
-from inference.compare import METHOD_NAMES
-from studio.jobs import ERR_SWEEP_METHOD, LAMBDA_METHODS
+from studio.jobs import ERR_SWEEP_METHOD
 from studio.settings import Settings
-from training.config import ConfigError, Method, TrainConfig, static_problems, validate
-from training.data import ATTRIBUTE_JOINER, FUNDUS_ATTRIBUTES, SKIN_ATTRIBUTES, DatasetError
-from training.data_spec import SYNTH_PREFIX, data_dir, load, parse_synth
+from training import methods
+from training.config import ConfigError, TrainConfig, help_of, parse
+from training.data import ATTRIBUTE_JOINER, DatasetError
+from training.data_spec import SYNTH_ATTRIBUTES, SYNTH_PREFIX, data_dir, load, parse_synth
 from training.demos import DEMOS, RECIPE
 
 # The fields a visitor sets, in the order the form shows them; every other field keeps its default.
@@ -36,8 +36,6 @@ LABELS = {
     "lr": "Learning rate", "lora_r": "LoRA rank r", "balanced_sampling": "Group-balanced batches",
     "seed": "Seed", "max_samples": "Max training samples",
 }
-# The synthetic skin benchmark writes one extra metadata column, fitzpatrick (training/synth.py).
-SYNTH_ATTRIBUTES = {"fundus": FUNDUS_ATTRIBUTES, "skin": (*SKIN_ATTRIBUTES, "fitzpatrick")}
 LAMBDA_SPLIT = re.compile(r"[,;\s]+")
 
 # Problems the form adds to the CLI's (asserted word for word by the tests).
@@ -62,6 +60,7 @@ class FieldSpec:
     choices: (label, value) pairs for radio and dropdown; minimum / maximum bound numbers (None: open).
     optional: an empty value is allowed (it means the config's None, e.g. "all samples").
     custom: a dropdown that also takes a typed value (the attribute: any intersection a+b+...).
+    used_by: the methods that read this field (None: every method); the form enables it for those only.
     """
 
     name: str
@@ -74,6 +73,11 @@ class FieldSpec:
     maximum: float | None = None
     optional: bool = False
     custom: bool = False
+    used_by: tuple[str, ...] | None = None
+
+    def enabled_for(self, method: str | None) -> bool:
+        """Whether the widget is live when `method` is chosen (λ only for the λ methods, ...)."""
+        return self.used_by is None or method in self.used_by
 
 
 def studio_base() -> TrainConfig:
@@ -84,13 +88,12 @@ def studio_base() -> TrainConfig:
 
 def form_fields(settings: Settings) -> list[FieldSpec]:
     """The form's widgets for this deployment, defaults and help from TrainConfig's metadata."""
-    meta = {f.name: f for f in fields(TrainConfig)}
     defaults = studio_base()
     dataset = next(iter(settings.datasets))
     specs = {
-        "method": dict(kind="radio", choices=tuple((METHOD_NAMES[m], m) for m in get_args(Method))),
-        "lam": dict(kind="number", minimum=0.0),
-        "w_max": dict(kind="number", minimum=1.0),
+        "method": dict(kind="radio", choices=tuple((m.title, m.name) for m in methods.REGISTRY.values())),
+        "lam": dict(kind="number", minimum=0.0, used_by=_users("lam")),
+        "w_max": dict(kind="number", minimum=1.0, used_by=_users("w_max")),
         "attribute": dict(kind="dropdown", custom=True, default=default_attribute(settings, dataset),
                           choices=_pairs(attribute_choices(settings, dataset))),
         "data": dict(kind="dropdown", default=dataset, choices=_pairs(settings.datasets)),
@@ -109,8 +112,13 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
     result = []
     for name in FORM_FIELDS:
         spec = {"default": getattr(defaults, name), **specs[name]}
-        result.append(FieldSpec(name=name, label=LABELS[name], help=meta[name].metadata["help"], **spec))
+        result.append(FieldSpec(name=name, label=LABELS[name], help=help_of(name), **spec))
     return result
+
+
+def _users(field: str) -> tuple[str, ...]:
+    """The methods whose objective reads config field `field` (from the registry)."""
+    return tuple(m.name for m in methods.REGISTRY.values() if field in m.hyperparameters)
 
 
 def _pairs(names) -> tuple[tuple[str, str], ...]:
@@ -150,7 +158,7 @@ def _folder_attributes(folder: str) -> tuple[str, ...]:
 
 
 def attribute_choices(settings: Settings, dataset: str) -> list[str]:
-    """Each attribute, then each pair of them as an intersection ('sex+age_group', seed 004)."""
+    """Each attribute, then each pair of them as an intersection ('sex+age_group', as in CMAC-MMD)."""
     singles = list(dataset_attributes(settings, dataset))
     pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
     return singles + pairs
@@ -171,7 +179,7 @@ def default_attribute(settings: Settings, dataset: str) -> str:
 def config_from_form(values: Mapping[str, Any], settings: Settings) -> TrainConfig:
     """A TrainConfig from the form's values, or ConfigError listing every problem (form, caps, CLI)."""
     config, problems = _config_and_problems(values, settings)
-    if problems:
+    if problems or config is None:
         raise ConfigError(problems)
     return config
 
@@ -182,12 +190,12 @@ def sweep_from_form(values: Mapping[str, Any], lambdas_text: str, settings: Sett
     config, problems = _config_and_problems(values, settings)
     lambdas, lambda_problems = parse_lambdas(lambdas_text, settings.max_sweep)
     problems += lambda_problems
-    if values.get("method") not in LAMBDA_METHODS:
+    if values.get("method") not in methods.LAMBDA_METHODS:
         problems.append(ERR_SWEEP_METHOD.format(method=values.get("method")))
     cap = settings.max_jobs_per_user
     if cap is not None and len(lambdas) > cap:
         problems.append(ERR_SWEEP_USER_LIMIT.format(n=len(lambdas), cap=cap))
-    if problems:
+    if problems or config is None:
         raise ConfigError(problems)
     return config, lambdas
 
@@ -212,7 +220,7 @@ def parse_lambdas(text: str | None, cap: int) -> tuple[list[float], list[str]]:
     return lambdas, problems
 
 
-def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple[TrainConfig, list[str]]:
+def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple[TrainConfig | None, list[str]]:
     specs = {spec.name: spec for spec in form_fields(settings)}
     problems: list[str] = []
     chosen: dict[str, Any] = {}
@@ -229,22 +237,17 @@ def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple
         chosen["backbone"] = None
     problems += _cap_problems(chosen, settings)
 
-    config = dataclasses.replace(
-        studio_base(), **{k: v for k, v in chosen.items() if k != "data"},
-        data=settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
-        runs_dir=str(settings.runs_dir),
-    )
-    if config.balanced_sampling:  # the visitor's choice of batches replaces the recipe's stratified ones
-        config = dataclasses.replace(config, stratified_batches=False)
-    config_problems = []
+    values = {**studio_base().to_dict(), **{k: v for k, v in chosen.items() if k != "data"},
+              "data": settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
+              "runs_dir": str(settings.runs_dir)}
+    if values["balanced_sampling"]:  # the visitor's choice of batches replaces the recipe's stratified ones
+        values["stratified_batches"] = False
+    config = None
     try:
-        if data_ok:
-            validate(config)  # exactly what the CLI runs: static values, then the data and attribute
-        else:
-            config_problems = static_problems(config)  # never read a dataset that is not offered
+        # exactly what the CLI runs: the typed model, then the data (never one that is not offered)
+        config = parse(values, check_data=data_ok)
     except ConfigError as err:
-        config_problems = err.problems
-    problems += [settings.redact(p) for p in config_problems if p not in problems]
+        problems += [settings.redact(p) for p in err.problems if p not in problems]
     return config, problems
 
 

@@ -1,6 +1,6 @@
 """The Studio's persistent job store: training runs queued, started, watched and cancelled.
 
-DESIGN.md "Jobs". A job is one run of the training CLI (``python -m training.train``) in its own
+docs/architecture.md "Jobs". A job is one run of the training CLI (``python -m training.train``) in its own
 process group, with stdout and stderr in ``<runs_dir>/.jobs/<job_id>.log`` and its resolved config
 in ``<runs_dir>/.jobs/<job_id>.json``. Jobs live in a SQLite table beside the runs
 (``<runs_dir>/jobs.sqlite3``), so a page reload, a second tab or a restarted app sees the same
@@ -12,14 +12,17 @@ States: queued → running → succeeded | failed | cancelled.
 A failed or cancelled job that left a checkpoint in its staging folder can be *resumed*
 (``resume``): a new job, linked to the old one by ``resume_of``, runs the same config with
 ``--resume`` into the same run id, so a SIGKILLed worker or a cancel loses no finished steps and
-the old job's record and log stay as they were.
+the old job's record and log stay as they were. One that left no checkpoint has nothing to resume:
+its staging folder is removed when it is reaped (``remove_unresumable_staging``), which frees the
+run name again.
 
 - ``tick()`` reaps finished workers, escalates overdue cancels to SIGKILL and starts queued jobs
   while fewer than ``max_concurrent`` run (default 1: one GPU job at a time). The UI's timer, the
   optional scheduler thread (``start_scheduler``) and a watcher thread per worker (which reaps it
   the moment it exits, so no zombie waits for a poll) all call it.
-- A process is identified by its pid *and* its start time (field 22 of ``/proc/<pid>/stat``), so
-  a reused pid is never taken for a worker, nor signalled.
+- A process is identified by its pid *and* its start time (psutil's ``create_time``; rows of older
+  versions hold clock ticks since boot, read as such), so a reused pid is never taken for a worker,
+  nor signalled.
 - Only the process that started a worker (its supervisor, recorded the same way) can learn its
   exit code. When the supervisor is gone (the app was restarted or killed) the worker goes on in
   its own session; once it is gone too, its outcome is read from disk: a published run means it
@@ -31,13 +34,13 @@ No Gradio here: app.py wires these calls to buttons and a ``gr.Timer``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -50,10 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from studio.progress import DEFAULT_TAIL_LINES, Progress, read_progress, tail_lines
-from training import rundir
+from training import methods, rundir
 from training.config import ConfigError, TrainConfig, validate
-from training.data_spec import load as load_dataset_spec
+from training.data import DatasetError, detect_task
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +71,7 @@ DB_NAME = "jobs.sqlite3"
 JOBS_DIR = ".jobs"
 SCHEMA_VERSION = 2  # 2: jobs.resume_of
 EXIT_INTERRUPTED = 3  # the trainer's exit code after SIGTERM, once its checkpoint is saved
-from training.losses import LAMBDA_METHODS  # noqa: E402
-DEFAULT_LAMBDAS = (0.1, 0.5, 1.0)  # seed 000 §4.2
+DEFAULT_LAMBDAS = (0.1, 0.5, 1.0)  # Gu et al., fair LoRA §4.2
 DEFAULT_CANCEL_GRACE_S = 30.0
 BUSY_TIMEOUT_S = 30.0
 ERROR_LINE = re.compile(r"^(?:[\w./-]+: )?error: ?(.*)$")  # "error: ..." and argparse's "train.py: error: ..."
@@ -94,7 +98,8 @@ ERR_OWNER_LIMIT = ("'{owner}' already has {active} active job(s) (at most {limit
                    "or cancel one")
 ERR_RUN_TAKEN = ("run_name '{name}' is taken in {runs_dir} (by a run, a staging folder or an active job); "
                  "pick another name or delete the folder")
-ERR_SWEEP_METHOD = "a λ sweep needs method fr, hybrid or cmac; λ has no effect on method '{method}'"
+ERR_SWEEP_METHOD = ("a λ sweep needs a method with λ (" + ", ".join(methods.LAMBDA_METHODS)
+                    + "); λ has no effect on method '{method}'")
 ERR_SWEEP_EMPTY = "a λ sweep needs at least one λ value"
 ERR_SWEEP_DUPLICATES = "λ values of a sweep must differ (got {lambdas})"
 ERR_BAD_LIMIT = "{name} must be a whole number ≥ {minimum} (got {value!r})"
@@ -222,6 +227,14 @@ class Job:
         return (self.finished or time.time()) - self.started
 
 
+def _folder_task(folder: str) -> str:
+    """The task of a dataset folder, from which files it holds (nothing is read)."""
+    try:
+        return detect_task(folder)
+    except DatasetError as err:
+        raise ConfigError([str(err)]) from None
+
+
 def training_command(job: Job) -> list[str]:
     """The training CLI for a job (the default ``command_for``); run with cwd = repository root.
 
@@ -233,52 +246,98 @@ def training_command(job: Job) -> list[str]:
 
 
 # ---------------------------------------------------------------------- process identity
-def _read_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) from /proc/<pid>/stat; None if there is none."""
+START_TOLERANCE_S = 1.0  # psutil derives create_time from the boot time, which NTP may move a little
+
+
+def process_start_time(pid: int) -> float | None:
+    """When a process started (Unix seconds, psutil's ``create_time``); with the pid it names the
+    process uniquely. None if there is no such process."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return fields[0], int(fields[19])
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process (clock ticks since boot); with the pid it names the process uniquely."""
-    stat = _read_stat(pid)
-    return stat[1] if stat else None
+def _legacy_start(start: float) -> float | None:
+    """A start time stored before psutil (clock ticks since boot, ``/proc/<pid>/stat`` field 22) in
+    Unix seconds; None for a value that cannot be one (a float: psutil's create_time)."""
+    if not isinstance(start, int):
+        return None
+    try:
+        return psutil.boot_time() + start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
 
 
-def process_alive(pid: int | None, start: int | None) -> bool:
-    """Whether ``pid`` runs and is the process that started at ``start`` (not a zombie, not a reuse).
+def _started_at(proc: psutil.Process, start: float) -> bool:
+    """Whether the stored ``start`` is ``proc``'s start time (either format), within START_TOLERANCE_S.
 
-    Without /proc (macOS) only existence can be checked.
+    Jobs stored by an older FairDx hold clock ticks; reading them as such keeps a worker that
+    outlived an upgrade of the app recognised (and cancellable) instead of declared gone.
+    """
+    created = proc.create_time()
+    if abs(start - created) < START_TOLERANCE_S:
+        return True
+    legacy = _legacy_start(start)
+    return legacy is not None and abs(legacy - created) < START_TOLERANCE_S
+
+
+def process_alive(pid: int | None, start: float | None) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``start`` (not a zombie, not a reused
+    pid); with ``start`` None, whether any live process has that pid."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        return start is None or _started_at(proc, start)
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except psutil.AccessDenied:  # another user's process (macOS): it exists, its identity is unknown
+        return start is None
+
+
+def _signal_group(pid: int | None, start: float | None, signum: int) -> bool:
+    """Signal a worker's process group (its pgid is its pid: start_new_session) if it is still that worker.
+
+    A worker this process started and has not reaped cannot have lost its pid, so it is signalled
+    without comparing start times; any other pid only when its start time is the stored one.
     """
     if not pid:
         return False
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    stat = _read_stat(pid)
-    if stat is None:
-        return False
-    state, started = stat
-    return state not in ("Z", "X", "x") and (start is None or started == start)
-
-
-def _signal_group(pid: int | None, start: int | None, signum: int) -> bool:
-    """Signal a worker's process group (its pgid is its pid: start_new_session) if it is still that worker."""
-    if not process_alive(pid, start):
+    child = _CHILDREN.get(pid)
+    ours = child is not None and child.returncode is None
+    if not ours and not process_alive(pid, start):
         return False
     try:
         os.killpg(pid, signum)
     except (ProcessLookupError, PermissionError):
         return False
+    return True
+
+
+def remove_unresumable_staging(job: Job) -> bool:
+    """Remove the staging folder of a failed or cancelled job that holds no checkpoint (True if removed).
+
+    Nothing in it can be resumed, and it would keep the run name taken. A folder with a checkpoint
+    stays (``JobStore.resume`` and ``--resume`` continue from it), and so does one whose run lock
+    another process holds: a trainer writes into it right now (``rundir.lock_run``).
+    """
+    staging = job.staging_path
+    if not staging.is_dir() or rundir.checkpoint_in(staging) is not None:
+        return False
+    try:
+        lock = rundir.lock_run(job.runs_dir, job.run_id)
+    except OSError:
+        logger.warning("cannot lock run %s to remove its staging folder %s", job.run_id, staging, exc_info=True)
+        return False
+    if lock is None:
+        return False
+    with lock:
+        if rundir.checkpoint_in(staging) is not None:
+            return False
+        shutil.rmtree(staging, ignore_errors=True)
     return True
 
 
@@ -467,20 +526,25 @@ class JobStore:
 
     def submit_sweep(self, config: TrainConfig, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
                      owner: str = "local") -> list[Job]:
-        """One job per λ (seed 000 compares λ ∈ {0.1, 0.5, 1.0}); all are queued or none is.
+        """One job per λ (Gu et al. compare λ ∈ {0.1, 0.5, 1.0}); all are queued or none is.
 
         A given run_name gets the λ as a suffix (``name-l0.5``); generated run ids carry it anyway.
         """
         problems = []
-        if config.method not in LAMBDA_METHODS:
+        if not config.objective.uses_lambda:
             problems.append(ERR_SWEEP_METHOD.format(method=config.method))
         if not lambdas:
             problems.append(ERR_SWEEP_EMPTY)
         elif len(set(lambdas)) != len(lambdas):
             problems.append(ERR_SWEEP_DUPLICATES.format(lambdas=", ".join(f"{lam:g}" for lam in lambdas)))
-        configs = [dataclasses.replace(config, lam=lam, run_name=f"{config.run_name}-l{lam:g}"
-                                       if config.run_name else None) for lam in lambdas] or [config]
-        return self._submit(configs, owner=owner, problems=problems)
+        configs = []
+        for lam in lambdas:
+            try:
+                configs.append(config.replace(lam=lam, run_name=f"{config.run_name}-l{lam:g}"
+                                              if config.run_name else None))
+            except ConfigError as err:
+                problems += [p for p in err.problems if p not in problems]
+        return self._submit(configs or [config], owner=owner, problems=problems)
 
     def _submit(self, configs: list[TrainConfig], *, owner: str, problems: Sequence[str] = ()) -> list[Job]:
         problems = list(problems)
@@ -489,7 +553,7 @@ class JobStore:
                 validate(cfg, check_data=i == 0)  # the configs share their data; read it once
             except ConfigError as err:
                 problems += [p for p in err.problems if p not in problems]
-        task = None if problems else (configs[0].task or load_dataset_spec(configs[0].data, progress=False).task)
+        task = None if problems else (configs[0].task or _folder_task(configs[0].data))
         written: list[Path] = []
         ids: list[str] = []
         try:
@@ -505,7 +569,7 @@ class JobStore:
                     taken.add(run_id)
                     job_id = secrets.token_hex(6)
                     path = self.jobs_dir / f"{job_id}.json"
-                    resolved = dataclasses.replace(cfg, run_name=run_id, runs_dir=str(self.runs_dir))
+                    resolved = cfg.replace(run_name=run_id, runs_dir=str(self.runs_dir))
                     rundir.write_json_atomic(path, resolved.to_dict())
                     written.append(path)
                     con.execute("INSERT INTO jobs (id, run_id, owner, state, created) VALUES (?, ?, ?, ?, ?)",
@@ -589,13 +653,21 @@ class JobStore:
                 continue  # its parent runs and will reap it, with its exit code
             else:
                 code = None
-            state, reason = self._outcome(self._job(row), code)
+            job = self._job(row)
+            state, reason = self._outcome(job, code)
+            if state in (FAILED, CANCELLED):  # before the commit: whoever sees it ended sees it cleaned
+                remove_unresumable_staging(job)
             con.execute("UPDATE jobs SET state = ?, finished = ?, exit_code = ?, reason = ? WHERE id = ?",
                         (state, time.time(), code, reason, row["id"]))
             changed.append(row["id"])
 
     def _supervised_elsewhere(self, row: sqlite3.Row) -> bool:
-        if row["supervisor_pid"] == os.getpid() and row["supervisor_start"] == process_start_time(os.getpid()):
+        """Whether another live process started this worker (and so will learn its exit code).
+
+        Never this process: a worker it started is in ``_CHILDREN``, and one that is not was started
+        by an earlier process that had this pid.
+        """
+        if row["supervisor_pid"] == os.getpid():
             return False
         return process_alive(row["supervisor_pid"], row["supervisor_start"])
 

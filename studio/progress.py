@@ -1,4 +1,4 @@
-"""Progress of a training run, read from the files it writes (DESIGN.md "Jobs").
+"""Progress of a training run, read from the files it writes (docs/architecture.md "Jobs").
 
 The trainer appends one JSON line per logged optimiser step to ``metrics.jsonl`` (first line
 ``{"event": "start", "total_steps": N}``, or ``"resume"`` after ``--resume``; last line
@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training.numbers import as_float
 
 TAIL_BLOCK = 8192
 DEFAULT_TAIL_LINES = 40
@@ -66,6 +68,7 @@ def summarize(records: list[dict[str, Any]]) -> Progress:
 
     The ETA assumes the remaining steps run at the average rate so far (elapsed_s / step); it
     excludes the evaluation after the last step, which the trainer does not log ahead of time.
+    A logged NaN stays NaN (a step whose loss diverged is still a step).
     """
     total: int | None = None
     finished = False
@@ -75,20 +78,21 @@ def summarize(records: list[dict[str, Any]]) -> Progress:
             total = r["total_steps"]
         elif r.get("event") == "end":
             finished = True
-        elif isinstance(r.get("step"), int) and _number(r.get("loss")) is not None:
+        elif isinstance(r.get("step"), int) and as_float(r.get("loss"), allow_nan=True) is not None:
             steps.append(r)
     if not steps:
         return Progress(total_steps=total, finished=finished)
     last = steps[-1]
     total = _int(last.get("total_steps")) or total
-    elapsed = _number(last.get("elapsed_s"))
+    elapsed = as_float(last.get("elapsed_s"), allow_nan=True)
     eta = None
     if total and elapsed is not None and last["step"] > 0 and not finished:
         eta = max(0.0, (total - last["step"]) * elapsed / last["step"])
-    curve = [(r["step"], float(r["loss"]), _number(r.get("ce")), _number(r.get("fairness"))) for r in steps]
-    return Progress(step=last["step"], total_steps=total, epoch=_number(last.get("epoch")), elapsed_s=elapsed,
-                    samples_per_s=_number(last.get("samples_per_s")), eta_s=0.0 if finished else eta,
-                    finished=finished, curve=curve)
+    curve = [(r["step"], float(r["loss"]), as_float(r.get("ce"), allow_nan=True),
+              as_float(r.get("fairness"), allow_nan=True)) for r in steps]
+    return Progress(step=last["step"], total_steps=total, epoch=as_float(last.get("epoch"), allow_nan=True),
+                    elapsed_s=elapsed, samples_per_s=as_float(last.get("samples_per_s"), allow_nan=True),
+                    eta_s=0.0 if finished else eta, finished=finished, curve=curve)
 
 
 def tail_lines(path: str | Path, n: int = DEFAULT_TAIL_LINES) -> list[str]:
@@ -125,12 +129,6 @@ def read_progress(metrics_path: str | Path, log_path: str | Path | None = None, 
     if log_path is None:
         return progress
     return dataclasses.replace(progress, log_tail=tail_lines(log_path, tail))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _int(value: Any) -> int | None:

@@ -1,11 +1,13 @@
-"""Deployment settings of the app, read once from the environment (DESIGN.md "Scale", issue 5).
+"""Deployment settings of the app, read once from the environment (docs/architecture.md "Scale", issue 5).
 
 The operator decides what a visitor may do; the browser only ever picks *names* from lists built
 here, so a client can never make the server read a path it chose. Every variable is optional:
 
     FAIRDX_RUNS_DIR           where user runs and the job database live (default: runs/)
-    FAIRDX_STUDIO             on | off. Default: on locally, off on a Hugging Face Space (SPACE_ID set)
-                              unless the owner sets FAIRDX_STUDIO=on; a Space then requires sign-in.
+    FAIRDX_STUDIO             on | off. Default: on locally, off on a Hugging Face Space unless the owner
+                              sets FAIRDX_STUDIO=on; a Space then requires sign-in. A Space is detected
+                              as Gradio detects it (gradio.utils.get_space): SYSTEM=spaces and SPACE_ID
+                              set, so a stray SPACE_ID alone does not make a local server a Space.
     FAIRDX_MAX_JOBS           training jobs running at once (default 1: one GPU job at a time)
     FAIRDX_MAX_QUEUE          jobs allowed to wait (default 10; "none" = unbounded)
     FAIRDX_MAX_JOBS_PER_USER  queued + running jobs per user (default: unlimited locally, 1 on a Space)
@@ -38,10 +40,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.backbones import EMBEDDED_BACKBONES
 from training.data_spec import REPO_ROOT, SYNTH_PREFIX, data_dir, parse_synth
-from training.synth import CONFIG_NAME as SYNTH_CONFIG_NAME
+from training.embedded import EMBEDDED_BACKBONES  # not training.backbones: that imports torch
 from training.rundir import DEMO_RUNS_DIR
+from training.synth import CONFIG_NAME as SYNTH_CONFIG_NAME
 
 AUTO_BACKBONE = "auto"
 DEFAULT_DATASETS = "synth:fundus; synth:skin"
@@ -114,7 +116,7 @@ class Settings:
         """Settings from `env` (default os.environ); one SettingsError lists every bad variable."""
         env = os.environ if env is None else env
         reader = _Reader(env)
-        on_space = bool(env.get("SPACE_ID"))
+        on_space = space_id(env) is not None
         studio = reader.switch("FAIRDX_STUDIO", default=not on_space)
         caps = {name: reader.whole(f"FAIRDX_MAX_{name.upper()}", 1, SPACE_CAPS[name] if on_space else None)
                 for name in SPACE_CAPS}
@@ -169,6 +171,16 @@ class Settings:
         for path in sorted(replacements, key=len, reverse=True):  # longest first: nested folders
             text = text.replace(path, replacements[path])
         return text
+
+
+def space_id(env: Mapping[str, str]) -> str | None:
+    """The Hugging Face Space this server runs in, or None: the rule of `gradio.utils.get_space`.
+
+    It must match Gradio's: Gradio attaches the real OAuth routes only where it sees a Space and mocked
+    ones (which need a local Hugging Face login, else start-up fails) wherever a LoginButton appears
+    outside one, and the Studio shows a LoginButton exactly on a Space.
+    """
+    return env.get("SPACE_ID") if env.get("SYSTEM") == "spaces" else None
 
 
 def synthetic_to_generate(settings: Settings) -> list[str]:

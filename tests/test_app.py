@@ -231,10 +231,10 @@ def test_invalid_launch_names_every_problem_and_queues_nothing(client, runs):
         client.predict(**bad, api_name="/launch")
     assert str(caught.value).splitlines() == [
         "invalid training configuration (5 problems):",
-        "  - lambda must be ≥ 0 (got -1.0); seed 000 uses 0.1, 0.5 or 1.0",
+        "  - lambda must be ≥ 0 (got -1.0); Gu et al. use 0.1, 0.5 or 1.0",
         "  - epochs must be a whole number ≥ 1 (got 0)",
-        "  - max_samples must be ≥ 10 or empty (got 5)",
         "  - lr must be a positive number or 'auto' (got 'fast')",
+        "  - max_samples must be a whole number ≥ 10 (got 5)",
         "  - unknown attribute 'nope'; available: race, ethnicity, gender, age_group",
     ]
     for name, value in (("data", str(runs)), ("backbone", "/etc"), ("method", "magic")):  # off the allow-lists
@@ -305,7 +305,7 @@ def test_on_a_space_launching_needs_a_signed_in_user(tmp_path, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/fairdx")
     for name in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL"):
         monkeypatch.setattr(gradio.oauth, name, "https://huggingface.co" if name == "OPENID_PROVIDER_URL" else "x")
-    settings = settings_for(tmp_path / "runs", SPACE_ID=os.environ["SPACE_ID"], FAIRDX_STUDIO="on",
+    settings = settings_for(tmp_path / "runs", SYSTEM="spaces", SPACE_ID=os.environ["SPACE_ID"], FAIRDX_STUDIO="on",
                             FAIRDX_WARMUP="off")
     demo, url = serve(settings)
     try:

@@ -227,14 +227,14 @@ def test_run_state_reuses_a_matching_run_and_flags_another_setting(tmp_path):
     recorded = {**resolve(cfg, "fundus").to_dict(), "task": "fundus"}
     (path / rundir.CONFIG).write_text(json.dumps(recorded))
     assert fairness.run_state(cfg) == ("done", [])
-    assert fairness.run_state(replace(cfg, epochs=3)) == ("stale", ["epochs"])
+    assert fairness.run_state(cfg.replace(epochs=3)) == ("stale", ["epochs"])
     fairness.remove_run(cfg)
     assert fairness.run_state(cfg) == ("todo", [])
     checkpoint = rundir.staging_dir(tmp_path, cfg.run_name) / rundir.CHECKPOINT
     checkpoint.mkdir(parents=True)
     torch.save({"config": resolve(cfg, "fundus").to_dict()}, checkpoint / "state.pt")
     assert fairness.run_state(cfg) == ("resume", [])  # an interrupted run continues
-    assert fairness.run_state(replace(cfg, lam=1.0)) == ("stale", ["lam"])  # ... only with the same settings
+    assert fairness.run_state(cfg.replace(lam=1.0)) == ("stale", ["lam"])  # ... only with the same settings
 
 
 # ------------------------------------------------------------------------- fairness: aggregation

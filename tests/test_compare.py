@@ -1,4 +1,5 @@
-"""inference.compare: every figure equals training.metrics.evaluate's on the same predictions.csv.
+"""inference.compare_engine, _figures and _export: every figure equals training.metrics.evaluate's on the same
+predictions.csv.
 
 Run directories are written into tmp_path with everything a run holds (config.json, a placeholder
 adapter, metrics.jsonl, predictions.csv, eval.json from metrics.evaluate, README.md), so they pass
@@ -8,6 +9,7 @@ gaps are known numbers.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -20,8 +22,10 @@ import plotly.graph_objects as go
 import pytest
 from scipy.stats import binomtest, gaussian_kde
 
-from inference import compare
-from inference.compare import CompareError, compare_runs
+from inference import compare_engine as engine
+from inference.compare_engine import CompareError, cache_info, clear_cache, compare_runs
+from inference.compare_export import display_table, to_csv
+from inference.compare_figures import METHOD_COLORS, frontier_figure, group_accuracy_figure, margin_figure
 from training import metrics
 from training import rundir
 from training.rundir import read_run
@@ -134,9 +138,9 @@ FIVE_METHODS = {  # race accuracies (White, Black, Asian) per method
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    compare.clear_cache()
+    clear_cache()
     yield
-    compare.clear_cache()
+    clear_cache()
 
 
 @pytest.fixture
@@ -204,8 +208,8 @@ def test_per_group_accuracy_with_n_and_wilson_interval(five_runs):
 @pytest.mark.parametrize("successes, n", [(0, 10), (10, 10), (1, 3), (97, 100)])
 def test_wilson_interval_matches_scipy_at_the_edges(successes, n):
     reference = binomtest(successes, n).proportion_ci(0.95, method="wilson")
-    assert compare.wilson_interval(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
-    assert compare.wilson_interval(0, 0) == (None, None)
+    assert engine.wilson_interval(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert engine.wilson_interval(0, 0) == (None, None)
 
 
 def test_intersection_attribute_and_split(tmp_path):
@@ -234,7 +238,7 @@ def test_run_without_the_attribute_is_skipped_with_a_note(five_runs, tmp_path):
     comparison = compare_runs([*five_runs[:2], skin], "race", bootstrap=0)
     assert list(comparison.table["run"]) == ["fundus-vanilla", "fundus-fr"]
     assert comparison.skipped == ("skin-cmac",)
-    assert compare.MISSING_ATTRIBUTE.format(
+    assert engine.MISSING_ATTRIBUTE.format(
         run="skin-cmac", columns="'race'", attribute="race", available="sex, age_group, fitzpatrick"
     ) in comparison.notes
 
@@ -247,14 +251,14 @@ def test_run_with_bad_predictions_is_skipped_with_metrics_message(five_runs):
     comparison = compare_runs(five_runs[:2], "race", bootstrap=0)
     assert comparison.skipped == ("fundus-fr",)
     reason = metrics.PROB_NOT_PROBABILITY.format(count=1, values="1.7")
-    assert compare.UNUSABLE_RUN.format(run="fundus-fr", reason=reason) in comparison.notes
+    assert engine.UNUSABLE_RUN.format(run="fundus-fr", reason=reason) in comparison.notes
 
 
 def test_only_skipped_runs_give_an_empty_comparison_and_empty_figures(five_runs):
     comparison = compare_runs(five_runs[:1], "fitzpatrick", bootstrap=0)
     assert comparison.empty and comparison.skipped == ("fundus-vanilla",)
-    for figure in (compare.group_accuracy_figure(comparison), compare.frontier_figure(comparison),
-                   compare.margin_figure(comparison)):
+    for figure in (group_accuracy_figure(comparison), frontier_figure(comparison),
+                   margin_figure(comparison)):
         assert len(figure.data) == 0
         assert figure.layout.annotations[0].text.startswith("No runs to show: run 'fundus-vanilla' skipped")
 
@@ -262,10 +266,10 @@ def test_only_skipped_runs_give_an_empty_comparison_and_empty_figures(five_runs)
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (dict(runs=[], attribute="race"), compare.NO_RUNS),
-        (dict(attribute="race+"), compare.BAD_ATTRIBUTE.format(value="race+")),
-        (dict(attribute="race", split="train"), compare.BAD_SPLIT.format(choices="val, test", value="train")),
-        (dict(attribute="race", bootstrap=-1), compare.BAD_NUMBER.format(name="bootstrap", value=-1)),
+        (dict(runs=[], attribute="race"), engine.NO_RUNS),
+        (dict(attribute="race+"), engine.BAD_ATTRIBUTE.format(value="race+")),
+        (dict(attribute="race", split="train"), engine.BAD_SPLIT.format(choices="val, test", value="train")),
+        (dict(attribute="race", bootstrap=-1), engine.BAD_NUMBER.format(name="bootstrap", value=-1)),
     ],
 )
 def test_bad_arguments_are_named(five_runs, arguments, message):
@@ -280,12 +284,12 @@ def test_notes_name_groups_without_positives_and_small_groups(tmp_path):
     frame.loc[(frame["race"] == "Asian") & (frame["split"] == "test"), "label"] = 0
     run = read_run(write_run(tmp_path, "no-positives", frame))
     comparison = compare_runs([run], "race+age_group", bootstrap=0)
-    assert compare.UNDEFINED_GROUPS.format(
+    assert engine.UNDEFINED_GROUPS.format(
         run="no-positives", attribute="race+age_group", what="groups without positive labels",
         groups="Asian & 0-40, Asian & 40-60, Asian & 60+", metrics="TPR, AUC, ΔTPR and equalized odds",
     ) in comparison.notes
     small = comparison.groups[comparison.groups["n"] < 30]
-    assert compare.SMALL_GROUPS.format(
+    assert engine.SMALL_GROUPS.format(
         run="no-positives", attribute="race+age_group", min_n=30,
         groups=", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"])),
     ) in comparison.notes
@@ -302,25 +306,25 @@ def test_a_run_that_predicts_one_class_gets_a_note(tmp_path):
                              attribute="sex+age_group"))
     comparison = compare_runs([run], "sex+age_group", bootstrap=0)
     assert comparison.table.iloc[0]["delta_tpr"] == 0.0
-    assert comparison.notes[0] == compare.ONE_CLASS.format(run="skin-cmac", label=0, split="test")
+    assert comparison.notes[0] == engine.ONE_CLASS.format(run="skin-cmac", label=0, split="test")
 
 
 def test_cache_hit_returns_the_same_object_without_recomputation(five_runs):
     first = compare_runs(five_runs, "race", bootstrap=100)
-    info = compare.cache_info()
+    info = cache_info()
     assert info.run_misses == 5 and info.runs_cached == 5
     second = compare_runs(five_runs, "race", bootstrap=100)
     assert second is first
-    after = compare.cache_info()
+    after = cache_info()
     assert after.run_misses == 5 and after.comparison_hits == info.comparison_hits + 1
 
 
 def test_cache_reuses_runs_across_selections_and_sees_a_rewritten_file(five_runs):
     compare_runs(five_runs[:3], "race", bootstrap=100)
     compare_runs(five_runs, "race", bootstrap=100)
-    assert compare.cache_info().run_misses == 5  # only the two new runs were computed
+    assert cache_info().run_misses == 5  # only the two new runs were computed
     other_seed = compare_runs(five_runs[:1], "race", bootstrap=100, seed=1)
-    assert compare.cache_info().run_misses == 6  # the seed is part of the key
+    assert cache_info().run_misses == 6  # the seed is part of the key
     path = five_runs[0].path / "predictions.csv"
     frame = pd.read_csv(path)
     frame["prob"] = 1 - frame["prob"]
@@ -338,17 +342,27 @@ def test_a_demo_and_a_users_run_with_the_same_id_stay_apart(tmp_path, monkeypatc
     comparison = compare_runs([demo, mine], "race", bootstrap=0)
     assert list(comparison.table["run"]) == ["fundus-gr (demo)", "fundus-gr"]
     assert list(comparison.table["max_acc_gap"]) == pytest.approx([0.05, 0.20])
-    bars = compare.group_accuracy_figure(comparison)
+    bars = group_accuracy_figure(comparison)
     assert [trace.name for trace in bars.data] == ["fundus-gr (demo) · GR, w_max=10", "fundus-gr · GR, w_max=10"]
     assert list(bars.data[0].y) == pytest.approx([0.75, 0.775, 0.80])  # the demo's three groups only
     assert list(bars.data[1].y) == pytest.approx([0.60, 0.70, 0.80])
     assert set(comparison.reports) == {"fundus-gr (demo)", "fundus-gr"}
 
 
-def test_a_run_picked_twice_is_computed_once_and_shown_twice(five_runs):
-    comparison = compare_runs([five_runs[0], five_runs[1], five_runs[0]], "race", bootstrap=0)
-    assert list(comparison.table["run"]) == ["fundus-vanilla", "fundus-fr", "fundus-vanilla"]
-    assert compare.cache_info().run_misses == 2
+def test_a_run_picked_twice_is_computed_once_and_shown_once(five_runs):
+    # The same run twice used to give every frame two rows per group, and the tab "The truth value of a
+    # Series is ambiguous"; now it is one run, with a note saying so.
+    comparison = compare_runs([five_runs[0], five_runs[1], five_runs[0], five_runs[0]], "race", bootstrap=0)
+    assert list(comparison.table["run"]) == ["fundus-vanilla", "fundus-fr"]
+    assert list(comparison.groups["run"]).count("fundus-vanilla") == 3  # its three race groups, once each
+    assert set(comparison.margins["run"]) == {"fundus-vanilla", "fundus-fr"}
+    assert len(comparison.margins) == 2 * len(comparison.margins[comparison.margins["run"] == "fundus-fr"])
+    assert comparison.notes[0] == engine.PICKED_TWICE.format(run="fundus-vanilla")
+    assert cache_info().run_misses == 2
+    once = compare_runs([five_runs[0], five_runs[1]], "race", bootstrap=0)
+    assert once.notes == () and once.table.equals(comparison.table)  # the same comparison, without the note
+    assert [trace.name for trace in group_accuracy_figure(comparison).data] == [
+        "fundus-vanilla · Vanilla", "fundus-fr · FR, λ=0.5"]
 
 
 def test_blas_threads_are_restored_after_a_comparison(five_runs):
@@ -359,11 +373,11 @@ def test_blas_threads_are_restored_after_a_comparison(five_runs):
 
 
 def test_cache_is_bounded(five_runs, monkeypatch):
-    monkeypatch.setattr(compare, "_RUNS", compare._LRU(3))
-    monkeypatch.setattr(compare, "_COMPARISONS", compare._LRU(2))
+    monkeypatch.setattr(engine, "_evaluate_job", functools.lru_cache(maxsize=3)(engine._evaluate_job.__wrapped__))
+    monkeypatch.setattr(engine, "_compare_jobs", functools.lru_cache(maxsize=2)(engine._compare_jobs.__wrapped__))
     for seed in range(4):
         compare_runs(five_runs, "race", bootstrap=0, seed=seed)
-    info = compare.cache_info()
+    info = cache_info()
     assert info.runs_cached == 3 and info.comparisons_cached == 2
 
 
@@ -373,17 +387,17 @@ def test_cache_is_bounded(five_runs, monkeypatch):
 
 def test_csv_round_trips(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=100)
-    back = pd.read_csv(io.StringIO(compare.to_csv(comparison)))
-    assert list(back.columns) == compare.table_columns()
+    back = pd.read_csv(io.StringIO(to_csv(comparison)))
+    assert list(back.columns) == engine.table_columns()
     expected = comparison.table.astype({"lambda": float, "w_max": float})
     pd.testing.assert_frame_equal(back, expected, check_dtype=False, check_exact=True)
-    groups = pd.read_csv(io.StringIO(compare.to_csv(comparison, which="groups")))
+    groups = pd.read_csv(io.StringIO(to_csv(comparison, which="groups")))
     pd.testing.assert_frame_equal(groups, comparison.groups, check_dtype=False, check_exact=True)
 
 
 def test_display_table_shows_intervals(five_runs):
     comparison = compare_runs(five_runs[:1], "race", bootstrap=100)
-    shown = compare.display_table(comparison)
+    shown = display_table(comparison)
     row = comparison.table.iloc[0]
     assert list(shown.columns)[:8] == ["Run", "Flags", "Method", "λ", "w_max", "Seed", "Trained on", "n"]
     assert shown.iloc[0]["Flags"] == ""  # a sound run carries no flag
@@ -399,7 +413,7 @@ def test_display_table_shows_intervals(five_runs):
 
 def test_group_accuracy_bars_one_trace_per_run_with_wilson_error_bars(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=0)
-    figure = compare.group_accuracy_figure(comparison)
+    figure = group_accuracy_figure(comparison)
     assert isinstance(figure, go.Figure) and figure.layout.barmode == "group"
     assert [trace.name for trace in figure.data] == [
         "fundus-vanilla · Vanilla", "fundus-fr · FR, λ=0.5", "fundus-gr · GR, w_max=10",
@@ -409,7 +423,7 @@ def test_group_accuracy_bars_one_trace_per_run_with_wilson_error_bars(five_runs)
     assert list(gr.x) == ["Asian", "Black", "White"] and list(gr.y) == pytest.approx([0.75, 0.775, 0.80])
     groups = comparison.groups[comparison.groups["run"] == "fundus-gr"]
     assert list(gr.error_y.array) == pytest.approx(list(groups["accuracy_hi"] - groups["accuracy"]))
-    assert gr.marker.color == compare.METHOD_COLORS["gr"]
+    assert gr.marker.color == METHOD_COLORS["gr"]
     assert len({trace.marker.color for trace in figure.data}) == 5
     assert figure.layout.title.text == "Accuracy per race group (test split)"
     assert figure.layout.yaxis.title.text == "Accuracy (95% Wilson interval)"
@@ -418,23 +432,23 @@ def test_group_accuracy_bars_one_trace_per_run_with_wilson_error_bars(five_runs)
 def test_figures_list_methods_in_one_order_whatever_the_selection_order(five_runs):
     comparison = compare_runs(five_runs[::-1], "race", bootstrap=0)
     assert list(comparison.table["method"]) == list(FIVE_METHODS)[::-1]  # the table keeps the caller's order
-    bars = compare.group_accuracy_figure(comparison)
+    bars = group_accuracy_figure(comparison)
     assert [trace.name.split(" ")[0] for trace in bars.data] == [f"fundus-{m}" for m in FIVE_METHODS]
-    frontier = compare.frontier_figure(comparison)
+    frontier = frontier_figure(comparison)
     assert [trace.name for trace in frontier.data] == ["Vanilla", "FR", "GR", "Hybrid", "CMAC-MMD"]
 
 
 def test_second_run_of_a_method_is_hatched(five_runs, tmp_path):
     again = read_run(write_run(tmp_path / "more", "fundus-gr-seed1", fundus_predictions(FIVE_METHODS["gr"], seed=9),
                                method="gr", seed=1))
-    figure = compare.group_accuracy_figure(compare_runs([*five_runs, again], "race", bootstrap=0))
+    figure = group_accuracy_figure(compare_runs([*five_runs, again], "race", bootstrap=0))
     shapes = {trace.name.split(" ")[0]: trace.marker.pattern.shape for trace in figure.data}
     assert shapes["fundus-gr"] == "" and shapes["fundus-gr-seed1"] == "/"
 
 
 def test_margin_violins_one_trace_per_group(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=0)
-    figure = compare.margin_figure(comparison, runs=["fundus-vanilla", "fundus-gr"])
+    figure = margin_figure(comparison, runs=["fundus-vanilla", "fundus-gr"])
     assert [trace.name for trace in figure.data] == ["Asian", "Black", "White"]
     assert all(trace.type == "violin" for trace in figure.data)
     asian = figure.data[0]
@@ -448,7 +462,7 @@ def test_margin_violins_one_trace_per_group(five_runs):
 
 def test_margin_kde_one_curve_per_run_and_group_positives_only(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=0)
-    figure = compare.margin_figure(comparison, runs=["fundus-vanilla", "fundus-cmac"], kind="kde", label=1)
+    figure = margin_figure(comparison, runs=["fundus-vanilla", "fundus-cmac"], kind="kde", label=1)
     assert len(figure.data) == 6
     assert [trace.name for trace in figure.data if trace.showlegend] == ["Asian", "Black", "White"]
     assert figure.layout.title.text == "Certainty margin per race group, positives (label 1)"
@@ -459,7 +473,7 @@ def test_margin_kde_one_curve_per_run_and_group_positives_only(five_runs):
 
 def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=100)
-    figure = compare.frontier_figure(comparison, gap="max_acc_gap", metric="auc")
+    figure = frontier_figure(comparison, gap="max_acc_gap", metric="auc")
     assert [trace.name for trace in figure.data] == ["Vanilla", "FR", "GR", "Hybrid", "CMAC-MMD"]
     row = comparison.table.set_index("method").loc["gr"]
     gr = figure.data[2]
@@ -470,7 +484,7 @@ def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     assert figure.layout.xaxis.title.text == "MaxAccGap on race (lower is fairer; 95% bootstrap interval)"
     assert figure.layout.yaxis.title.text == "AUC (95% bootstrap interval)"
     with pytest.raises(CompareError) as error:
-        compare.frontier_figure(comparison, gap="gap")
-    assert str(error.value) == compare.UNKNOWN_FIGURE_CHOICE.format(
+        frontier_figure(comparison, gap="gap")
+    assert str(error.value) == engine.UNKNOWN_CHOICE.format(
         name="gap", choices=", ".join(metrics.GAPS), value="gap"
     )

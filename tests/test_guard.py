@@ -82,7 +82,9 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
     assert diagnose_view.default_adapter([broken], "skin") is None
     assert diagnose_view.default_adapter([broken, demo], "skin") == demo.label()
     assert "⚠ degenerate" in dict((k, t) for t, k in diagnose_view.adapter_choices([broken], "skin"))[broken.label()]
-    from inference.compare import compare_runs, display_table, frontier_figure
+    from inference.compare_engine import compare_runs
+    from inference.compare_export import display_table
+    from inference.compare_figures import frontier_figure
 
     comparison = compare_runs([demo, broken], "sex+age_group", bootstrap=0)
     flags = dict(zip(comparison.table["run"], comparison.table["flags"].fillna("")))

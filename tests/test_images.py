@@ -244,3 +244,162 @@ def test_in_blocks_the_message_reaches_the_user_where_stock_image_hides_it(corpu
     with pytest.raises(Exception) as info:
         asyncio.run(demo.preprocess_data(stock_fn, [payload], None, explicit_call=True))
     assert not isinstance(info.value, gr.Error) and "DecompressionBombError" in repr(info.value.__cause__)
+
+
+# ----------------------------------------------------------------------------- data URLs, measured first
+
+
+@pytest.fixture
+def b64_calls(monkeypatch):
+    """Lengths of what base64.b64decode is asked to decode."""
+    calls = []
+    real = base64.b64decode
+    monkeypatch.setattr(base64, "b64decode", lambda s, *a, **k: calls.append(len(s)) or real(s, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("size", [998, 999, 1000])  # two, one and no "=" of padding
+def test_a_data_url_at_the_cap_is_decoded_and_one_byte_more_is_refused_undecoded(size, b64_calls):
+    data = bytes(range(256)) * 4
+    url = "data:image/png;base64," + base64.b64encode(data[:size]).decode()
+    assert images.decode_data_url(url, max_bytes=size) == data[:size]
+    b64_calls.clear()
+    with pytest.raises(ImageRejected) as info:
+        images.decode_data_url(url, max_bytes=size - 1)
+    assert str(info.value) == TOO_MANY_BYTES.format(size_mb=size / 2**20, limit_mb=(size - 1) / 2**20)
+    assert b64_calls == []
+
+
+def test_a_huge_data_url_is_refused_from_its_length_without_a_copy(b64_calls):
+    import tracemalloc
+
+    url = "data:image/jpeg;base64," + "A" * (64 * 2**20)  # 48 MB of image; the issue's was 150 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageRejected) as info:
+            images.decode_data_url(url)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == TOO_MANY_BYTES.format(size_mb=48.0, limit_mb=10)
+    assert b64_calls == [] and peak < 2**20  # decoding it would have cost 48 MB more, plus a copy of the URL
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,", "data:,", "data:image/png;base64,not*base64",
+                                 "data:image/png;base64,AAA", "data:image/png;base64,ÄÄÄÄ", "nodata"])
+def test_empty_or_broken_data_urls_get_the_usual_messages(url):
+    with pytest.raises(ImageRejected) as info:
+        images.decode_data_url(url)
+    assert str(info.value) in (images.EMPTY_FILE, NOT_AN_IMAGE)
+
+
+def test_safe_image_refuses_an_oversized_data_url_before_decoding_it(gr_parts, b64_calls):
+    gr, SafeImage, ImageData = gr_parts
+    url = "data:image/png;base64," + "A" * (16 * 2**20)  # 12 MB of image
+    with pytest.raises(gr.Error) as info:
+        SafeImage().preprocess(ImageData(url=url))
+    assert info.value.message == TOO_MANY_BYTES.format(size_mb=12.0, limit_mb=10)
+    assert b64_calls == []
+
+
+# ----------------------------------------------------------------------------- working size, memory
+
+
+def _large(width: int, height: int, fmt: str) -> bytes:
+    return encode(photo(width, height), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_then_resized_to_the_working_size(monkeypatch):
+    shrunk = []
+    real = images._shrink
+    monkeypatch.setattr(images, "_shrink", lambda im, size: shrunk.append(im.size) or real(im, size))
+    image = load_image(_large(4000, 3000, "JPEG"), working_pixels=1_000_000)
+    assert shrunk == [(2000, 1500)]  # JPEG draft: decoded at 1/2 scale (1/4 would be under the working size)
+    assert image.size == (1154, 866) and image.width * image.height <= 1_000_000 and image.mode == "RGB"
+    assert image.info == {"source_format": "JPEG", "source_mode": "RGB", "source_size": (4000, 3000)}
+    assert describe_image(image) == "1154×866 RGB (JPEG, downscaled from 4000×3000)"
+    full = load_image(_large(4000, 3000, "JPEG")).resize(image.size, Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(image, dtype=int) - np.asarray(full, dtype=int)).mean() < 1.0  # the same picture
+
+
+def test_other_formats_are_decoded_in_full_and_resized(monkeypatch):
+    shrunk = []
+    real = images._shrink
+    monkeypatch.setattr(images, "_shrink", lambda im, size: shrunk.append(im.size) or real(im, size))
+    image = load_image(_large(2000, 1000, "PNG"), working_pixels=500_000)
+    assert shrunk == [(2000, 1000)] and image.size == (1000, 500)
+    assert image.info["source_size"] == (2000, 1000)
+
+
+def test_an_image_within_the_working_size_is_untouched(corpus: Path):
+    for case in (c for c in CASES if c.outcome == "ok"):
+        path = case.path(corpus)
+        reduced, full = load_image(path, working_pixels=10**6), load_image(path)
+        assert reduced.info == full.info and np.array_equal(np.asarray(reduced), np.asarray(full)), case.name
+
+
+def test_exif_orientation_is_applied_before_the_working_size(corpus: Path):
+    path = BY_NAME["exif_orientation6.jpg"].path(corpus)
+    full = load_image(path)
+    image = load_image(path, working_pixels=full.width * full.height // 4)
+    assert full.size == (48, 64) and image.size == (24, 32)
+    assert image.info["source_size"] == (48, 64)  # upright, as the user sees the photo
+
+
+def test_safe_image_reduces_uploads_to_the_working_size(gr_parts, tmp_path: Path):
+    _, SafeImage, ImageData = gr_parts
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_large(4000, 2500, "JPEG"))  # 10 MP
+    image = SafeImage().preprocess(ImageData(path=str(path), orig_name="big.jpg"))
+    assert image.width * image.height <= images.WORKING_MAX_PIXELS < 4000 * 2500
+    assert image.info["source_size"] == (4000, 2500)
+
+
+def test_at_most_a_few_uploads_are_decoded_at_once(monkeypatch):
+    import threading
+    import time
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = images._decode
+
+    def counting(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", counting)
+    data = encode(photo(64, 64), "PNG")
+    threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == images.MAX_CONCURRENT_DECODES
+
+
+def test_memory_is_released_when_the_last_decode_ends_and_once_more_soon_after(monkeypatch):
+    import time
+
+    from inference import memory
+
+    pending = memory.pending_release()  # one due from an earlier test's decode
+    if pending is not None:
+        pending.join()
+    trims = []
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(memory, "LATE_RELEASE_S", 0.2)
+    with memory.in_use():
+        load_image(encode(photo(64, 64), "PNG"))
+        assert trims == []  # another piece of work is still in flight
+    assert trims == [0]
+    load_image(encode(photo(64, 64), "PNG"))  # a second burst before the late release: that one stays due once
+    assert trims == [0, 0]
+    time.sleep(0.5)
+    assert trims == [0, 0, 0]  # what the handlers freed after the last decode goes back too

@@ -29,6 +29,7 @@ from studio.jobs import (
     OwnerLimitError, QueueFullError, UnknownJobError, process_alive, process_start_time, training_command,
 )
 from studio.progress import TAIL_BLOCK, read_metrics, read_progress, summarize, tail_lines
+from tests.conftest import run_cli
 from training import rundir
 from training.config import ConfigError, TrainConfig
 from training.data_spec import materialize
@@ -309,7 +310,36 @@ def test_sigkilled_worker_fails_with_the_signal(stores):
     done = store.wait(job.id, WAIT_S)
     assert (done.state, done.exit_code, done.reason) == (FAILED, -9, "killed by signal 9")
     assert done.reason == REASON_SIGNAL.format(signum=9)
-    assert listed(store) == [] and job.staging_path.is_dir()
+    assert listed(store) == [] and not job.staging_path.exists(), "no checkpoint: nothing to keep"
+
+
+def test_a_job_that_ends_with_nothing_to_resume_leaves_no_staging_folder(stores):
+    """Failed (or cancelled) without a checkpoint: its staging folder is removed and the run name is free
+    again. With a checkpoint it stays; so does one whose run another process holds the lock of."""
+    store = stores(max_concurrent=2)
+    failed = store.wait(store.submit(cfg(run_name="fail-a")).id, WAIT_S)
+    crashed = store.wait(store.submit(cfg(run_name="crash-a")).id, WAIT_S)
+    assert (failed.state, crashed.state, failed.resumable) == (FAILED, FAILED, False)
+    poll(lambda: not list(store.runs_dir.glob(".staging-*")) and not list(store.runs_dir.glob(".lock-*")))
+    assert store.wait(store.submit(cfg(run_name="fail-a")).id, WAIT_S).state == FAILED  # the name is free
+
+    kept = store.submit(cfg(run_name="sleep-a"))
+    wait_steps(store, kept, 4)
+    (kept.staging_path / rundir.CHECKPOINT).mkdir()
+    (kept.staging_path / rundir.CHECKPOINT / "state.pt").write_text("step 4")
+    os.killpg(kept.pid, signal.SIGKILL)
+    killed = store.wait(kept.id, WAIT_S)
+    assert (killed.state, killed.resumable) == (FAILED, True) and kept.staging_path.is_dir()
+
+    lock = rundir.lock_run(store.runs_dir, "fail-b")  # a trainer outside the store trains into 'fail-b'
+    assert lock is not None
+    try:
+        busy = store.wait(store.submit(cfg(run_name="fail-b")).id, WAIT_S)
+        assert busy.state == FAILED and not jobs_module.remove_unresumable_staging(busy)
+        assert busy.staging_path.is_dir(), "the folder another process writes is not removed"
+    finally:
+        lock.release()
+    assert jobs_module.remove_unresumable_staging(busy) and not busy.staging_path.exists()
 
 
 def test_unstartable_command_fails_with_the_os_error(stores):
@@ -404,7 +434,7 @@ def test_reopen_fails_a_running_job_whose_pid_was_reused(stores):
     with con:
         con.execute("UPDATE jobs SET state = 'running', started = created, pid = ?, pid_start = ?, "
                     "supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
-                    (os.getpid(), process_start_time(os.getpid()) + 1, int(gone.stdout), second.id))
+                    (os.getpid(), process_start_time(os.getpid()) + 60, int(gone.stdout), second.id))
     con.close()
     reopened = stores(max_concurrent=1)
     assert (reopened.get(second.id).state, reopened.get(second.id).reason) == (FAILED, REASON_DISAPPEARED)
@@ -413,8 +443,10 @@ def test_reopen_fails_a_running_job_whose_pid_was_reused(stores):
 
 def test_process_identity_rejects_reused_pids_and_zombies():
     me = os.getpid()
-    assert process_alive(me, process_start_time(me))
-    assert not process_alive(me, process_start_time(me) + 1)
+    assert isinstance(process_start_time(me), float)  # psutil's create_time, Unix seconds
+    assert process_alive(me, process_start_time(me)) and process_alive(me, None)
+    assert process_alive(me, process_start_time(me) + 0.5 * jobs_module.START_TOLERANCE_S)
+    assert not process_alive(me, process_start_time(me) + 60)
     assert not process_alive(None, None)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     start = process_start_time(child.pid)
@@ -422,6 +454,43 @@ def test_process_identity_rejects_reused_pids_and_zombies():
     assert start is not None and not process_alive(child.pid, start)
     child.wait()
     assert process_start_time(child.pid) is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="clock ticks since boot come from Linux /proc")
+def test_start_times_stored_as_clock_ticks_by_older_versions_still_identify_the_process():
+    """Rows written before psutil hold /proc/<pid>/stat field 22: a worker that outlives the upgrade is
+    still recognised (not failed as disappeared), and a reused pid is still rejected."""
+    text = Path("/proc/self/stat").read_text()
+    ticks = int(text[text.rindex(")") + 2:].split()[19])
+    me = os.getpid()
+    assert process_alive(me, ticks)
+    assert not process_alive(me, ticks + 60 * os.sysconf("SC_CLK_TCK"))
+
+
+def test_a_job_whose_pid_start_holds_clock_ticks_keeps_running_and_can_be_cancelled(stores):
+    """The job table of an older FairDx, reopened while its worker runs: the worker is found and signalled."""
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("clock ticks since boot come from Linux /proc")
+    store = stores()
+    job = store.submit(cfg(run_name="sleep-old"))
+    wait_steps(store, job, 4)
+    text = Path(f"/proc/{job.pid}/stat").read_text()
+    ticks = int(text[text.rindex(")") + 2:].split()[19])
+    con = sqlite3.connect(store.db_path)  # as an older app stored it, supervised by a process now gone
+    with con:
+        con.execute("UPDATE jobs SET pid_start = ?, supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
+                    (ticks, 2 ** 22 + 1, job.id))
+    con.close()
+    other = JobStore(store.runs_dir, command_for=store.command_for)  # another app process's view
+    try:
+        jobs_module._CHILDREN.remove(job.pid)  # pretend this process did not start the worker
+        assert other.recover() == [] and other.get(job.id).state == RUNNING
+        other.cancel(job.id)  # SIGTERM reaches it: it saves its checkpoint and exits 3
+        poll(lambda: not process_alive(job.pid, None))
+        done = other.wait(job.id, WAIT_S)
+    finally:
+        other.close()
+    assert (done.state, done.reason) == (CANCELLED, REASON_CANCELLED_CHECKPOINT.format(staging=job.staging_path))
 
 
 # ---------------------------------------------------------------------- resuming a failed or cancelled job
@@ -526,15 +595,20 @@ def test_a_store_of_schema_1_keeps_its_jobs_and_can_resume_them(tmp_path, stores
 def test_invalid_config_names_every_problem_and_queues_nothing(stores):
     store = stores()
     (store.runs_dir / "taken").mkdir()
-    with pytest.raises(ConfigError) as err:
-        store.submit(cfg(lam=-1, epochs=0, attribute="zzz", run_name="taken"))
+    with pytest.raises(ConfigError) as err:  # a config with bad values cannot even be built
+        cfg(lam=-1, epochs=0)
     assert err.value.problems == [
-        "lambda must be ≥ 0 (got -1); seed 000 uses 0.1, 0.5 or 1.0",
+        "lambda must be ≥ 0 (got -1); Gu et al. use 0.1, 0.5 or 1.0",
         "epochs must be a whole number ≥ 1 (got 0)",
+    ]
+    with pytest.raises(ConfigError) as err:
+        store.submit(cfg(attribute="zzz", eval_attributes=["nope"], run_name="taken"))
+    assert err.value.problems == [
         "unknown attribute 'zzz'; available: race, ethnicity, gender, age_group",
+        "unknown attribute 'nope'; available: race, ethnicity, gender, age_group",
         ERR_RUN_TAKEN.format(name="taken", runs_dir=store.runs_dir),
     ]
-    assert str(err.value).startswith("invalid training configuration (4 problems):")
+    assert str(err.value).startswith("invalid training configuration (3 problems):")
     assert store.list_jobs() == [] and list(store.jobs_dir.iterdir()) == []
 
 
@@ -574,7 +648,7 @@ def test_sweep_queues_one_job_per_lambda_or_none(stores):
     assert err.value.problems == [
         ERR_SWEEP_METHOD.format(method="vanilla"),
         ERR_SWEEP_DUPLICATES.format(lambdas="0.5, 0.5, -1"),
-        "lambda must be ≥ 0 (got -1); seed 000 uses 0.1, 0.5 or 1.0",
+        "lambda must be ≥ 0 (got -1); Gu et al. use 0.1, 0.5 or 1.0",
     ]
     with pytest.raises(ConfigError) as err:
         store.submit_sweep(cfg(method="cmac"), lambdas=[])
@@ -674,6 +748,12 @@ def test_real_cancel_saves_a_checkpoint_lists_no_run_and_frees_the_slot(real_sto
     nxt = real_store.submit(cfg(run_name="next"))
     (real_store.runs_dir / "next").mkdir()  # the trainer itself refuses a run that exists by the time it starts
     wait_steps(real_store, job, 1, REAL_WAIT_S)
+    # a CLI run given the live job's run name refuses (the job holds the run's lock) instead of
+    # deleting the staging folder the job is writing
+    cli = run_cli("training.train", "--config", str(job.config_path), "--no-progress")
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
+    assert rundir.RUN_LOCKED.split("{holder}")[0].format(name="long") + f" (pid {job.pid})" in cli.stderr
+    assert (job.staging_path / rundir.METRICS).is_file() and real_store.get(job.id).state == RUNNING
     real_store.cancel(job.id)
     done = real_store.wait(job.id, REAL_WAIT_S)
     assert (done.state, done.exit_code) == (CANCELLED, 3), done.log_path.read_text()[-2000:]
@@ -692,7 +772,9 @@ def test_real_sigkilled_worker_fails_and_leaves_no_listed_run(real_store):
     os.killpg(job.pid, signal.SIGKILL)
     done = real_store.wait(job.id, REAL_WAIT_S)
     assert (done.state, done.exit_code, done.reason) == (FAILED, -9, "killed by signal 9")
-    assert rundir.list_runs(real_store.runs_dir) == [] and job.staging_path.is_dir()
+    assert rundir.list_runs(real_store.runs_dir) == []
+    assert not job.staging_path.exists(), "killed before its first checkpoint: nothing resumable is kept"
+    assert not rundir.lock_path(real_store.runs_dir, job.run_id).exists(), "nor the lock file it left"
 
 
 def test_real_sigkilled_worker_resumes_from_its_periodic_checkpoint_to_a_complete_run(real_store):

@@ -1,7 +1,7 @@
 """training.losses against float64 references written straight from the papers' equations.
 
-Paper 000: Eq. 3 (CE), Eqs. 5-6 (soft MaxAccGap), Eq. 7 (its gradient), Eq. 8 (GR), Eq. 9 (Hybrid).
-Paper 004: CMAC-MMD (RBF MMD² between subgroups' certainty margins).
+Gu et al.: Eq. 3 (CE), Eqs. 5-6 (soft MaxAccGap), Eq. 7 (its gradient), Eq. 8 (GR), Eq. 9 (Hybrid).
+CMAC-MMD: CMAC-MMD (RBF MMD² between subgroups' certainty margins).
 """
 
 import itertools
@@ -159,7 +159,7 @@ def test_group_weights_match_eq8(seed):
 
 
 def test_group_weights_clip_at_w_max_on_paper_split():
-    # Ethnicity split of paper 000: 90.3 / 4.3 / 5.4 % of 10,000.
+    # Ethnicity split of Gu et al.: 90.3 / 4.3 / 5.4 % of 10,000.
     got = group_weights([9030, 430, 540], w_max=10)
     assert got.dtype == torch.get_default_dtype()
     assert got.tolist() == pytest.approx([10000 / 9030, 10.0, 10.0], abs=TOL)

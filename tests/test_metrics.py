@@ -19,6 +19,7 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from training import metrics
+from training.metrics.__main__ import main as metrics_main
 from training.metrics import MetricsError, UndefinedMetricWarning, evaluate, group_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -418,7 +419,7 @@ def test_cli_json_matches_evaluate(tmp_path, capsys):
     df.loc[df.index[:100], "split"] = "val"
     path = write_csv(df, tmp_path)
     argv = [str(path), "--attribute", "race", "--attribute", "gender+age_group", "--split", "test"]
-    code = metrics.main([*argv, "--bootstrap", "100", "--seed", "2", "--json"])
+    code = metrics_main([*argv, "--bootstrap", "100", "--seed", "2", "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     expected = evaluate(df, ["race", "gender+age_group"], split="test", bootstrap=100, seed=2)
@@ -435,13 +436,13 @@ def test_cli_json_matches_evaluate(tmp_path, capsys):
 
 def test_cli_keeps_attribute_values_as_written(tmp_path, capsys):
     df = pd.DataFrame({"label": [0, 1, 0, 1], "prob": [0.2, 0.8, 0.6, 0.4], "race": ["0", "0", "NA", "NA"]})
-    assert metrics.main([str(write_csv(df, tmp_path)), "--attribute", "race", "--min-n", "1", "--json"]) == 0
+    assert metrics_main([str(write_csv(df, tmp_path)), "--attribute", "race", "--min-n", "1", "--json"]) == 0
     assert list(json.loads(capsys.readouterr().out)["attributes"]["race"]["groups"]) == ["0", "NA"]
 
 
 def test_cli_table_shows_groups_gaps_and_intervals(tmp_path, capsys):
     path = write_csv(make_predictions(2), tmp_path)
-    assert metrics.main([str(path), "--attribute", "race", "--bootstrap", "50"]) == 0
+    assert metrics_main([str(path), "--attribute", "race", "--bootstrap", "50"]) == 0
     out = capsys.readouterr().out
     report = evaluate(make_predictions(2), ["race"], bootstrap=50)
     for name, group in report["attributes"]["race"]["groups"].items():
@@ -465,13 +466,13 @@ def test_cli_error_is_one_line_and_exit_code_2(tmp_path):
 
 
 def test_cli_missing_file_and_warnings(tmp_path, capsys):
-    assert metrics.main([str(tmp_path / "nope.csv"), "--attribute", "race"]) == 2
+    assert metrics_main([str(tmp_path / "nope.csv"), "--attribute", "race"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot read predictions file '{tmp_path / 'nope.csv'}':") and err.count("\n") == 1
 
     df = make_predictions(0)
     df.loc[df["race"] == "Asian", "label"] = 1
-    assert metrics.main([str(write_csv(df, tmp_path)), "--attribute", "race", "--json"]) == 0
+    assert metrics_main([str(write_csv(df, tmp_path)), "--attribute", "race", "--json"]) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith("warning: attribute 'race': group 'Asian' has no negative labels")
     assert json.loads(captured.out)["attributes"]["race"]["groups"]["Asian"]["fpr"] is None

@@ -1,26 +1,27 @@
-"""training.report: tables carry metrics.evaluate's numbers and each verdict follows the data."""
+"""inference.report: tables carry metrics.evaluate's numbers and each verdict follows the data."""
 from __future__ import annotations
 
 import warnings
 
 import pytest
 
-from inference import compare
+from inference import report
+from inference.compare_engine import clear_cache, wilson_interval
+from inference.report import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, assess_claims, build_report, collect
 from tests.test_compare import FIVE_METHODS, SKIN_GROUPS, fundus_predictions, skin_predictions, write_run
-from training import metrics, report, rundir
-from training.report import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, assess_claims, build_report, collect
+from training import metrics, rundir
 from training.rundir import list_runs
 
 BOOTSTRAP = 100
-VANILLA_TPR = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))  # ΔTPR 0.50, as seed 004's vanilla
+VANILLA_TPR = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))  # ΔTPR 0.50, as CMAC-MMD's vanilla
 CMAC_TPR = dict(zip(SKIN_GROUPS, (0.7, 0.75, 0.8, 0.75, 0.8, 0.85)))  # ΔTPR 0.15: −70 %
 
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    compare.clear_cache()
+    clear_cache()
     yield
-    compare.clear_cache()
+    clear_cache()
 
 
 def write_fundus(root, accuracies=FIVE_METHODS):
@@ -89,7 +90,7 @@ def test_table3_per_group_accuracy_with_n_and_wilson_interval(tmp_path):
     text = build_report(list_runs(tmp_path), bootstrap=BOOTSTRAP)
     header = row_of(text, "### Table 3", "Setting")
     assert header == ["Setting", "Asian (n=80)", "Black (n=160)", "White (n=400)"]
-    low, high = compare.wilson_interval(48, 80)
+    low, high = wilson_interval(48, 80)
     assert row_of(text, "### Table 3", "Vanilla")[1] == f"60.0 [{100 * low:.1f}, {100 * high:.1f}]"
     assert row_of(text, "### Table 3", "GR (w_max=10, on race)")[2].startswith("77.5 [")
 
@@ -117,7 +118,7 @@ def test_lambda_ablation_not_run_then_run(tmp_path):
     for lam, asian in ((0.1, 0.75), (1.0, 0.775)):
         write_run(tmp_path, f"fundus-fr-{lam:g}", fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": asian},
                                                                      seed=7), method="fr", lam=lam)
-    compare.clear_cache()
+    clear_cache()
     text = build_report(list_runs(tmp_path), bootstrap=BOOTSTRAP)
     assert row_of(text, "### Table 2", "0.1")[2].startswith("5.00 [")
     assert row_of(text, "### Table 2", "0.1")[3] == "+75.0 %"
@@ -152,7 +153,7 @@ def test_gr_verdict_flips_with_the_data(tmp_path):
     assert gr.verdict == REPRODUCED and gr.change == pytest.approx(-0.75)
     assert "Worst-off group's accuracy: 60.0 % → 75.0 %; best group's: 80.0 % → 80.0 %." in gr.text
     assert "relative change of −75.0 % (the claim needs ≤ −69 %)" in gr.text
-    compare.clear_cache()
+    clear_cache()
     same = {**FIVE_METHODS, "gr": FIVE_METHODS["vanilla"]}
     write_fundus(tmp_path / "same", same)
     gr = claim(tmp_path / "same", "GR-LoRA")
@@ -165,7 +166,7 @@ def test_hybrid_race_claim_and_interval_overlap(tmp_path):
     hybrid = claim(tmp_path / "close", "Hybrid-LoRA")
     assert hybrid.verdict == REPRODUCED and hybrid.change == pytest.approx(-0.85)
     assert hybrid.overlap is True and "intervals overlap, so one test set cannot rule out" in hybrid.text
-    compare.clear_cache()
+    clear_cache()
     write_fundus(tmp_path / "far", {**FIVE_METHODS, "vanilla": {"White": 0.85, "Black": 0.70, "Asian": 0.50}})
     hybrid = claim(tmp_path / "far", "Hybrid-LoRA")
     assert hybrid.verdict == REPRODUCED and hybrid.change == pytest.approx((0.03 - 0.35) / 0.35)
@@ -179,7 +180,7 @@ def test_accuracy_cost_claim_flips(tmp_path):
     write_fundus(tmp_path / "free")  # every fairness method is at least as accurate as Vanilla (0.75)
     accuracy = claim(tmp_path / "free", "Fairness-aware LoRA")
     assert accuracy.verdict == REPRODUCED and accuracy.change == pytest.approx(0.76875 - 0.75)
-    compare.clear_cache()
+    clear_cache()
     costly = {**FIVE_METHODS, "gr": {"White": 0.70, "Black": 0.70, "Asian": 0.70}}  # 0.70: 5 pp below
     write_fundus(tmp_path / "costly", costly)
     accuracy = claim(tmp_path / "costly", "Fairness-aware LoRA")
@@ -192,7 +193,7 @@ def test_cmac_delta_tpr_verdict_flips(tmp_path):
     dtpr = claim(tmp_path / "aligned", "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
     assert dtpr.verdict == REPRODUCED and dtpr.change == pytest.approx(-0.70)
     assert "Worst-off group's TPR: 0.40 → 0.70; best group's: 0.90 → 0.85." in dtpr.text
-    compare.clear_cache()
+    clear_cache()
     write_skin(tmp_path / "little", dict(zip(SKIN_GROUPS, (0.5, 0.6, 0.8, 0.7, 0.8, 0.9))))  # ΔTPR 0.40: −20 %
     dtpr = claim(tmp_path / "little", "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
     assert dtpr.verdict == NOT_REPRODUCED and dtpr.change == pytest.approx(-0.20)
@@ -218,7 +219,7 @@ def test_cmac_auc_verdict_flips(tmp_path):
     write_skin(tmp_path / "kept")
     auc = claim(tmp_path / "kept", "CMAC-MMD keeps or improves AUC, dermatology")
     assert auc.verdict == REPRODUCED and auc.change > 0
-    compare.clear_cache()
+    clear_cache()
     write_skin(tmp_path / "worse", dict.fromkeys(SKIN_GROUPS, 0.3))  # misses most positives: AUC falls
     auc = claim(tmp_path / "worse", "CMAC-MMD keeps or improves AUC, dermatology")
     assert auc.verdict == NOT_REPRODUCED and auc.overlap is False and auc.change < -0.2

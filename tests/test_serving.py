@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from inference import diagnosis, serving
 from inference.diagnosis import Diagnosis, certainty_level, margin_for_probability
 from inference.serving import AdapterError, ModelPool
 from training import data_spec, rundir
-from training.backbones import QwenVLClassifier, default_backbone
+from training.backbones import QwenVLClassifier, default_backbone, load_classifier
 from training.tasks import TASKS
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -444,3 +445,30 @@ def test_serving_never_trusts_remote_code_or_pickles():
     source = Path(serving.__file__).read_text()
     assert "trust_remote_code=" not in source
     assert "torch.load" not in source and "weights_only" not in source
+
+
+def test_the_classifier_reports_and_switches_its_image_budget():
+    qwen = load_classifier(QWEN, task="fundus")
+    default = qwen.image_processor
+    assert qwen.image_budget == (None, None)
+    qwen.set_image_budget(None, 112 * 112)
+    assert qwen.image_budget == (None, 112 * 112) and qwen.image_processor.size["longest_edge"] == 112 * 112
+    qwen.set_image_budget()
+    assert qwen.image_budget == (None, None) and qwen.image_processor is default  # each budget loaded once
+    small = load_classifier(QWEN, task="fundus", max_pixels=112 * 112)
+    assert small.image_budget == (None, 112 * 112)
+
+    clip = load_classifier(CLIP, task="skin")
+    assert clip.image_budget == (None, None)
+    clip.set_image_budget(None, None)  # its one budget: nothing to do
+    with pytest.raises(ValueError, match=r"^a clip model has no pixel budget$"):
+        clip.set_image_budget(max_pixels=4096)
+
+
+def test_serving_asks_the_classifier_and_imports_only_public_peft_names():
+    source = Path(serving.__file__).read_text()
+    assert "QwenVL" not in source and "AutoImageProcessor" not in source
+    assert not re.search(r"\.family\s*[!=]=", source)  # no branching on the backbone family
+    imports = re.findall(r"^from (peft[\w.]*) import (.+)$", source, re.MULTILINE)
+    assert imports
+    assert all(not name.strip().startswith("_") for _, names in imports for name in names.split(","))

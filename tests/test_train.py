@@ -226,8 +226,11 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
     assert steps == sorted(set(steps)) == list(range(1, 25)), "each step logged once after the resume"
 
 
-def test_a_group_without_training_samples_is_named_with_the_other_problems(tmp_path, capsys):
-    """A HAM10000 folder whose split column puts every male 60+ lesion in the test split."""
+def test_a_group_without_training_samples_is_named_when_the_job_starts(tmp_path, capsys):
+    """A HAM10000 folder whose split column puts every male 60+ lesion in the test split.
+
+    The values are checked before anything is read; the groups when the job loads the metadata.
+    """
     import shutil
 
     source = data_spec.materialize(SKIN_SPEC, progress=False)
@@ -238,9 +241,14 @@ def test_a_group_without_training_samples_is_named_with_the_other_problems(tmp_p
     code = train_main(["--data", str(folder), "--attribute", "sex+age_group", "--lambda", "-1",
                        "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
+    assert code == 2 and "invalid training configuration (1 problem)" in err and "lambda must be ≥ 0" in err
+    code = train_main(["--data", str(folder), "--attribute", "sex+age_group", "--eval-attributes", "sex", "religion",
+                       "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
     assert code == 2
     assert "invalid training configuration (2 problems)" in err
     assert "attribute 'sex+age_group' has a group 'Male & 60+' with 0 training samples" in err
+    assert "unknown attribute 'religion'" in err
     assert not (tmp_path / "runs").exists()
 
 

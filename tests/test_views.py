@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import sys
-from dataclasses import fields
 import time
 from pathlib import Path
 
@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inference import catalog, compare, compare_view, diagnose_view
+from inference import catalog, compare_view, diagnose_view
+from inference.compare_engine import NO_RUNS, PICKED_TWICE, wilson_interval
 from inference.diagnosis import Diagnosis
 from studio import form, jobs_view, settings as settings_module
 from studio.jobs import ERR_SWEEP_METHOD, Job, JobStore
@@ -29,9 +30,9 @@ from studio.settings import (
 )
 from tests.conftest import FUNDUS_SPEC, SKIN_SPEC
 from tests.test_compare import FIVE_METHODS, fundus_predictions, skin_predictions, write_run
-from training import rundir
+from training import methods, rundir
 from training.backbones import EMBEDDED_BACKBONES
-from training.config import ConfigError, TrainConfig, validate
+from training.config import ConfigError, TrainConfig, parse, validate
 
 TEST_DATASETS = f"{FUNDUS_SPEC}; {SKIN_SPEC}"
 
@@ -67,10 +68,11 @@ def test_defaults_locally_offer_the_synthetic_data_and_embedded_backbones():
 
 
 def test_a_space_keeps_the_studio_off_unless_its_owner_turns_it_on():
-    space = Settings.from_env({"SPACE_ID": "someone/fairdx"})
+    space = Settings.from_env({"SYSTEM": "spaces", "SPACE_ID": "someone/fairdx"})
     assert (space.studio, space.on_space, space.max_jobs_per_user) == (False, True, 1)
     assert (space.max_epochs, space.max_samples, space.max_lora_r) == (3, 2000, 32)
-    enabled = Settings.from_env({"SPACE_ID": "someone/fairdx", "FAIRDX_STUDIO": "on", "FAIRDX_MAX_EPOCHS": "none"})
+    enabled = Settings.from_env({"SYSTEM": "spaces", "SPACE_ID": "someone/fairdx", "FAIRDX_STUDIO": "on",
+                                "FAIRDX_MAX_EPOCHS": "none"})
     assert (enabled.studio, enabled.max_epochs, enabled.multi_user) == (True, None, True)
     assert Settings.from_env({"FAIRDX_STUDIO": "off"}).studio is False
 
@@ -130,7 +132,7 @@ def test_only_offered_synthetic_data_not_yet_generated_is_generated_at_start(tmp
 def test_form_is_built_from_train_config_fields_and_their_help(tmp_path):
     s = local_settings(tmp_path)
     specs = form.form_fields(s)
-    help_of = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+    help_of = {name: info.description for name, info in TrainConfig.model_fields.items()}
     assert [spec.name for spec in specs] == list(form.FORM_FIELDS)
     assert all(spec.help == help_of[spec.name] for spec in specs)
     by_name = {spec.name: spec for spec in specs}
@@ -181,10 +183,9 @@ def test_every_invalid_value_is_reported_together_with_the_clis_own_messages(tmp
     values = form_input(lam=-1, w_max=0.5, attribute="nope", epochs=2.5, lr="fast", lora_r=0, seed=-3, max_samples=5)
     with pytest.raises(ConfigError) as caught:
         form.config_from_form(values, s)
-    cli = TrainConfig(lam=-1.0, w_max=0.5, attribute="nope", data=FUNDUS_SPEC, lr="fast", lora_r=0, max_samples=5,
-                      seed=-3)
     with pytest.raises(ConfigError) as from_cli:
-        validate(cli)
+        parse({**form.studio_base().to_dict(), "lam": -1.0, "w_max": 0.5, "attribute": "nope", "data": FUNDUS_SPEC,
+               "lr": "fast", "lora_r": 0, "max_samples": 5, "seed": -3})
     assert caught.value.problems == [
         form.ERR_WHOLE.format(label="Epochs", value=2.5),
         *from_cli.value.problems,
@@ -353,7 +354,7 @@ def test_comparison_tables_name_runs_by_key_and_give_group_accuracy_with_n(runs_
                                               "ES-AUC"]
     assert len(compare_view.SUMMARY_COLUMN_WIDTHS) == len(view.summary.columns)
     assert view.groups.columns.tolist() == ["Run", "Asian", "Black", "White"]
-    low, high = compare.wilson_interval(320, 400)
+    low, high = wilson_interval(320, 400)
     assert view.groups.iloc[0]["White"] == f"0.80 [{low:.2f}, {high:.2f}] (n=400)"
     assert view.groups.iloc[1]["Asian"].endswith("(n=80)")
     gap = view.comparison.table.iloc[0]["max_acc_gap"]
@@ -364,10 +365,34 @@ def test_comparison_tables_name_runs_by_key_and_give_group_accuracy_with_n(runs_
     assert pd.read_csv(csv)["max_acc_gap"].tolist() == pytest.approx(view.comparison.table["max_acc_gap"].tolist())
     report = compare_view.write_report(chosen, tmp_path, "fundus", bootstrap=20)
     assert report.read_text().startswith("# FairDx reproduction report")
-    with pytest.raises(ValueError, match=compare.NO_RUNS):
+    with pytest.raises(ValueError, match=NO_RUNS):
         compare_view.selected_runs([], runs, "fundus")
     with pytest.raises(ValueError, match="no complete run 'skin-cmac \\(demo\\)' for task fundus"):
         compare_view.selected_runs(["skin-cmac (demo)"], runs, "fundus")
+
+
+def test_a_run_picked_twice_is_compared_once(runs_on_disk):
+    # Picked twice (the /compare API allows it), a run used to reach group_table with two rows per group
+    # and end in pandas' "The truth value of a Series is ambiguous".
+    runs = catalog.available_runs(runs_on_disk)
+    chosen = compare_view.selected_runs(["fundus-fr", "fundus-vanilla (demo)", "fundus-fr"], runs, "fundus")
+    view = compare_view.show(chosen, "race", bootstrap=0)
+    assert view.summary["Run"].tolist() == view.groups["Run"].tolist() == ["fundus-fr", "fundus-vanilla (demo)"]
+    assert view.groups.iloc[0]["Asian"].endswith("(n=80)")
+    assert view.notes.splitlines()[2] == f"- {PICKED_TWICE.format(run='fundus-fr')}"
+
+
+def test_the_export_folder_is_made_once_and_removed_when_the_process_exits():
+    folder = compare_view.export_folder()
+    assert folder == compare_view.export_folder() and folder.is_dir()
+    assert folder.name.startswith(compare_view.EXPORT_PREFIX)
+    code = ("from inference import compare_view; folder = compare_view.export_folder(); "
+            "(folder / 'compare-runs.csv').write_text('run'); print(folder)")
+    child = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           text=True, timeout=300, check=True)
+    theirs = Path(child.stdout.strip().splitlines()[-1])
+    assert theirs.name.startswith(compare_view.EXPORT_PREFIX) and theirs != folder
+    assert not theirs.exists()  # an app start no longer leaves a fairdx-exports-* folder behind
 
 
 def test_notes_list_small_groups_of_an_intersection(runs_on_disk):
@@ -442,3 +467,25 @@ def test_jobs_table_reads_the_store(tmp_path):
         detail = jobs_view.job_detail(store, job.id, s)
         assert detail.status.startswith("**cancelled**") and "$ " in detail.log
         assert str(tmp_path) not in detail.log
+
+
+def test_nan_inf_and_an_empty_attribute_from_the_form_are_refused_before_queueing(tmp_path):
+    s = local_settings(tmp_path)
+    store = JobStore(tmp_path / "runs")
+    for changes, problem in ((dict(lam="nan"), "lambda must be a finite number (got nan)"),
+                             (dict(lam=float("inf")), "lambda must be a finite number (got inf)"),
+                             (dict(w_max="nan"), "w_max must be a finite number (got nan)"),
+                             (dict(lr="inf"), "lr must be a positive finite number or 'auto'"),
+                             (dict(attribute=""), "attribute must not be empty (got '')")):
+        with pytest.raises(ConfigError) as caught:
+            store.submit(form.config_from_form(form_input(**changes), s))
+        assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    assert store.list_jobs() == []
+    store.close()
+
+
+def test_the_form_enables_lambda_and_w_max_for_the_methods_that_read_them(tmp_path):
+    by_name = {spec.name: spec for spec in form.form_fields(local_settings(tmp_path))}
+    assert [m for m in methods.NAMES if by_name["lam"].enabled_for(m)] == list(methods.LAMBDA_METHODS)
+    assert [m for m in methods.NAMES if by_name["w_max"].enabled_for(m)] == list(methods.WEIGHT_METHODS)
+    assert by_name["epochs"].enabled_for(methods.VANILLA.name)

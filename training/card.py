@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from training.backbones import resolve_backbone
-from training.config import TrainConfig, cli_flag
+from training import methods
+from training.config import FIELDS, TrainConfig, cli_flag, help_of
 from training.data_spec import SYNTH_PREFIX
-from training.rundir import ADAPTER, CARD, CONFIG, EVAL
+from training.rundir import ADAPTER, CARD, CONFIG, EVAL, RunRecord, run_from_config
 from training.tasks import get_task
 
 LIBRARY = "peft"
@@ -41,43 +41,6 @@ MISSING = "–"
 
 # Bookkeeping fields: where and how often to write things, not how the adapter was trained.
 NOT_HYPERPARAMETERS = frozenset({"runs_dir", "run_name", "log_every", "save_every", "trackers"})
-
-PAPER_000 = "Gu et al., *Fairness-Aware Fine-Tuning of Vision-Language Models for Medical Glaucoma Diagnosis*"
-PAPER_004 = (
-    "*Intersectional Fairness in Vision-Language Models for Medical Image Disease Classification* "
-    "(CMAC-MMD, [arXiv:2512.15249](https://arxiv.org/abs/2512.15249))"
-)
-
-# Display name and objective of each method: one line, the paper's equation in LaTeX.
-METHODS: dict[str, tuple[str, str]] = {
-    "vanilla": (
-        "Vanilla LoRA",
-        r"mean cross-entropy, $\mathcal{L} = -\frac{1}{N}\sum_{i} \log p_\theta(y_i \mid x_i)$ "
-        f"({PAPER_000}, Eq. 3).",
-    ),
-    "fr": (
-        "FR-LoRA (fairness-regularised)",
-        r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \left(\max_s \mathrm{Acc}^s_{soft} - \min_s "
-        r"\mathrm{Acc}^s_{soft}\right)$ with $\mathrm{Acc}^s_{soft}$ the mean probability of the true class "
-        f"in group $s$ ({PAPER_000}, Eqs. 4-6).",
-    ),
-    "gr": (
-        "GR-LoRA (group-reweighted)",
-        r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE}$, $w_s = \min(N / N_s, w_{max})$ "
-        f"({PAPER_000}, Eq. 8); FairDx weights each sample by $w_s$ and normalises by the batch's total weight.",
-    ),
-    "hybrid": (
-        "Hybrid-LoRA (reweighted + regularised)",
-        r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE} + \lambda\, \mathrm{MaxAccGap}_{soft}$ "
-        f"({PAPER_000}, Eq. 9).",
-    ),
-    "cmac": (
-        "CMAC-MMD",
-        r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \cdot \mathrm{mean}_{s<t}\, \mathrm{MMD}^2_{RBF}(m_s, m_t)$ "
-        r"over pairs of intersectional subgroups, $m$ the certainty margin (true-class score minus the best "
-        f"other class) ({PAPER_004}).",
-    ),
-}
 
 GAP_COLUMNS = (
     ("max_acc_gap", "MaxAccGap ↓"),
@@ -100,26 +63,28 @@ def render_card(config: dict[str, Any], eval_report: dict[str, Any], *, repo_id:
     for key in ("method", "backbone", "task", "data"):
         if key not in config:
             raise ValueError(MISSING_KEY.format(what="config", key=key))
-    if config["method"] not in METHODS:
-        raise ValueError(UNKNOWN_METHOD.format(method=config["method"], choices=", ".join(METHODS)))
+    if config["method"] not in methods.REGISTRY:
+        raise ValueError(UNKNOWN_METHOD.format(method=config["method"], choices=", ".join(methods.NAMES)))
     report = eval_report.get("report", eval_report)
     split = eval_report.get("split") or report.get("split")
     for key in ("overall", "attributes"):
         if key not in report:
             raise ValueError(MISSING_KEY.format(what="eval report", key=key))
+    run = run_from_config(Path(str(config.get("run_id") or ".")), config)
+    cfg, record = run.settings, run.record
 
     sections = [
-        _summary(config, repo_id),
+        _summary(cfg, record, repo_id),
         *_guard(report),
-        _method(config),
+        _method(cfg),
         _fairness(report, split),
-        _data(config),
-        _hyperparameters(config),
-        _training(config),
-        _intended_use(config),
-        _how_to_load(config, repo_id),
+        _data(cfg, record),
+        _hyperparameters(cfg, config),
+        _training(record),
+        _intended_use(cfg),
+        _how_to_load(cfg, record, repo_id),
     ]
-    return f"---\n{_metadata(config).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return f"---\n{_metadata(cfg, record).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
 
 
 def write_card(run_dir: str | Path) -> Path:
@@ -146,11 +111,11 @@ def is_hub_id(backbone: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- sections
-def _metadata(config: dict[str, Any]) -> ModelCardData:
-    tags = [*BASE_TAGS, config["method"], config["task"]]
-    if config["data"].startswith(SYNTH_PREFIX):
+def _metadata(cfg: TrainConfig, record: RunRecord) -> ModelCardData:
+    tags = [*BASE_TAGS, cfg.method, record.task]
+    if cfg.data.startswith(SYNTH_PREFIX):
         tags.append("synthetic-data")
-    backbone = config["backbone"]
+    backbone = cfg.backbone or ""
     return ModelCardData(
         library_name=LIBRARY,
         base_model=backbone if is_hub_id(backbone) else None,
@@ -159,17 +124,17 @@ def _metadata(config: dict[str, Any]) -> ModelCardData:
     )
 
 
-def _summary(config: dict[str, Any], repo_id: str | None) -> str:
-    task = get_task(config["task"])
-    name = repo_id or config.get("run_id", "FairDx run")
-    method_name = METHODS[config["method"]][0]
-    family = config.get("family", "")
+def _summary(cfg: TrainConfig, record: RunRecord, repo_id: str | None) -> str:
+    task = get_task(record.task)
+    name = repo_id or record.run_id or "FairDx run"
+    method_name = cfg.objective.card_title
+    family = record.family
     return (
         f"# {name}\n\n"
         f"A {method_name} adapter trained with FairDx for **{task.name}** images: "
         f"it classifies an image as *{task.classes[0]}* or *{task.classes[1]}*. It is a LoRA adapter "
-        f"(r = {config.get('lora_r', MISSING)}, α = {config.get('lora_alpha', MISSING)}) on "
-        f"{_backbone_phrase(config['backbone'])}{f', a {family} model' if family else ''}. "
+        f"(r = {cfg.lora_r}, α = {cfg.lora_alpha}) on "
+        f"{_backbone_phrase(cfg.backbone or '')}{f', a {family} model' if family else ''}. "
         "Demographic attributes are used only in training and evaluation, never to make a prediction."
     )
 
@@ -180,19 +145,19 @@ def _backbone_phrase(backbone: str) -> str:
     return f"the local checkpoint `{backbone}`"
 
 
-def _method(config: dict[str, Any]) -> str:
-    name, objective = METHODS[config["method"]]
-    lines = [f"## Method: {name}", "", f"Objective: {objective}", ""]
-    values = [f"sensitive attribute `{config.get('attribute', MISSING)}`"]
-    if config["method"] in ("fr", "hybrid", "cmac"):
-        values.append(f"λ = {config.get('lam', MISSING)}")
-    if config["method"] in ("gr", "hybrid"):
-        values.append(f"w_max = {config.get('w_max', MISSING)}")
-    if config["method"] == "cmac":
-        values.append(f"subgroups of `{config.get('cmac_attribute') or config.get('attribute', MISSING)}`")
-        bandwidth = config.get("bandwidth")
+def _method(cfg: TrainConfig) -> str:
+    method = cfg.objective
+    lines = [f"## Method: {method.card_title}", "", f"Objective: {method.objective}", ""]
+    values = [f"sensitive attribute `{cfg.attribute}`"]
+    if method.uses_lambda:
+        values.append(f"λ = {cfg.lam}")
+    if method.uses_w_max:
+        values.append(f"w_max = {cfg.w_max}")
+    if method.uses_cmac_attribute:
+        values.append(f"subgroups of `{cfg.fairness_attribute}`")
+        bandwidth = cfg.bandwidth
         values.append("RBF bandwidth: median heuristic per batch" if bandwidth is None else f"RBF bandwidth {bandwidth}")
-    if config.get("balanced_sampling"):
+    if cfg.balanced_sampling:
         values.append("group-balanced batches")
     lines.append("Settings: " + ", ".join(values) + ".")
     return "\n".join(lines)
@@ -264,9 +229,9 @@ def _interval_note(report: dict[str, Any]) -> str:
     return f"Brackets: {level}% percentile intervals from {bootstrap} bootstrap resamples of the evaluation split."
 
 
-def _data(config: dict[str, Any]) -> str:
-    dataset = config.get("dataset") or {}
-    spec = dataset.get("spec") or config["data"]
+def _data(cfg: TrainConfig, record: RunRecord) -> str:
+    dataset = record.dataset
+    spec = dataset.get("spec") or cfg.data
     lines = ["## Data", "", f"Data spec: `{spec}`."]
     if spec.startswith(SYNTH_PREFIX):
         lines.append(
@@ -277,24 +242,24 @@ def _data(config: dict[str, Any]) -> str:
     if counts:
         lines += ["", "| split | n |", "|---|---|"]
         lines += [f"| {split} | {n} |" for split, n in counts.items()]
-    for attribute, groups in (dataset.get("group_counts") or {}).items():
+    for attribute, groups in record.group_counts.items():
         lines += ["", f"Training samples per group of `{attribute}`:", "", "| group | n (train) |", "|---|---|"]
         lines += [f"| {_cell(group)} | {n} |" for group, n in groups.items()]
     return "\n".join(lines)
 
 
-def _hyperparameters(config: dict[str, Any]) -> str:
+def _hyperparameters(cfg: TrainConfig, written: dict[str, Any]) -> str:
+    """Every setting the run's config.json holds (one written by an older FairDx may lack newer ones)."""
     lines = ["## Hyper-parameters", "", "| flag | value | meaning |", "|---|---|---|"]
-    for f in fields(TrainConfig):
-        if f.name in NOT_HYPERPARAMETERS or f.name not in config:
+    for name in FIELDS:
+        if name in NOT_HYPERPARAMETERS or name not in written:
             continue
-        lines.append(f"| `{cli_flag(f)}` | {_cell(_value(config[f.name]))} | {_cell(f.metadata['help'])} |")
+        lines.append(f"| `{cli_flag(name)}` | {_cell(_value(getattr(cfg, name)))} | {_cell(help_of(name))} |")
     return "\n".join(lines)
 
 
-def _training(config: dict[str, Any]) -> str:
-    training = config.get("training") or {}
-    versions = config.get("versions") or {}
+def _training(record: RunRecord) -> str:
+    training, versions = record.training, record.versions
     lines = ["## Training run", ""]
     if training:
         lines.append(
@@ -302,14 +267,14 @@ def _training(config: dict[str, Any]) -> str:
             f"in {_number(training.get('seconds'), 1)} s ({_number(training.get('samples_per_s'), 1)} samples/s); "
             f"final loss {_number(training.get('final_loss'), 4)}."
         )
-    if config.get("created"):
-        lines.append(f"Created {config['created']}.")
+    if record.created:
+        lines.append(f"Created {record.created}.")
     if versions:
         lines.append("Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + ".")
     return "\n".join(lines)
 
 
-def _intended_use(config: dict[str, Any]) -> str:
+def _intended_use(cfg: TrainConfig) -> str:
     lines = [
         "## Intended use and limitations",
         "",
@@ -319,21 +284,21 @@ def _intended_use(config: dict[str, Any]) -> str:
         "threshold; small groups have wide intervals, and a small gap on one attribute says nothing about "
         "attributes or intersections that were not measured.",
     ]
-    if config["data"].startswith(SYNTH_PREFIX):
+    if cfg.data.startswith(SYNTH_PREFIX):
         lines.append(
             "- Trained and evaluated on **synthetic data**: its accuracy and its gaps describe the synthetic "
             "benchmark only, not any real patient population."
         )
-    if not is_hub_id(config["backbone"]):
+    if not is_hub_id(cfg.backbone or ""):
         lines.append(
-            f"- The base model is the local checkpoint `{config['backbone']}`; the adapter loads onto that "
+            f"- The base model is the local checkpoint `{cfg.backbone}`; the adapter loads onto that "
             "exact checkpoint only."
         )
     return "\n".join(lines)
 
 
-def _how_to_load(config: dict[str, Any], repo_id: str | None) -> str:
-    backbone, task = config["backbone"], config["task"]
+def _how_to_load(cfg: TrainConfig, record: RunRecord, repo_id: str | None) -> str:
+    backbone, task = cfg.backbone, record.task
     if repo_id:
         fetch = (
             "With FairDx, `python -m inference.hub pull "
@@ -344,7 +309,7 @@ def _how_to_load(config: dict[str, Any], repo_id: str | None) -> str:
     else:
         fetch = "In Python, from the FairDx repository:"
         imports = ""
-        download = f'adapter_dir = "runs/{config.get("run_id", "RUN_ID")}/{ADAPTER}"\n'
+        download = f'adapter_dir = "runs/{record.run_id or "RUN_ID"}/{ADAPTER}"\n'
     fairdx = "".join([
         "```python\n",
         imports,

@@ -10,29 +10,33 @@ so the demo exercises the real code path. Anything else is a folder path.
 benchmark's claims are judged on has enough test samples: by default at least 300 test samples per
 race group (fundus) and at least 50 malignant test images per sex x age subgroup (skin).
 
-`data_problems` is the data half of `training.config.validate`: it reads metadata only (no
-images) and names every problem (missing folder, unknown attribute, a group with no training
-samples) in words a user can act on.
+`data_problems` is the data half of `training.config.validate`: it reads nothing and generates
+nothing (a folder must exist; a synthetic spec's attributes are known from its generator), so a form
+can call it before it queues a job. `dataset_problems` is the rest, run when the job starts on the
+loaded metadata: an unknown attribute of a folder, a group with no training samples -- each in words
+a user can act on.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from training import synth
-from training.data import Dataset, DatasetError, check_groups, load_dataset
-
-if TYPE_CHECKING:
-    from training.config import TrainConfig
+from training.data import (
+    FUNDUS_ATTRIBUTES, ROOT_MISSING, SKIN_ATTRIBUTES, UNKNOWN_ATTRIBUTE, ATTRIBUTE_JOINER, Dataset, DatasetError,
+    check_groups, load_dataset,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTH_PREFIX = "synth:"
 SYNTH_DEFAULTS = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
 SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int, "test_min": int}
 TEST_MIN_DEFAULTS = {"fundus": 300, "skin": 50}
+SYNTH_ATTRIBUTES = {"fundus": FUNDUS_ATTRIBUTES, "skin": (*SKIN_ATTRIBUTES, "fitzpatrick")}
+"""The attributes each generator writes (training.synth's metadata columns, read by training.data)."""
 
 BAD_SYNTH_SPEC = (
     "data '{spec}' is not a valid synthetic spec: {reason}; write e.g. synth:fundus or "
@@ -122,19 +126,32 @@ def load(spec: str, *, progress: bool = True) -> Dataset:
     return load_dataset(materialize(spec, progress=progress))
 
 
-def data_problems(cfg: TrainConfig) -> list[str]:
-    """Every problem with the data and the attributes a config names (metadata only, no images)."""
-    if cfg.data.startswith(SYNTH_PREFIX):
+def data_problems(data: str, attributes: Sequence[str | None]) -> list[str]:
+    """What can be told of `data` and the `attributes` a config names without reading a file.
+
+    A folder must exist (its attributes are checked by `dataset_problems` when the job starts); a
+    synthetic spec must parse, and its attributes are the generator's own.
+    """
+    if data.startswith(SYNTH_PREFIX):
         try:
-            parse_synth(cfg.data)
-        except ValueError:
-            return []  # static_problems already names it
-    try:
-        dataset = load(cfg.data, progress=False)
-    except (DatasetError, ValueError) as err:
-        return [str(err)]
+            task = parse_synth(data).task
+        except ValueError as err:
+            return [str(err)]
+        available = SYNTH_ATTRIBUTES[task]
+        problems = []
+        for attribute in dict.fromkeys(a for a in attributes if a):
+            for name in attribute.split(ATTRIBUTE_JOINER):
+                if name.strip() not in available:
+                    problems.append(UNKNOWN_ATTRIBUTE.format(attribute=name.strip(), available=", ".join(available)))
+        return problems
+    folder = Path(data).expanduser()
+    return [] if folder.is_dir() else [ROOT_MISSING.format(root=folder)]
+
+
+def dataset_problems(dataset: Dataset, attributes: Sequence[str | None]) -> list[str]:
+    """Every problem of the loaded dataset with the attributes named: unknown, or a group without training samples."""
     problems = []
-    for attribute in dict.fromkeys(a for a in (cfg.attribute, cfg.cmac_attribute, *cfg.eval_attributes) if a):
+    for attribute in dict.fromkeys(a for a in attributes if a):
         try:
             check_groups(dataset, attribute, "train")
         except DatasetError as err:

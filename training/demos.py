@@ -19,11 +19,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from training.config import TrainConfig
-from training.losses import METHODS
+from training.methods import NAMES as METHODS
 from training.rundir import DEMO_RUNS_DIR
 from training.train import train
 
@@ -45,7 +44,7 @@ DEMOS: dict[str, TrainConfig] = {
 
 
 def demo_config(task: str, method: str, runs_dir: Path) -> TrainConfig:
-    return replace(DEMOS[task], method=method, runs_dir=str(runs_dir), run_name=f"{task}-{method}")
+    return DEMOS[task].replace(method=method, runs_dir=str(runs_dir), run_name=f"{task}-{method}")
 
 
 def build(out: Path = DEMO_RUNS_DIR, *, tasks: Sequence[str] = tuple(DEMOS), methods: Sequence[str] = METHODS,

@@ -1,6 +1,6 @@
 """Group statistics across ranks: gather every rank's part of the effective batch, keeping gradients.
 
-FR's soft MaxAccGap (paper 000, Eq. 6) and CMAC's subgroup MMD (paper 004) are not sums over samples,
+FR's soft MaxAccGap (Gu et al., Eq. 6) and CMAC's subgroup MMD (CMAC-MMD) are not sums over samples,
 so under data parallelism each rank must see the whole effective batch to compute them. Every rank
 gathers all ranks' logits with a *differentiable* all-gather and computes the same global loss L.
 The all-gather's backward sums, into each rank's slice, the gradients that all ranks' copies of L

@@ -28,16 +28,16 @@ TASK_MISMATCH = "run '{run}' was trained for task '{task}' but {data} is a '{oth
 
 def load_run_classifier(run: rundir.RunInfo) -> Classifier:
     """The run's base model with its adapter (and head) loaded, in eval mode."""
-    cfg = run.config
-    clf = load_classifier(cfg["backbone"], task=run.task, dtype=DTYPES[cfg.get("dtype", "float32")],
-                          min_pixels=cfg.get("min_pixels"), max_pixels=cfg.get("max_pixels"))
+    cfg = run.settings
+    clf = load_classifier(run.backbone, task=run.task, dtype=DTYPES[cfg.dtype],
+                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     load_adapter(clf, run.path / rundir.ADAPTER, adapter_name="default")
     return clf.eval()
 
 
 def report_attributes(run: rundir.RunInfo, columns: Sequence[str], requested: Sequence[str]) -> list[str]:
     """Requested attributes, else the run's, keeping those whose columns exist in the predictions."""
-    wanted = list(requested) or list(run.config.get("dataset", {}).get("group_counts", {})) or [run.config["attribute"]]
+    wanted = list(requested) or list(run.record.group_counts) or [run.settings.attribute]
     return [a for a in wanted if all(part in columns for part in a.split("+"))]
 
 

@@ -16,7 +16,7 @@ default adapter. The three checks, each with the figure that decided it:
   AUC is U / (n_pos n_neg)).
 
 Levelling down needs a reference run (did every group get worse than under vanilla?), so it is
-judged where two runs meet: ``inference.compare`` and the reproduction report.
+judged where two runs meet: ``inference.compare_engine`` and the reproduction report (``inference.report``).
 """
 from __future__ import annotations
 

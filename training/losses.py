@@ -6,7 +6,7 @@ than float32 (bf16/fp16 logits under mixed precision) are promoted to float32 be
 softmax, mean or kernel, and float64 inputs stay float64 (the tests use that).
 
 Group statistics are only meaningful over the samples they are computed on: the caller passes the
-*effective* batch (every micro-batch of one optimiser step, gathered over ranks), see DESIGN.md.
+*effective* batch (every micro-batch of one optimiser step, gathered over ranks), see docs/architecture.md.
 
 Equations cited as "Eq. k" are Gu et al.'s fair-LoRA paper for glaucoma (Eqs. 1-9); CMAC-MMD is
 Zhang et al., intersectional fairness in vision-language models (CLIP + MMD of certainty margins).
@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("vanilla", "fr", "gr", "hybrid", "cmac")
-LAMBDA_METHODS = ("fr", "hybrid", "cmac")  # objectives with a λ-weighted fairness term
-"""Objective names accepted by :func:`compute_loss`."""
+from training import methods
+from training.methods import DEFAULT_BANDWIDTH, LAMBDA_METHODS, NAMES as METHODS  # re-exported for callers
 
 # Error messages: module constants so that callers and tests can match them word for word.
 UNKNOWN_METHOD = "unknown method {method!r}; choose one of: {choices}"
@@ -47,10 +46,6 @@ MIN_BANDWIDTH = 0.5
 """Floor of the median-heuristic width, in logit-margin units (a margin of 0.5 is an odds ratio of
 1.65 between the classes): below it the heuristic makes the CMAC penalty scale-free (see
 :func:`median_bandwidth`)."""
-DEFAULT_BANDWIDTH = 1.0
-"""CMAC's fixed RBF width in logit-margin units (log-odds). CMAC-MMD leaves its bandwidth unspecified;
-a fixed width on the margins' own scale cannot be shrunk by shrinking the margins, unlike the median
-heuristic, so a constant classifier is no refuge from the penalty."""
 EMPTY_BATCH = "{name} is empty; a loss needs at least one sample"
 NOT_1D = "{name} must be 1-D (one value per sample), got shape {shape}"
 LENGTH_MISMATCH = "{name} has {got} entries but the batch has {n} samples"
@@ -76,7 +71,7 @@ class LossParts(NamedTuple):
 
 
 def soft_accuracy_gap(p_true: Tensor, groups: Tensor) -> Tensor:
-    """Soft MaxAccGap (paper 000, Eqs. 5-6): max_s − min_s of the mean true-class probability.
+    """Soft MaxAccGap (Gu et al., Eqs. 5-6): max_s − min_s of the mean true-class probability.
 
     Only groups present in the batch count: an absent group has no soft accuracy, and treating it as
     0 would make the gap meaningless. With one group present the gap is 0 and its gradient a valid
@@ -99,7 +94,7 @@ def soft_accuracy_gap(p_true: Tensor, groups: Tensor) -> Tensor:
 
 
 def group_weights(counts: Tensor | Sequence[int], w_max: float) -> Tensor:
-    """Inverse-frequency group weights of Eq. 8 (paper 000): w_s = min(N / N_s, w_max).
+    """Inverse-frequency group weights of Eq. 8 (Gu et al.): w_s = min(N / N_s, w_max).
 
     ``counts`` are the training-split sizes N_s of every group (index = group id), N = Σ_s N_s.
     The clip at w_max (paper: 10) bounds how much one minority sample can outweigh a majority
@@ -232,12 +227,12 @@ def cmac_mmd(margins: Tensor, subgroups: Tensor, bandwidth: float | None) -> Ten
 
 
 def certainty_margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-sample certainty margin (paper 004): true-class score minus the best other class's score.
+    """Per-sample certainty margin (CMAC-MMD): true-class score minus the best other class's score.
 
     Positive when the sample is classified correctly, and larger the more certain. The other classes
     are found by masking the true class with −inf before ``max``, so any number of classes works.
 
-    Paper 004 defines the margin on CLIP cosine similarities. FairDx computes it on whatever class
+    CMAC-MMD defines the margin on CLIP cosine similarities. FairDx computes it on whatever class
     logits the backbone returns, so for CLIP (logits = scale · cosine) it is scale × the paper's
     margin. To reproduce the paper, either divide by the logit scale before calling (the caller
     knows the scale; this module does not) or, equivalently for the MMD value, pass
@@ -272,12 +267,12 @@ def compute_loss(
 ) -> LossParts:
     """The five FairDx objectives on one (effective) batch.
 
-    - vanilla: mean CE (paper 000, Eq. 3).
+    - vanilla: mean CE (Gu et al., Eq. 3).
     - fr: mean CE + λ · soft MaxAccGap (Eqs. 4-6), p_true = softmax(logits)[label].
     - gr: group-weighted CE (Eq. 8), normalised as ``Σ_i w_{g_i} CE_i / Σ_i w_{g_i}``; see below.
     - hybrid: gr + λ · soft MaxAccGap (Eq. 9).
     - cmac: mean CE + λ · :func:`cmac_mmd` of the certainty margins over intersectional subgroups
-      (paper 004).
+      (CMAC-MMD).
 
     GR normalisation. Eq. 8 reads Σ_s w_s · CE_s with CE_s the mean CE of group s. Taken literally
     with w_s = N / N_s it counts group size twice (the group mean already removes it): a sample's
@@ -323,6 +318,7 @@ def compute_loss(
     """
     if method not in METHODS:
         raise ValueError(UNKNOWN_METHOD.format(method=method, choices=", ".join(METHODS)))
+    spec = methods.get(method)
     if isinstance(lam, bool) or not isinstance(lam, Real) or not lam >= 0:
         raise ValueError(NEGATIVE_LAM.format(lam=lam))
     _check_logits(logits)
@@ -334,22 +330,22 @@ def compute_loss(
     ce_per_sample = F.cross_entropy(logits, labels, reduction="none")
     zero = ce_per_sample.new_zeros(())
 
-    if method in ("gr", "hybrid"):
+    if spec.group_weighted:
         ce = _group_weighted_ce(ce_per_sample, groups, group_weight, method)
     else:
         ce = ce_per_sample.mean()
 
     if fairness_mask is not None:
         _check_mask(fairness_mask, n)
-    if method in LAMBDA_METHODS and fairness_mask is not None and not bool(fairness_mask.any()):
+    if spec.uses_lambda and fairness_mask is not None and not bool(fairness_mask.any()):
         fairness = ce_per_sample.sum() * 0.0  # nobody takes part: a zero inside the graph
-    elif method in ("fr", "hybrid"):
+    elif spec.fairness_term == methods.SOFT_GAP:
         # p_true = softmax(logits)[label] = exp(−CE_i): reuses the CE already computed.
         p_true = torch.exp(-ce_per_sample)
         if fairness_mask is not None:
             p_true, groups = p_true[fairness_mask], groups[fairness_mask]
         fairness = soft_accuracy_gap(p_true, groups)
-    elif method == "cmac":
+    elif spec.fairness_term == methods.MMD:
         if margins is None:
             margins = certainty_margin(logits, labels)
         else:
@@ -364,7 +360,7 @@ def compute_loss(
     else:
         fairness = zero
 
-    total = ce + lam * fairness if method not in ("vanilla", "gr") else ce
+    total = ce + lam * fairness if spec.uses_lambda else ce
     return LossParts(total=total, ce=ce, fairness=fairness)
 
 

@@ -8,7 +8,7 @@ without access to the real data:
 
 - ``fundus`` -- colour-fundus-like images for glaucoma detection, written in the Harvard-FairVLMed
   layout (``Training/ Validation/ Test/`` folders of ``data_XXXXX.npz`` plus ``data_summary.csv``).
-  Group mix as in paper 000, section 4.1: race White/Black/Asian 76.9/14.9/8.2 %, ethnicity
+  Group mix as in Gu et al., section 4.1: race White/Black/Asian 76.9/14.9/8.2 %, ethnicity
   non-Hispanic/Hispanic/unknown 90.3/4.3/5.4 %, gender Female/Male 57.1/42.9 % (the paper's
   figures: "Male 42.9%, Female 57.1%"); 70/10/20 split stratified by (race, ethnicity, gender, label).
 - ``skin`` -- dermoscopy-like lesion images for malignant-vs-benign classification, written in the

@@ -3,8 +3,8 @@
 A task fixes what the model is asked and what the two classes are called:
 
 - the Qwen2.5-VL classifier puts ``question`` into the chat template next to the image
-  (paper 000 §3.1: "a fundus photograph and a clinical question");
-- CLIP embeds the two ``class_prompts`` and scores the image against each (paper 004: alignment
+  (Gu et al., fair LoRA §3.1: "a fundus photograph and a clinical question");
+- CLIP embeds the two ``class_prompts`` and scores the image against each (CMAC-MMD: alignment
   between the image and each class description).
 
 Class index 0 is always the negative (healthy / benign) class and index 1 the positive one, which is
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training import methods
+
 
 @dataclass(frozen=True)
 class Task:
@@ -24,12 +26,15 @@ class Task:
     classes: display names of class 0 (negative) and class 1 (positive).
     question: the clinical question shown to a chat VLM together with the image.
     class_prompts: one text description per class, in class order, for CLIP-style scoring.
+    proposed_method: the objective the task's paper proposes (Gu et al.'s Hybrid for glaucoma, CMAC-MMD
+        for skin): the adapter Diagnose offers first.
     """
 
     name: str
     classes: tuple[str, str]
     question: str
     class_prompts: tuple[str, str]
+    proposed_method: str = methods.BASELINE.name
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +61,7 @@ TASKS: dict[str, Task] = {
             "a fundus photograph of a healthy optic nerve head",
             "a fundus photograph of an optic nerve head with glaucoma",
         ),
+        proposed_method=methods.HYBRID.name,
     ),
     "skin": Task(
         name="skin",
@@ -65,6 +71,7 @@ TASKS: dict[str, Task] = {
             "a dermoscopic image of a benign skin lesion",
             "a dermoscopic image of a malignant skin lesion",
         ),
+        proposed_method=methods.CMAC.name,
     ),
 }
 

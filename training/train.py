@@ -12,7 +12,13 @@ One loop you can read top to bottom (torchtune / litgpt style): set up → train
 
 SIGTERM (the Studio's Cancel) stops at the next step boundary, saves a checkpoint in the staging folder
 and exits with code 3; ``--resume`` continues from it and reaches the same weights as an uninterrupted
-run (same data order, restored RNG, optimiser and scheduler state).
+run (same data order; optimiser, scheduler and every process's RNG states restored: python, numpy,
+torch CPU and CUDA, so LoRA dropout repeats too).
+
+Under ``accelerate launch`` each process trains its share of every effective batch; only the main
+one writes the run folder (metrics.jsonl, checkpoint swap, publish), and a SIGTERM to any process
+stops them all at the same step. While a run trains, its name is locked (``rundir.lock_run``): a
+second trainer given the same --run-name stops with exit code 2 instead of removing the folder.
 
 Computing the loss on the concatenated micro-batches keeps every micro-batch's graph until the one
 backward: memory grows with ``grad_accum``. That is the price of exact group statistics; on several GPUs
@@ -21,6 +27,7 @@ prefer more devices over more accumulation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -28,7 +35,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, parse_flag_from_env
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -45,7 +52,9 @@ from training import data_spec, rundir
 from training.backbones import (
     Classifier, add_lora, certainty_margin, default_backbone, load_classifier, resolve_backbone, save_adapter,
 )
-from training.config import PAPER_LR, ConfigError, TrainConfig, add_arguments, from_args, validate
+from training.config import (
+    ERR_NOT_AN_OBJECT, PAPER_LR, ConfigError, TrainConfig, add_arguments, from_args, validate,
+)
 from training.data import Dataset, DatasetError, Sample, group_key
 from training.distributed import gather_with_grad
 from training.losses import compute_loss, group_weights
@@ -55,6 +64,9 @@ from training.metrics import evaluate_run
 EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EVAL_BATCH = 32
+CHECKPOINT_FORMAT = 2  # 2: accelerate's save_state (optimizer.bin, scheduler.bin, random_states_<rank>.pkl)
+CHECKPOINT_STATE = "state.pt"  # written last: its presence marks a complete checkpoint (rundir.checkpoint_in)
+CHECKPOINT_WEIGHTS = "trainable.safetensors"
 
 STAGING_WITHOUT_CHECKPOINT = "found an unfinished run folder {path} with no checkpoint; it was removed"
 STAGING_HAS_CHECKPOINT = (
@@ -63,6 +75,11 @@ STAGING_HAS_CHECKPOINT = (
 )
 NOTHING_TO_RESUME = "--resume: run '{name}' has no checkpoint in {path}; start it without --resume"
 CHECKPOINT_MISMATCH = "--resume: the checkpoint was made with a different config ({fields}); use the same flags"
+PROCESSES_MISMATCH = ("--resume: the checkpoint was made on {saved} process(es), this run has {now}; resume on "
+                      "{saved} (the effective batch, and so every step, depends on it)")
+CHECKPOINT_FORMAT_OLD = ("--resume: {path} was written by an older FairDx and cannot be resumed exactly; delete the "
+                         "run's staging folder and start it again")
+RNG_NOT_RESTORED = "--resume: the random number generators were not restored from {path} ({detail})"
 GROUP_LOST = "max_samples={n} leaves group '{group}' of '{attribute}' with no training samples; raise max_samples"
 
 
@@ -76,11 +93,11 @@ def resolve(cfg: TrainConfig, task: str) -> TrainConfig:
     backbone = cfg.backbone or default_backbone(task)
     lr = cfg.lr if cfg.lr != "auto" else recommended_lr(backbone)
     run_name = cfg.run_name or f"{task}-{cfg.method}-{cfg.attribute.replace('+', 'x')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(cfg, backbone=backbone, lr=float(lr), run_name=run_name)
+    return cfg.replace(backbone=backbone, lr=float(lr), run_name=run_name)
 
 
 def recommended_lr(backbone: str) -> float:
-    """The lr a checkpoint recommends in its fairdx_build.json (our embedded ones do), else seed 000's 1e-5."""
+    """The lr a checkpoint recommends in its fairdx_build.json (our embedded ones do), else Gu et al.'s 1e-5."""
     info = Path(resolve_backbone(backbone)) / "fairdx_build.json"
     if info.is_file():
         return float(json.loads(info.read_text()).get("recommended_lr", PAPER_LR))
@@ -164,11 +181,11 @@ def fairness_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def fairness_attribute(cfg: TrainConfig) -> str:
     """The attribute whose groups the method's fairness term compares (CMAC may name its own)."""
-    return (cfg.cmac_attribute or cfg.attribute) if cfg.method == "cmac" else cfg.attribute
+    return cfg.fairness_attribute
 
 
 def lr_lambda(warmup: int, total: int):
-    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (seed 000 §4.2)."""
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (Gu et al., fair LoRA §4.2)."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -181,48 +198,162 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-# ------------------------------------------------------------------------------------ checkpoint
-def save_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, step: int, cfg: TrainConfig) -> None:
-    """Trainable weights (safetensors), optimiser/scheduler state, step and RNG: all a resume needs.
+def _from_main_process(processes: PartialState, value: Any) -> Any:
+    """The main process's ``value`` on every process (a broadcast, so also a barrier)."""
+    if processes.num_processes == 1:
+        return value
+    return broadcast_object_list([value], from_process=0)[0]
 
-    Written beside ``path`` and renamed into place (rundir.checkpoint_in reads what a kill leaves).
+
+def _claim_run(name: str, runs_dir: Path, final: Path, staging: Path, resume: bool) -> rundir.RunLock:
+    """Main process: lock the run name, then check its staging folder and leave it ready to write.
+
+    The lock comes first, so these checks and the removal of an unfinished folder never race another
+    trainer (a Studio job, a second CLI) writing into the same run; that one holds the lock, and this
+    run stops with RUN_LOCKED instead. The caller releases the lock when the run ends.
+    """
+    if resume and not runs_dir.is_dir():
+        raise ConfigError([NOTHING_TO_RESUME.format(name=name, path=staging)])
+    try:
+        lock = rundir.lock_run(runs_dir, name)
+    except OSError as err:
+        raise ConfigError([f"cannot lock run '{name}' in {runs_dir}: {err}"]) from None
+    if lock is None:
+        raise ConfigError([rundir.run_locked_message(runs_dir, name)])
+    try:
+        checkpoint, found = staging / rundir.CHECKPOINT, rundir.checkpoint_in(staging)
+        if final.exists():
+            raise ConfigError([rundir.RUN_EXISTS.format(name=name, runs_dir=runs_dir)])
+        if resume and found is None:
+            raise ConfigError([NOTHING_TO_RESUME.format(name=name, path=staging)])
+        if resume and found is not None and found != checkpoint:  # killed between save_checkpoint's renames
+            found.rename(checkpoint)
+        if not resume and staging.exists():
+            if found is not None:
+                raise ConfigError([STAGING_HAS_CHECKPOINT.format(name=name, path=staging)])
+            print(STAGING_WITHOUT_CHECKPOINT.format(path=staging), file=sys.stderr)
+            _rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        lock.release()
+        raise ConfigError([f"cannot prepare the run folder {staging}: {err}"]) from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+# ------------------------------------------------------------------------------------ checkpoint
+def save_checkpoint(accelerator: Accelerator, path: Path, step: int, cfg: TrainConfig) -> None:
+    """All a resume needs, from every process; call it on every process at a step boundary.
+
+    ``accelerator.save_state`` writes the optimiser and scheduler state, the trainable weights (LoRA and
+    head: ``_checkpoint_weights``; the frozen backbone is the base checkpoint's) and *each process's*
+    RNG states (python ``random``, numpy's global generator, torch CPU and, when there is one, every
+    CUDA device: ``random_states_<rank>.pkl``). The main process then writes ``state.pt`` (step, config,
+    number of processes), which marks the checkpoint complete (``rundir.checkpoint_in``).
+    Written beside ``path`` and renamed into place, so a kill at any moment leaves a complete checkpoint.
     """
     tmp = path.with_name(rundir.CHECKPOINT_TMP)
-    tmp.mkdir(parents=True, exist_ok=True)
-    trainable = {n: p.detach().cpu().contiguous() for n, p in clf.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "trainable.safetensors"))
-    torch.save({
-        "step": step, "config": cfg.to_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].tolist(),
-        "python_rng": list(random.getstate()[1]),
-    }, tmp / "state.pt")
-    if path.exists():
-        old = path.with_name(rundir.CHECKPOINT_OLD)
-        _rmtree(old)  # left by a kill during the last swap's cleanup; `path` is the newer one
-        path.rename(old)
-        tmp.rename(path)
-        _rmtree(old)
-    else:
-        tmp.rename(path)
+    if accelerator.is_main_process:
+        _rmtree(tmp)  # left by a kill during an earlier save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank's RNG file is on disk
+    if accelerator.is_main_process:
+        torch.save({"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.to_dict(),
+                    "num_processes": accelerator.num_processes}, tmp / CHECKPOINT_STATE)
+        if path.exists():
+            old = path.with_name(rundir.CHECKPOINT_OLD)
+            _rmtree(old)  # left by a kill during the last swap's cleanup; `path` is the newer one
+            path.rename(old)
+            tmp.rename(path)
+            _rmtree(old)
+        else:
+            tmp.rename(path)
+    accelerator.wait_for_everyone()
 
 
-def load_checkpoint(path: Path, clf: Classifier, optimizer, scheduler, cfg: TrainConfig) -> int:
-    state = torch.load(path / "state.pt", weights_only=True)
+def checkpoint_step(path: Path, cfg: TrainConfig, num_processes: int) -> int:
+    """The step a checkpoint was saved at, once it is known to continue this very run."""
+    state = torch.load(path / CHECKPOINT_STATE, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError([CHECKPOINT_FORMAT_OLD.format(path=path)])
     differs = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k not in ("trackers",)]
     if differs:
         raise ConfigError([CHECKPOINT_MISMATCH.format(fields=", ".join(differs))])
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(clf.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(("MT19937", np.array(state["numpy_rng"], dtype=np.uint32), 0, 0, 0.0))
-    random.setstate((3, tuple(state["python_rng"]), None))
+    if state["num_processes"] != num_processes:
+        raise ConfigError([PROCESSES_MISMATCH.format(saved=state["num_processes"], now=num_processes)])
     return int(state["step"])
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> None:
+    """Restore weights, optimiser, scheduler and every RNG of this process from a checkpoint.
+
+    Call it right before the first step: whatever draws random numbers during setup (model loading,
+    trackers) then cannot move the RNGs away from where the interrupted run left them. accelerate only
+    logs a failure to restore the RNGs; ``_check_rng_restored`` makes it an error.
+    """
+    accelerator.load_state(str(path))
+    _check_rng_restored(path, accelerator.process_index)
+
+
+def _checkpoint_weights(accelerator: Accelerator, clf: Classifier) -> None:
+    """Make save_state/load_state keep only the trainable parameters (a few MB instead of the backbone)."""
+    def save(models, weights, output_dir) -> None:
+        if accelerator.is_main_process:
+            trainable = {n: p.detach().cpu().contiguous() for n, p in clf.named_parameters() if p.requires_grad}
+            save_file(trainable, str(Path(output_dir) / CHECKPOINT_WEIGHTS))
+        weights.clear()  # accelerate would write the whole model's state dict
+
+    def load(models, input_dir) -> None:
+        weights = load_file(str(Path(input_dir) / CHECKPOINT_WEIGHTS))
+        params = dict(clf.named_parameters())
+        missing = sorted(n for n, p in params.items() if p.requires_grad and n not in weights)
+        if missing:
+            raise ConfigError([CHECKPOINT_FORMAT_OLD.format(path=input_dir)])
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        models.clear()  # loaded: accelerate must not look for a full state dict
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG a training step may draw from (what accelerate saves per process)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global one)
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _check_rng_restored(path: Path, rank: int) -> None:
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as accelerate_load
+
+    file = path / f"{RNG_STATE_NAME}_{rank}.pkl"
+    try:
+        saved = accelerate_load(file)
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError([RNG_NOT_RESTORED.format(path=file, detail=err)]) from None
+    now = rng_states()
+    numpy_now, numpy_saved = now["numpy"], saved["numpy_random_seed"]
+    same = {
+        "python": now["python"] == saved["random_state"],
+        "numpy": numpy_now[0] == numpy_saved[0] and np.array_equal(numpy_now[1], numpy_saved[1])
+        and tuple(numpy_now[2:]) == tuple(numpy_saved[2:]),
+        "torch": torch.equal(now["torch"], saved["torch_manual_seed"]),
+    }
+    if "cuda" in now:
+        cuda_saved = saved.get("torch_cuda_manual_seed") or []
+        same["cuda"] = len(cuda_saved) == len(now["cuda"]) and all(
+            torch.equal(a, b) for a, b in zip(now["cuda"], cuda_saved, strict=True))
+    wrong = [name for name, ok in same.items() if not ok]
+    if wrong:
+        raise ConfigError([RNG_NOT_RESTORED.format(path=file, detail=f"{', '.join(wrong)} not restored")])
 
 
 def _rmtree(path: Path) -> None:
@@ -256,43 +387,56 @@ def eval_attributes(cfg: TrainConfig, dataset: Dataset) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run one training job end to end and return the published run directory.
+    """Run one training job end to end and return the published run directory (on a process other than
+    the main one: where the main one publishes it).
 
     SIGTERM/SIGINT are caught from the start, so a cancel while the model loads still ends with a
-    checkpoint and exit code 3; the previous handlers are restored however the run ends.
+    checkpoint and exit code 3; the previous handlers are restored however the run ends, and the
+    run's lock (``rundir.lock_run``) is released.
+
+    Under ``accelerate launch`` every process runs this; only the main one touches the run folder
+    (lock, staging checks, metrics.jsonl, checkpoint swap, publish) and the others follow it.
     """
     stop = _StopFlag()
-    try:
-        return _train(cfg, resume=resume, progress=progress, stop=stop)
-    finally:
-        stop.restore()
+    with contextlib.ExitStack() as held:
+        try:
+            return _train(cfg, resume=resume, progress=progress, stop=stop, held=held)
+        finally:
+            stop.restore()
 
 
-def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -> Path:
+def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, held: contextlib.ExitStack) -> Path:
     validate(cfg)
     if cfg.num_threads:
         # Busy-waiting OpenMP threads on a shared machine cost more than they give small models
         # (measured: 10.5 s on 1 thread vs 174 s on 2 under load for the same 50 steps).
         torch.set_num_threads(cfg.num_threads)
     dataset = data_spec.load(cfg.data, progress=progress)
+    problems = data_spec.dataset_problems(dataset, [cfg.attribute, cfg.cmac_attribute, *cfg.eval_attributes])
+    if problems:
+        raise ConfigError(problems)
     cfg = resolve(cfg, dataset.task)
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() makes it
+    cfg = _from_main_process(processes, cfg)  # one run name (it may hold the time) on every process
     runs_dir = Path(cfg.runs_dir)
     final, staging = runs_dir / cfg.run_name, rundir.staging_dir(runs_dir, cfg.run_name)
     checkpoint = staging / rundir.CHECKPOINT
-    found = rundir.checkpoint_in(staging)
-    if final.exists():
-        raise ConfigError([rundir.RUN_EXISTS.format(name=cfg.run_name, runs_dir=runs_dir)])
-    if resume and found is None:
-        raise ConfigError([NOTHING_TO_RESUME.format(name=cfg.run_name, path=staging)])
-    if resume and found != checkpoint:  # killed between the two renames of save_checkpoint
-        found.rename(checkpoint)
-    if not resume and staging.exists():
-        if found is not None:
-            raise ConfigError([STAGING_HAS_CHECKPOINT.format(name=cfg.run_name, path=staging)])
-        _rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+    problems = []
+    if processes.is_main_process:
+        try:
+            held.callback(_claim_run(cfg.run_name, runs_dir, final, staging, resume).release)
+        except ConfigError as err:
+            problems = err.problems
+    problems = _from_main_process(processes, problems)  # the others wait here until the folder is ready
+    if problems:
+        raise ConfigError(problems)
 
-    accelerator = Accelerator(log_with=cfg.trackers or None, project_dir=str(staging / "trackers"))
+    # step_scheduler_with_optimizer=False: accelerate would step the scheduler once per process each step;
+    # broadcast_buffers=False: the models' buffers are constants (rotary frequencies, position ids), and
+    # DDP's broadcast of them before every forward is one more collective the ranks must keep in step
+    accelerator = Accelerator(log_with=cfg.trackers or None, project_dir=str(staging / "trackers"),
+                              step_scheduler_with_optimizer=False,
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
 
@@ -319,29 +463,41 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
     model, optimizer, scheduler = accelerator.prepare(clf, optimizer, scheduler)
-    start_step = load_checkpoint(checkpoint, clf, optimizer, scheduler, cfg) if resume else 0
+    _checkpoint_weights(accelerator, clf)
+    start_step = checkpoint_step(checkpoint, cfg, world) if resume else 0
 
-    log_path = staging / rundir.METRICS
-    log = _open_log(log_path, start_step, total_steps)
+    main_process = accelerator.is_main_process
+    log = _open_log(staging / rundir.METRICS, start_step, total_steps) if main_process else None
     if cfg.trackers:
         accelerator.init_trackers(cfg.run_name, config={k: str(v) for k, v in cfg.to_dict().items()})
-    print(f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
-          f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective}", file=sys.stderr)
+    if main_process:
+        print(f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
+              f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective} on {world} process(es)",
+              file=sys.stderr)
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step", disable=not progress)
-    started, step_times, loss, done, active = time.perf_counter(), [], float("nan"), start_step, 0
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
+               disable=not (progress and main_process))
+    started, step_times, loss, done, active, stopped = time.perf_counter(), [], float("nan"), start_step, 0, False
     order, order_epoch = None, -1
     model.train()
+    if resume:
+        load_checkpoint(accelerator, checkpoint)  # last: no setup step may draw from the restored RNGs
     for step in range(start_step, total_steps):
-        if stop.requested:
+        if _stop_everywhere(accelerator, stop):
+            stopped = True
             break
         t0 = time.perf_counter()
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(samples), epoch, cfg, fair_groups), epoch
-        index = order[position * effective:(position + 1) * effective][rank::world]
+        window = order[position * effective:(position + 1) * effective]
+        index = window[rank::world]
+        # The last step of an epoch may give the ranks unequal shares (or none): a short share is
+        # padded with samples whose logits are dropped, so every rank runs the same forwards and takes
+        # part in DDP's backward (a rank with fewer forwards would hang the others' collectives).
+        padded = torch.cat([index, window[:math.ceil(len(window) / world) - len(index)]])
         logits = torch.cat([model(clf.preprocess([samples[i].load_image() for i in micro]))
-                            for micro in batches(index.tolist(), cfg.batch_size)])
+                            for micro in batches(padded.tolist(), cfg.batch_size)])[:len(index)]
         # every rank computes the loss of the whole effective batch (differentiable all-gather)
         lam = fairness_weight(cfg, step, steps_per_epoch)
         parts = compute_loss(
@@ -363,7 +519,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             record = {"step": step + 1, "total_steps": total_steps, "epoch": round((step + 1) / steps_per_epoch, 4),
                       "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(), "lam": lam,
-                      "lr": scheduler.get_last_lr()[0], "samples_per_s": len(index) * world / step_times[-1],
+                      "lr": scheduler.get_last_lr()[0], "samples_per_s": len(window) / step_times[-1],
                       "elapsed_s": round(time.perf_counter() - started, 3)}
             _write_line(log, record)
             accelerator.log({k: v for k, v in record.items() if k != "total_steps"}, step=step + 1)
@@ -371,19 +527,20 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", fair=f"{parts.fairness.item():.4f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, step + 1, cfg)
+            save_checkpoint(accelerator, checkpoint, step + 1, cfg)
     bar.close()
-    if stop.requested and done < total_steps:
-        save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, done, cfg)
+    if stopped:
+        save_checkpoint(accelerator, checkpoint, done, cfg)
         _write_line(log, {"event": "interrupted", "step": done, "time": time.time()})
-        log.close()
+        _close(log)
         raise Interrupted(f"stopped at step {done}/{total_steps}; checkpoint saved in {checkpoint}")
     seconds = time.perf_counter() - started
     _write_line(log, {"event": "end", "seconds": round(seconds, 3), "time": time.time()})
-    log.close()
+    _close(log)
+    accelerator.wait_for_everyone()  # every process has trained; the others need not wait for publish
     accelerator.end_training()
 
-    if accelerator.is_main_process:
+    if main_process:
         publish(cfg, dataset, accelerator.unwrap_model(model), staging, final, counts, group_names, {
             "steps": total_steps - start_step, "total_steps": total_steps, "seconds": round(seconds, 3),
             "seconds_per_step": round(float(np.median(step_times)), 5) if step_times else None,
@@ -393,7 +550,6 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag) -
             # share of steps whose batch let the fairness term act (FR needs 2 groups, CMAC 2 subgroups of >= 2)
             "fairness_active_fraction": round(active / max(1, total_steps - start_step), 4),
         }, progress)
-    accelerator.wait_for_everyone()
     return final
 
 
@@ -470,8 +626,26 @@ def _open_log(path: Path, start_step: int, total_steps: int):
 
 
 def _write_line(log, record: dict) -> None:
+    """Append one record to metrics.jsonl (``log`` is None on every process but the main one)."""
+    if log is None:
+        return
     log.write(json.dumps(record) + "\n")
     log.flush()
+
+
+def _close(log) -> None:
+    if log is not None:
+        log.close()
+
+
+def _stop_everywhere(accelerator: Accelerator, stop: _StopFlag) -> bool:
+    """Whether any process was asked to stop; all then stop at the same step boundary (else one would
+    wait forever in the next step's all-gather while the others save their checkpoint)."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    if stop.requested:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -503,15 +677,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:
         print(f"interrupted: {err}; resume with the same flags plus --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"run complete: {run}")
+    if PartialState().is_main_process:  # the others return as soon as they have trained
+        print(f"run complete: {run}")
     return EXIT_OK
 
 
-def _read_config_file(path: Path) -> TrainConfig:
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a --config file (a --save-config file or a run's own config.json)."""
     try:
-        return TrainConfig.from_json(path)
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError([f"cannot read config file {path}: {err}"]) from None
+    if not isinstance(values, dict):
+        raise ConfigError([ERR_NOT_AN_OBJECT.format(path=path)])
+    return values
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Backbones: one classifier interface over Qwen2.5-VL and CLIP (see DESIGN.md, "Backbones").
+"""Backbones: one classifier interface over Qwen2.5-VL and CLIP (see docs/architecture.md, "Backbones").
 
     clf = load_classifier("assets/backbones/tiny-qwen2.5-vl", task="fundus")
     clf = add_lora(clf)                      # r=32, alpha=64, dropout 0.05
@@ -26,12 +26,8 @@ from training.tasks import Task, get_task
 FAMILIES: dict[str, type[Classifier]] = {"qwen2_5_vl": QwenVLClassifier, "clip": ClipClassifier}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The embedded default of each demo task, as the demo runs use them (paper 000: a VLM for fundus;
-# paper 004: CLIP for skin). Paths are relative to the repository so runs stay portable.
-EMBEDDED_BACKBONES: dict[str, str] = {
-    "fundus": "assets/backbones/tiny-qwen2.5-vl",
-    "skin": "assets/backbones/tiny-clip",
-}
+# The embedded default of each demo task (a torch-free constant, so studio.settings can read it cheaply).
+from training.embedded import EMBEDDED_BACKBONES  # noqa: E402
 
 
 def default_backbone(task: str) -> str:

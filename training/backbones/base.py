@@ -1,6 +1,6 @@
 """What every backbone family gives the rest of FairDx: class logits and a certainty margin.
 
-The margin (true-class score minus the best other class, paper 004) is `training.losses.certainty_margin`
+The margin (true-class score minus the best other class, CMAC-MMD) is `training.losses.certainty_margin`
 applied to these logits; it is re-exported here so backbone users need one import.
 
 A `Classifier` owns a plain Hugging Face model in ``self.model`` (later the `peft.PeftModel` that
@@ -97,6 +97,21 @@ class Classifier(nn.Module):
     def input_description(self) -> str:
         return ""
 
+    # ------------------------------------------------------------------ image budget
+    @property
+    def image_budget(self) -> tuple[int | None, int | None]:
+        """(min_pixels, max_pixels) that `preprocess` resizes images into; None: the checkpoint's own value.
+
+        A family without a pixel budget (CLIP: one fixed input size) always reports (None, None).
+        """
+        return (None, None)
+
+    def set_image_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Preprocess images under this pixel budget from now on (None: the checkpoint's value); the weights
+        are shared, only the image processor changes. ValueError if the family has no pixel budget."""
+        if (min_pixels, max_pixels) != (None, None):
+            raise ValueError(f"a {self.family} model has no pixel budget")
+
     # ------------------------------------------------------------------ shared helpers
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -131,13 +146,18 @@ def load_parts(name_or_path: str, *, dtype: torch.dtype, gradient_checkpointing:
     No `AutoProcessor`: Qwen2.5-VL's needs torchvision (FEASIBILITY §2). backend="pil" gives identical
     pixels on every host (torchvision resizes slightly differently).
     """
-    image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil", **image_processor_kwargs)
+    image_processor = load_image_processor(name_or_path, **image_processor_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
     if gradient_checkpointing:
         # Non-reentrant: works when the inputs of checkpointed blocks do not require grad (frozen base + LoRA).
         model.activation_checkpointing_enable({"use_reentrant": False})
     return tokenizer, image_processor, model
+
+
+def load_image_processor(name_or_path: str, **kwargs):
+    """A checkpoint's image processor (PIL backend, see `load_parts`), e.g. with min_pixels / max_pixels."""
+    return AutoImageProcessor.from_pretrained(name_or_path, backend="pil", **kwargs)
 
 
 def lora_module_names(clf: Classifier) -> list[str]:

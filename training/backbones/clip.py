@@ -1,6 +1,6 @@
 """CLIP as a binary classifier: logits = logit_scale.exp() * cosine(image embedding, class-prompt embedding).
 
-Paper 004 (CMAC-MMD) fine-tunes CLIP and scores each image against one text description per class;
+CMAC-MMD (CMAC-MMD) fine-tunes CLIP and scores each image against one text description per class;
 its per-sample alignment score is the margin between the correct and the best competing class, which
 `certainty_margin` computes from these logits. LoRA goes on both towers, so the prompts are tokenised
 once but embedded again in every forward pass.

@@ -37,7 +37,7 @@ HEAD_WEIGHTS = "head.safetensors"
 def add_lora(
     clf: Classifier, *, r: int = 32, alpha: int = 64, dropout: float = 0.05, seed: int | None = None
 ) -> Classifier:
-    """Wrap the classifier's Hugging Face model with LoRA (paper 000 §4: r=32, alpha=64, dropout 0.05).
+    """Wrap the classifier's Hugging Face model with LoRA (Gu et al., fair LoRA §4: r=32, alpha=64, dropout 0.05).
 
     PEFT freezes every base parameter; what stays trainable is the LoRA matrices plus the family's
     own head (Qwen). Raises if the adapter landed anywhere but the family's target modules.

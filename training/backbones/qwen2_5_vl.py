@@ -1,6 +1,6 @@
 """Qwen2.5-VL as a binary classifier: image + clinical question -> last-token hidden state -> linear head.
 
-Paper 000 §4 ("Last Token Pooling"): under causal attention the final token has attended to the
+Gu et al., fair LoRA §4 ("Last Token Pooling"): under causal attention the final token has attended to the
 whole image and question, so its last-layer hidden state feeds a ``Linear(hidden, 2)`` head.
 
 The prompt is built without ``Qwen2_5_VLProcessor`` (it needs torchvision, which does not work with
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from training.backbones.base import Classifier, load_parts
+from training.backbones.base import Classifier, load_image_processor, load_parts
 from training.tasks import Task, get_task
 
 IMAGE_PAD = "<|image_pad|>"
@@ -34,15 +34,18 @@ def pool_last_token(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 class QwenVLClassifier(Classifier):
     family = "qwen2_5_vl"
-    # Only the language model's attention projections (paper 000 §4: q, k, v, o; vision tower frozen).
+    # Only the language model's attention projections (Gu et al., fair LoRA §4: q, k, v, o; vision tower frozen).
     # The vision tower's attention is a fused `attn.qkv` / `attn.proj`, so it could not match anyway;
     # `check_lora` asserts it.
     lora_target_modules = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj)"
 
-    def __init__(self, model, *, base_model_id: str, task: Task, tokenizer, image_processor, seed: int = 0):
+    def __init__(self, model, *, base_model_id: str, task: Task, tokenizer, image_processor, seed: int = 0,
+                 image_budget: tuple[int | None, int | None] = (None, None)):
         super().__init__(model, base_model_id=base_model_id, task=task)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self._image_budget: tuple[int | None, int | None] = (image_budget[0], image_budget[1])  # image_processor's
+        self._image_processors = {self._image_budget: image_processor}  # one per budget asked for, loaded once
         self.image_token_id = model.config.image_token_id
         if tokenizer.convert_tokens_to_ids(IMAGE_PAD) != self.image_token_id:
             raise ValueError(
@@ -75,7 +78,7 @@ class QwenVLClassifier(Classifier):
         )
         return cls(
             model, base_model_id=str(name_or_path), task=task, tokenizer=tokenizer,
-            image_processor=image_processor, seed=seed,
+            image_processor=image_processor, seed=seed, image_budget=(min_pixels, max_pixels),
         )
 
     def set_task(self, task: str | Task) -> None:
@@ -114,6 +117,19 @@ class QwenVLClassifier(Classifier):
     def input_description(self) -> str:
         size = self.image_processor.size
         return f"pixels {size['shortest_edge']}..{size['longest_edge']}"
+
+    @property
+    def image_budget(self) -> tuple[int | None, int | None]:
+        return self._image_budget
+
+    def set_image_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Resize images into [min_pixels, max_pixels] from now on; the processor of each budget is loaded
+        from the checkpoint once, exactly as `from_pretrained` builds it (OSError / ValueError if it cannot be)."""
+        budget = (min_pixels, max_pixels)
+        if budget not in self._image_processors:
+            kwargs = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
+            self._image_processors[budget] = load_image_processor(str(self.hf_model.config.name_or_path), **kwargs)
+        self.image_processor, self._image_budget = self._image_processors[budget], budget
 
     # ------------------------------------------------------------------ outputs
     def embed(self, batch: dict[str, Tensor]) -> Tensor:

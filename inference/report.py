@@ -1,23 +1,24 @@
-"""``python -m training.report``: does FairDx reproduce the two papers' claims on the runs at hand?
+"""``python -m inference.report``: does FairDx reproduce the two papers' claims on the runs at hand?
 
 Reads complete runs (default: the shipped demos in assets/runs plus runs/), evaluates each run's
-predictions.csv through ``inference.compare.compare_runs`` (hence ``training.metrics.evaluate``, with
+predictions.csv through ``inference.compare_engine.compare_runs`` (hence ``training.metrics.evaluate``, with
 bootstrap intervals) and writes a Markdown report:
 
-- seed 000 (fair LoRA for glaucoma, task fundus): Table 1 (methods × overall accuracy / AUC /
+- Gu et al. (fair LoRA for glaucoma, task fundus): Table 1 (methods × overall accuracy / AUC /
   MaxAccGap on race and ethnicity), Table 2 (the λ ablation of FR and Hybrid, when runs with several
   λ exist), Table 3 (per-group accuracy with n), and the paper's Table 3 comparison of Hybrid with
   Vanilla across attributes;
-- seed 004 (CMAC-MMD, task skin): vanilla against cmac on AUC and the intersectional ΔTPR over
-  sex × age group, with each subgroup's TPR; the glaucoma counterpart on the attribute the fundus
-  CMAC run aligned;
+- CMAC-MMD (task skin): vanilla against cmac on AUC and the intersectional ΔTPR over sex × age
+  group, with each subgroup's TPR; the glaucoma counterpart on the attribute the fundus CMAC run
+  aligned;
 - one paragraph per claim with a verdict decided from the numbers alone: *reproduced*, *not
   reproduced on this benchmark* or *not testable here*, the measured relative change, and whether the
   bootstrap intervals overlap.
 
 Runs are grouped by task, then by setting (method, λ, w_max, trained attribute, data, backbone, ...);
 several seeds of one setting are shown as mean ± standard deviation over the seeds. A run's λ or
-w_max counts only for the methods that use it.
+w_max counts only for the methods that use it. The methods, their names and the papers' citations
+come from the registry, ``training.methods``.
 """
 from __future__ import annotations
 
@@ -31,44 +32,36 @@ from pathlib import Path
 
 import pandas as pd
 
-from inference.compare import (
-    CI_LEVEL,
-    GAP_TITLES,
-    METHOD_NAMES,
-    Comparison,
-    compare_runs,
-    run_description,
-)
-from training import metrics
+from inference.compare_engine import CI_LEVEL, Comparison, compare_runs, run_description
+from inference.compare_export import GAP_TITLES
+from training import methods, metrics
 from training.data_spec import SYNTH_PREFIX
+from training.numbers import as_float
 from training.rundir import DEMO_RUNS_DIR, RunInfo, list_runs
 
-# The citations as training/card.py writes them (not imported: card pulls in the backbones, ~10 s).
-PAPER_000_CITATION = ("Gu et al., *Fairness-Aware Fine-Tuning of Vision-Language Models for Medical Glaucoma "
-                      "Diagnosis*")
-PAPER_004_CITATION = ("*Intersectional Fairness in Vision-Language Models for Medical Image Disease Classification* "
-                      "(CMAC-MMD, [arXiv:2512.15249](https://arxiv.org/abs/2512.15249))")
-METHODS = tuple(METHOD_NAMES)  # vanilla, fr, gr, hybrid, cmac: the order of every table
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_RUNS_DIRS = (DEMO_RUNS_DIR, Path("runs"))
 FUNDUS, SKIN = "fundus", "skin"
-TABLE1_ATTRIBUTES = ("race", "ethnicity")  # seed 000 reports ethnicity (Table 1) and race (Table 3)
-ACROSS_ATTRIBUTES = ("gender", "race", "ethnicity")  # seed 000, Table 3
-SKIN_INTERSECTION = "sex+age_group"  # seed 004: subgroups of sex × age group (0-40, 40-60, 60+)
+TABLE1_ATTRIBUTES = ("race", "ethnicity")  # Gu et al. report ethnicity (Table 1) and race (Table 3)
+ACROSS_ATTRIBUTES = ("gender", "race", "ethnicity")  # Gu et al., Table 3
+SKIN_INTERSECTION = "sex+age_group"  # CMAC-MMD: subgroups of sex × age group (0-40, 40-60, 60+)
 FIGURES = ("accuracy", "auc", *metrics.GAPS)
-PAPER_LAMBDA, PAPER_W_MAX = 0.5, 10.0  # seed 000 main results (Table 1)
-ACCURACY_TOLERANCE = 0.004  # seed 000: "all achieved overall accuracy within 0.4 percentage points"
+GU_LAMBDA, GU_W_MAX = 0.5, 10.0  # Gu et al.'s main results (Table 1)
+ACCURACY_TOLERANCE = 0.004  # Gu et al.: "all achieved overall accuracy within 0.4 percentage points"
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced on this benchmark"
 NOT_TESTABLE = "not testable here"
 
-# Seed 000 figures (percent) and seed 004 figures (fractions), shown beside ours for reference.
-PAPER_TABLE1 = {"vanilla": (53.50, 3.80), "fr": (53.55, 6.04), "gr": (53.15, 1.17), "hybrid": (53.45, 3.80)}
-PAPER_TABLE2 = {0.1: (53.75, 2.10), 0.5: (53.55, 6.04), 1.0: (53.35, 2.01)}
-PAPER_TABLE3 = {"gender": (4.51, 53.40, 3.89), "race": (4.36, 53.25, 1.74), "ethnicity": (3.80, 53.45, 3.80)}
-PAPER_004_FIGURES = {SKIN: {"vanilla": (0.94, 0.50), "cmac": (0.97, 0.26)},  # (AUC, ΔTPR)
-                     FUNDUS: {"vanilla": (0.71, 0.41), "cmac": (0.72, 0.31)}}
+# Gu et al.'s figures (percent) and CMAC-MMD's (fractions), shown beside ours for reference.
+GU_TABLE1 = {  # method: (overall accuracy, MaxAccGap on ethnicity)
+    methods.VANILLA.name: (53.50, 3.80), methods.FR.name: (53.55, 6.04), methods.GR.name: (53.15, 1.17),
+    methods.HYBRID.name: (53.45, 3.80),
+}
+GU_TABLE2 = {0.1: (53.75, 2.10), 0.5: (53.55, 6.04), 1.0: (53.35, 2.01)}  # FR's λ: (accuracy, MaxAccGap)
+GU_TABLE3 = {"gender": (4.51, 53.40, 3.89), "race": (4.36, 53.25, 1.74), "ethnicity": (3.80, 53.45, 3.80)}
+CMAC_MMD_FIGURES = {SKIN: {methods.VANILLA.name: (0.94, 0.50), methods.CMAC.name: (0.97, 0.26)},  # (AUC, ΔTPR)
+                    FUNDUS: {methods.VANILLA.name: (0.71, 0.41), methods.CMAC.name: (0.72, 0.31)}}
 TASK_WORDS = {SKIN: "dermatology (task skin)", FUNDUS: "glaucoma (task fundus)"}
 
 NO_RUNS_FOUND = "No complete runs were found in {dirs}; train some (python -m training.train) or rebuild the demos " \
@@ -159,19 +152,18 @@ def _context(run: RunInfo) -> tuple:
 
 def summarize(comparison: Comparison, runs: dict[str, RunInfo]) -> list[Entry]:
     """Entries of a comparison: its runs (``runs`` maps each label to its RunInfo) grouped by setting, in
-    method order (vanilla, fr, gr, ...)."""
+    the registry's method order."""
     table = comparison.table
     if table.empty:
         return []
     settings: dict[tuple, list[dict]] = {}
     for row in table.to_dict("records"):
         run = runs[row["run"]]
-        lam, w_max = _plain(row["lambda"]), _plain(row["w_max"])
+        lam, w_max = as_float(row["lambda"]), as_float(row["w_max"])
         trained_on = row["trained_on"] if isinstance(row["trained_on"], str) else None  # NaN in the frame
         key = (row["method"], lam, w_max, trained_on, _context(run))
         settings.setdefault(key, []).append(row)
-    order = {method: i for i, method in enumerate(METHODS)}
-    keys = sorted(settings, key=lambda k: (order.get(k[0], len(order)), k[1] or 0, k[2] or 0, str(k[3]), str(k[4])))
+    keys = sorted(settings, key=lambda k: (methods.rank(k[0]), k[1] or 0, k[2] or 0, str(k[3]), str(k[4])))
     entries = [_entry(key, settings[key], comparison.groups) for key in keys]
     return _distinct_captions(entries)
 
@@ -180,11 +172,11 @@ def _entry(key: tuple, rows: list[dict], groups: pd.DataFrame) -> Entry:
     method, lam, w_max, trained_on, context = key
     values, spread, intervals = {}, {}, {}
     for name in FIGURES:
-        numbers = [row[name] for row in rows if _plain(row[name]) is not None]
+        numbers = [row[name] for row in rows if as_float(row[name]) is not None]
         values[name] = statistics.fmean(numbers) if numbers else None
         spread[name] = statistics.stdev(numbers) if len(numbers) > 1 else None
-        lows = [_plain(row[f"{name}_lo"]) for row in rows]
-        highs = [_plain(row[f"{name}_hi"]) for row in rows]
+        lows = [as_float(row[f"{name}_lo"]) for row in rows]
+        highs = [as_float(row[f"{name}_hi"]) for row in rows]
         complete = None not in lows and None not in highs and lows
         intervals[name] = (statistics.fmean(lows), statistics.fmean(highs)) if complete else None
     run_ids = tuple(row["run"] for row in rows)
@@ -201,7 +193,7 @@ def _caption(method: str, lam: float | None, w_max: float | None, trained_on: st
     settings = [f"λ={lam:g}" if lam is not None else None, f"w_max={w_max:g}" if w_max is not None else None,
                 f"on {trained_on}" if trained_on else None]
     shown = ", ".join(s for s in settings if s)
-    name = METHOD_NAMES.get(method, method)
+    name = methods.title(method)
     return f"{name} ({shown})" if shown else name
 
 
@@ -218,24 +210,13 @@ def _distinct_captions(entries: list[Entry]) -> list[Entry]:
     return distinct
 
 
-def _plain(value) -> float | None:
-    """None for None/NaN, else a float (table cells hold NaN where a figure is undefined)."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if value != value else value
-
-
 # ---------------------------------------------------------------------------------------------------
 # Choosing what a claim compares
 
 
 def main_entry(entries: list[Entry], method: str, *, trained_on: str | None = None,
                context: tuple | None = None) -> Entry | None:
-    """The setting of ``method`` closest to the paper's main one (λ=0.5, w_max=10), most seeds first."""
+    """The setting of ``method`` closest to Gu et al.'s main one (λ=0.5, w_max=10), most seeds first."""
     candidates = [e for e in entries if e.method == method and (trained_on is None or e.trained_on == trained_on)]
     if context is not None and any(e.context == context for e in candidates):
         candidates = [e for e in candidates if e.context == context]
@@ -243,14 +224,14 @@ def main_entry(entries: list[Entry], method: str, *, trained_on: str | None = No
         return None
 
     def closeness(entry: Entry) -> tuple:
-        return (entry.lam not in (None, PAPER_LAMBDA), entry.w_max not in (None, PAPER_W_MAX), -entry.seeds)
+        return (entry.lam not in (None, GU_LAMBDA), entry.w_max not in (None, GU_W_MAX), -entry.seeds)
 
     return min(candidates, key=closeness)
 
 
 def baseline_for(entries: list[Entry], entry: Entry | None) -> Entry | None:
-    """The vanilla setting to compare ``entry`` with: same data and backbone when one exists."""
-    return main_entry(entries, "vanilla", context=entry.context if entry else None)
+    """The baseline (vanilla) setting to compare ``entry`` with: same data and backbone when one exists."""
+    return main_entry(entries, methods.BASELINE.name, context=entry.context if entry else None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,35 +241,35 @@ def baseline_for(entries: list[Entry], entry: Entry | None) -> Entry | None:
 def assess_claims(evidence: Evidence) -> list[Claim]:
     """Every claim the report tests, in the order the report lists them."""
     fundus = evidence.get(FUNDUS, "race")  # used only to find the main GR run's trained attribute
-    gr = main_entry(fundus, "gr")
+    gr = main_entry(fundus, methods.GR.name)
     gr_attribute = gr.trained_on if gr and gr.trained_on else "race"
     claims = [
         _reduction_claim(
-            evidence, FUNDUS, gr_attribute, "gr", None, "max_acc_gap", 0.69,
+            evidence, FUNDUS, gr_attribute, methods.GR.name, None, "max_acc_gap", 0.69,
             title="GR-LoRA cuts MaxAccGap on the attribute it balances by ≥ 69 % relative to Vanilla LoRA",
-            source="seed 000, Table 1 (GR trained and measured on ethnicity: 3.80 % → 1.17 %)",
+            source="Gu et al., Table 1 (GR trained and measured on ethnicity: 3.80 % → 1.17 %)",
             context="" if gr_attribute == "ethnicity" else
             f" Here GR was trained and measured on {gr_attribute}, the paper's run on ethnicity.",
         ),
         _reduction_claim(
-            evidence, FUNDUS, "race", "hybrid", "race", "max_acc_gap", 0.60,
+            evidence, FUNDUS, "race", methods.HYBRID.name, "race", "max_acc_gap", 0.60,
             title="Hybrid-LoRA trained on race cuts race MaxAccGap by ≥ 60 % relative to Vanilla LoRA",
-            source="seed 000, Table 3 (4.36 % → 1.74 %)",
+            source="Gu et al., Table 3 (4.36 % → 1.74 %)",
         ),
         _accuracy_claim(evidence),
         _lambda_claim(evidence),
     ]
     for task in (SKIN, FUNDUS):
-        auc_vanilla, dtpr_vanilla = PAPER_004_FIGURES[task]["vanilla"]
-        auc_cmac, dtpr_cmac = PAPER_004_FIGURES[task]["cmac"]
+        auc_vanilla, dtpr_vanilla = CMAC_MMD_FIGURES[task][methods.VANILLA.name]
+        auc_cmac, dtpr_cmac = CMAC_MMD_FIGURES[task][methods.CMAC.name]
         reduction = round((dtpr_vanilla - dtpr_cmac) / dtpr_vanilla, 2)  # whole percent, as the claim is stated
         attribute = SKIN_INTERSECTION if task == SKIN else _cmac_attribute(evidence, task)
         subgroups = "intersectional ΔTPR (sex × age group)" if task == SKIN else "ΔTPR over the subgroups it aligns"
         claims.append(_reduction_claim(
-            evidence, task, attribute, "cmac", None, "delta_tpr", reduction,
+            evidence, task, attribute, methods.CMAC.name, None, "delta_tpr", reduction,
             title=f"CMAC-MMD cuts the {subgroups} by ≥ {_percent(reduction, 0)} relative to vanilla fine-tuning, "
                   f"{TASK_WORDS[task]}",
-            source=f"seed 004, ΔTPR {dtpr_vanilla:.2f} → {dtpr_cmac:.2f}",
+            source=f"CMAC-MMD, ΔTPR {dtpr_vanilla:.2f} → {dtpr_cmac:.2f}",
             context="" if task == SKIN else
             f" The paper's glaucoma subgroups are intersections of demographic attributes; here they are the "
             f"{attribute} groups the fundus CMAC run aligned.",
@@ -298,7 +279,7 @@ def assess_claims(evidence: Evidence) -> list[Claim]:
 
 
 def _cmac_attribute(evidence: Evidence, task: str) -> str:
-    entries = [e for (t, _), es in evidence.entries.items() if t == task for e in es if e.method == "cmac"]
+    entries = [e for (t, _), es in evidence.entries.items() if t == task for e in es if e.method == methods.CMAC.name]
     return entries[0].trained_on if entries and entries[0].trained_on else "race"
 
 
@@ -313,11 +294,12 @@ def _missing(task: str, attribute: str, method: str, trained_on: str | None, bas
         on = f" trained on {trained_on}" if trained_on else ""
         command = (f"python -m training.train --data synth:{task} --method {method}"
                    + (f" --attribute {trained_on}" if trained_on else ""))
-        return (f"no {METHOD_NAMES.get(method, method)} run{on} on task {task} gives {attribute} figures; "
+        return (f"no {methods.title(method)} run{on} on task {task} gives {attribute} figures; "
                 f"train one (`{command}`)")
     if baseline is None:
-        return (f"no Vanilla run on task {task} gives {attribute} figures to compare with; train one "
-                f"(`python -m training.train --data synth:{task} --method vanilla`)")
+        baseline = methods.BASELINE
+        return (f"no {baseline.title} run on task {task} gives {attribute} figures to compare with; train one "
+                f"(`python -m training.train --data synth:{task} --method {baseline.name}`)")
     return None
 
 
@@ -338,8 +320,8 @@ def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str,
     group_metric = GAP_GROUP_METRIC[gap]
     worst_before, best_before = _extremes(baseline, group_metric)
     worst_after, best_after = _extremes(entry, group_metric)
-    # A gap that closes while the worst-off group gains nothing closed by lowering the others: seed 004's
-    # "leveling down" failure, not the fairer model the papers claim.
+    # A gap that closes while the worst-off group gains nothing closed by lowering the others: the
+    # "levelling down" failure CMAC-MMD warns of, not the fairer model the papers claim.
     levelled_down = change < 0 and worst_after <= worst_before
     verdict = REPRODUCED if change <= -reduction and not levelled_down else NOT_REPRODUCED
     overlap = _overlap(baseline.intervals[gap], entry.intervals[gap])
@@ -354,7 +336,7 @@ def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str,
     )
     if levelled_down:
         text += (" The gap closed by levelling down: the worst-off group gained nothing, so the smaller gap comes "
-                 "from lowering the others (the failure seed 004 warns of), not from a fairer model.")
+                 "from lowering the others (the failure CMAC-MMD warns of), not from a fairer model.")
     elif verdict == NOT_REPRODUCED and change < 0:
         text += " The gap does shrink, by less than the paper reports."
     elif verdict == NOT_REPRODUCED:
@@ -373,11 +355,12 @@ def _extremes(entry: Entry, metric: str) -> tuple[float, float]:
 
 
 def _accuracy_claim(evidence: Evidence) -> Claim:
-    """Seed 000, Table 1: every fine-tuned method within 0.4 pp of Vanilla's overall accuracy."""
+    """Gu et al., Table 1: every fine-tuned method within 0.4 pp of Vanilla's overall accuracy."""
     title = "Fairness-aware LoRA (FR, GR, Hybrid) costs at most 0.4 percentage points of overall accuracy"
-    source = "seed 000, Table 1 (53.15-53.55 % for all four fine-tuned methods)"
+    source = "Gu et al., Table 1 (53.15-53.55 % for all four fine-tuned methods)"
     entries = evidence.get(FUNDUS, "race")
-    found = [e for e in (main_entry(entries, m) for m in ("fr", "gr", "hybrid")) if e is not None]
+    fine_tuned = (methods.FR.name, methods.GR.name, methods.HYBRID.name)
+    found = [e for e in (main_entry(entries, m) for m in fine_tuned) if e is not None]
     baseline = baseline_for(entries, found[0] if found else None)
     if not found or baseline is None:
         return Claim(title, source, NOT_TESTABLE, "Not testable here: it needs a Vanilla run and at least one FR, GR "
@@ -399,15 +382,16 @@ def _accuracy_claim(evidence: Evidence) -> Claim:
 
 
 def _lambda_claim(evidence: Evidence) -> Claim:
-    """Seed 000, Table 2: FR's MaxAccGap is non-monotonic in λ, worst at λ = 0.5."""
+    """Gu et al., Table 2: FR's MaxAccGap is non-monotonic in λ, worst at λ = 0.5."""
     title = "FR-LoRA's MaxAccGap is not monotonic in λ: λ = 0.5 is worse than both λ = 0.1 and λ = 1.0"
-    source = "seed 000, Table 2 (2.10 / 6.04 / 2.01 % at λ = 0.1 / 0.5 / 1.0)"
-    attribute, rows = _lambda_rows(evidence, "fr")
+    source = "Gu et al., Table 2 (2.10 / 6.04 / 2.01 % at λ = 0.1 / 0.5 / 1.0)"
+    attribute, rows = _lambda_rows(evidence, methods.FR.name)
     gaps = {lam: entry.values["max_acc_gap"] for lam, entry in rows.items()}
     if not {0.1, 0.5, 1.0} <= set(gaps) or None in gaps.values():
         present = ", ".join(f"{lam:g}" for lam in sorted(gaps)) or "none"
         return Claim(title, source, NOT_TESTABLE, f"Not testable here: it needs FR runs at λ = 0.1, 0.5 and 1.0 "
-                     f"(found λ: {present}); train them with `python -m training.train --method fr --lambda 0.1` etc.")
+                     f"(found λ: {present}); train them with `python -m training.train --method {methods.FR.name} "
+                     "--lambda 0.1` etc.")
     verdict = REPRODUCED if gaps[0.5] > max(gaps[0.1], gaps[1.0]) else NOT_REPRODUCED
     shown = "; ".join(f"λ = {lam:g}: {_cell(rows[lam], 'max_acc_gap')}" for lam in (0.1, 0.5, 1.0))
     worst = max(gaps, key=gaps.get)
@@ -428,11 +412,11 @@ def _lambda_rows(evidence: Evidence, method: str) -> tuple[str, dict[float, Entr
 
 
 def _auc_claim(evidence: Evidence, task: str, attribute: str, paper_vanilla: float, paper_cmac: float) -> Claim:
-    """Seed 004: CMAC-MMD keeps or improves AUC; not reproduced only when its interval lies below vanilla's."""
+    """CMAC-MMD keeps or improves AUC; not reproduced only when its interval lies below vanilla's."""
     title = f"CMAC-MMD keeps or improves AUC, {TASK_WORDS[task]}"
-    source = f"seed 004 (AUC {paper_vanilla:.2f} → {paper_cmac:.2f})"
-    baseline, entry = _pair(evidence, task, attribute, "cmac", None)
-    reason = _missing(task, attribute, "cmac", None, baseline, entry)
+    source = f"CMAC-MMD (AUC {paper_vanilla:.2f} → {paper_cmac:.2f})"
+    baseline, entry = _pair(evidence, task, attribute, methods.CMAC.name, None)
+    reason = _missing(task, attribute, methods.CMAC.name, None, baseline, entry)
     if reason:
         return Claim(title, source, NOT_TESTABLE, f"Not testable here: {reason}.")
     before, after = baseline.values["auc"], entry.values["auc"]
@@ -521,8 +505,8 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
         lines += [NO_RUNS_FOUND.format(dirs=", ".join(map(str, sources)) or "the given folders"), ""]
     else:
         lines += ["## Runs", "", *_runs_table(evidence), ""]
-    lines += _seed_000(evidence)
-    lines += _seed_004(evidence)
+    lines += _gu_section(evidence)
+    lines += _cmac_mmd_section(evidence)
     lines += ["## Claims", ""]
     for number, claim in enumerate(claims, start=1):
         lines += [f"### {number}. {claim.title} — {claim.verdict}", "", f"*Claim:* {claim.source}.", "",
@@ -549,10 +533,9 @@ def _data_statement(evidence: Evidence) -> str:
 
 def _runs_table(evidence: Evidence) -> list[str]:
     rows = []
-    for run in sorted(evidence.runs, key=lambda r: (r.task, METHODS.index(r.method) if r.method in METHODS else 99,
-                                                   r.run_id)):
+    for run in sorted(evidence.runs, key=lambda r: (r.task, methods.rank(r.method), r.run_id)):
         described = run_description(run)
-        rows.append([run.label(), run.task, METHOD_NAMES.get(run.method, run.method),
+        rows.append([run.label(), run.task, methods.title(run.method),
                      _maybe(described["lambda"]), _maybe(described["w_max"]), described["trained_on"] or "–",
                      described["seed"] if described["seed"] is not None else "–",
                      run.config.get("data") or run.config.get("dataset", {}).get("spec", "–")])
@@ -563,8 +546,8 @@ def _maybe(value) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def _seed_000(evidence: Evidence) -> list[str]:
-    lines = [f"## Seed 000 — fair LoRA for glaucoma (task fundus)", "", f"{PAPER_000_CITATION}.", ""]
+def _gu_section(evidence: Evidence) -> list[str]:
+    lines = ["## Gu et al. — fair LoRA for glaucoma (task fundus)", "", f"{methods.GU_FAIR_LORA.citation}.", ""]
     if FUNDUS not in evidence.tasks():
         return lines + ["Not run: no fundus runs.", ""]
     race = evidence.get(FUNDUS, "race")
@@ -589,11 +572,11 @@ def _seed_000(evidence: Evidence) -> list[str]:
 
 def _paper_table1(entry: Entry) -> tuple[float, float] | None:
     """The paper's (accuracy, MaxAccGap) for this setting: Table 1 at λ=0.5 / w_max=10, Table 2 for FR's λ."""
-    if entry.method == "fr" and entry.lam in PAPER_TABLE2:
-        return PAPER_TABLE2[entry.lam]
-    if entry.lam not in (None, PAPER_LAMBDA) or entry.w_max not in (None, PAPER_W_MAX):
+    if entry.method == methods.FR.name and entry.lam in GU_TABLE2:
+        return GU_TABLE2[entry.lam]
+    if entry.lam not in (None, GU_LAMBDA) or entry.w_max not in (None, GU_W_MAX):
         return None
-    return PAPER_TABLE1.get(entry.method)
+    return GU_TABLE1.get(entry.method)
 
 
 def _same(entries: list[Entry], entry: Entry) -> Entry | None:
@@ -604,9 +587,9 @@ def _same(entries: list[Entry], entry: Entry) -> Entry | None:
 def _table2(evidence: Evidence) -> list[str]:
     lines = ["### Table 2 — λ ablation (%)", ""]
     any_rows = False
-    for method in ("fr", "hybrid"):
+    for method in (methods.FR.name, methods.HYBRID.name):
         attribute, rows = _lambda_rows(evidence, method)
-        name = METHOD_NAMES[method]
+        name = methods.title(method)
         if len(rows) < 2:
             found = ", ".join(f"{lam:g}" for lam in rows) or "none"
             lines += [f"{name}: not run (needs runs at two or more λ; found λ: {found}).", ""]
@@ -615,14 +598,15 @@ def _table2(evidence: Evidence) -> list[str]:
         baseline = baseline_for(evidence.get(FUNDUS, attribute), next(iter(rows.values())))
         table = []
         if baseline:
+            paper = GU_TABLE1[methods.VANILLA.name] if method == methods.FR.name else None
             table.append([f"0 ({baseline.caption})", _cell(baseline, "accuracy"), _cell(baseline, "max_acc_gap"), "–",
-                          "53.50 / 3.80" if method == "fr" else "–"])
+                          f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–"])
         for lam, entry in rows.items():
             change = "–"
             if baseline and baseline.values["max_acc_gap"] and entry.values["max_acc_gap"] is not None:
                 before = baseline.values["max_acc_gap"]
                 change = _percent((before - entry.values["max_acc_gap"]) / before, signed=True)
-            paper = PAPER_TABLE2.get(lam) if method == "fr" else None
+            paper = GU_TABLE2.get(lam) if method == methods.FR.name else None
             table.append([f"{lam:g}", _cell(entry, "accuracy"), _cell(entry, "max_acc_gap"), change,
                           f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–"])
         lines += [f"**{name}, MaxAccGap on {attribute}**", "",
@@ -662,9 +646,9 @@ def _across_attributes(evidence: Evidence) -> list[str]:
     rows = []
     for attribute in ACROSS_ATTRIBUTES:
         entries = evidence.get(FUNDUS, attribute)
-        hybrid = main_entry(entries, "hybrid", trained_on=attribute)
+        hybrid = main_entry(entries, methods.HYBRID.name, trained_on=attribute)
         vanilla = baseline_for(entries, hybrid)
-        paper = PAPER_TABLE3[attribute]
+        paper = GU_TABLE3[attribute]
         cells = [_cell(vanilla, "accuracy"), _cell(vanilla, "max_acc_gap")] if vanilla else ["–", "–"]
         if hybrid:
             cells += [_cell(hybrid, "accuracy"), _cell(hybrid, "max_acc_gap")]
@@ -676,8 +660,8 @@ def _across_attributes(evidence: Evidence) -> list[str]:
     return lines + ["", "Vanilla is attribute-agnostic: one model evaluated on every attribute, as in the paper.", ""]
 
 
-def _seed_004(evidence: Evidence) -> list[str]:
-    lines = ["## Seed 004 — CMAC-MMD, intersectional ΔTPR and AUC", "", f"{PAPER_004_CITATION}.", ""]
+def _cmac_mmd_section(evidence: Evidence) -> list[str]:
+    lines = ["## CMAC-MMD — intersectional ΔTPR and AUC", "", f"{methods.CMAC_MMD.citation}.", ""]
     for task in (SKIN, FUNDUS):
         attribute = SKIN_INTERSECTION if task == SKIN else _cmac_attribute(evidence, task)
         entries = evidence.get(task, attribute)
@@ -685,14 +669,14 @@ def _seed_004(evidence: Evidence) -> list[str]:
         if not entries:
             lines += [f"Not run: no {task} runs give {attribute} figures.", ""]
             continue
-        paper = PAPER_004_FIGURES[task]
+        paper = CMAC_MMD_FIGURES[task]
         rows = [[e.caption, ", ".join(e.runs), _cell(e, "auc", 1), _cell(e, "delta_tpr", 1),
                  _cell(e, "equalized_odds", 1), _cell(e, "accuracy"),
                  f"{paper[e.method][0]:.2f} / {paper[e.method][1]:.2f}" if e.method in paper else "–"]
                 for e in entries]
         lines += _table(["Setting", "Runs", "AUC", "ΔTPR", "Equalized odds", "Overall accuracy (%)",
                          "Paper: AUC / ΔTPR"], rows)
-        lines += ["", f"TPR per subgroup (n_pos = positives in the subgroup):", "",
+        lines += ["", "TPR per subgroup (n_pos = positives in the subgroup):", "",
                   *_group_table(entries, "tpr", count="n_pos", scale=1), ""]
     return lines
 
@@ -709,7 +693,7 @@ def build_report(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m inference.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", action="append", type=Path, default=None,
                         help="folder of run directories (repeatable; default: assets/runs and runs/)")
     parser.add_argument("--out", type=Path, help="write the report here (default: print it)")

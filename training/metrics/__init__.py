@@ -1,6 +1,6 @@
 """Fairness metrics over a predictions file: per-group figures, gaps between groups, bootstrap intervals.
 
-Input is a ``predictions.csv`` (see DESIGN.md, "Run directory") read into a DataFrame with columns
+Input is a ``predictions.csv`` (see docs/architecture.md, "Run directory") read into a DataFrame with columns
 ``label`` (0/1), ``prob`` (probability of class 1), optionally ``margin`` (certainty margin) and
 ``split``, and one column per demographic attribute. An attribute spec ``"a+b"`` is the
 intersection of columns ``a`` and ``b``; its groups are the values joined with ``" & "``
@@ -9,7 +9,7 @@ intersection of columns ``a`` and ``b``; its groups are the values joined with `
 A sample is predicted positive when ``prob >= threshold``. Per group we report ``n``, ``n_pos``,
 ``accuracy``, ``auc``, ``tpr``, ``fpr``, ``selection_rate`` (and ``mean_margin``), and between groups:
 
-- ``max_acc_gap``     max_s Acc_s − min_s Acc_s, MaxAccGap of paper 000 (fair LoRA for glaucoma), Eq. 1.
+- ``max_acc_gap``     max_s Acc_s − min_s Acc_s, MaxAccGap of Gu et al. (fair LoRA for glaucoma), Eq. 1.
 - ``delta_tpr``       max_s TPR_s − min_s TPR_s, the missed-diagnosis gap ΔTPR of the CMAC-MMD paper
                       (004, "Intersectional Fairness in VLMs for Medical Image Disease Classification",
                       arXiv 2512.15249), reported there over intersectional subgroups.
@@ -33,9 +33,6 @@ counted. Percentile intervals of a max − min gap lean upwards when the true ga
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from training.numbers import as_float
 
 LABEL, PROB, MARGIN, SPLIT = "label", "prob", "margin", "split"
 INTERSECTION = "+"  # joins attribute names in a spec, as training.data.ATTRIBUTE_JOINER
@@ -114,21 +113,22 @@ class GroupReport:
     gaps: dict
 
     def group_min(self, metric: str) -> float | None:
-        return _number(self.by_group[metric].min())
+        return as_float(self.by_group[metric].min())
 
     def group_max(self, metric: str) -> float | None:
-        return _number(self.by_group[metric].max())
+        return as_float(self.by_group[metric].max())
 
     def difference(self, metric: str) -> float | None:
         """max − min of ``metric`` over the groups that define it and enter the gaps (None with fewer than two)."""
         values = self.by_group[metric].to_numpy(float)[None]
-        return _number(_spread(values, ~np.isnan(values[0]) & self.by_group["in_gaps"].to_numpy())[0])
+        return as_float(_spread(values, ~np.isnan(values[0]) & self.by_group["in_gaps"].to_numpy())[0])
 
     def to_dict(self) -> dict:
         """JSON-able: {"groups": {name: {...}}, <gap>: value, ...}; undefined figures are None."""
         groups = {
             str(name): {
-                key: (bool(value) if key in ("small", "in_gaps") else int(value) if key in ("n", "n_pos") else _number(value))
+                key: (bool(value) if key in ("small", "in_gaps") else int(value) if key in ("n", "n_pos")
+                      else as_float(value))
                 for key, value in row.items()
             }
             for name, row in self.by_group.iterrows()
@@ -201,7 +201,7 @@ def youden_threshold(label, prob) -> float:
 
 def group_labels(df: pd.DataFrame, spec: str) -> pd.Series:
     """Each row's group of an attribute spec: the column's value, or the values joined by GROUP_JOINER."""
-    columns = _attribute_columns(spec, df.columns)
+    columns = attribute_columns(spec, df.columns)
     values = df[columns[0]].astype(str)
     for column in columns[1:]:
         values = values + GROUP_JOINER + df[column].astype(str)
@@ -277,7 +277,7 @@ def evaluate(
         rates = _rates(everyone.stats(weights[None, :])[:, :, None])
         result["overall"]["reweighted"] = {
             "attribute": attribute, "shares": {k: float(v) for k, v in shares.items()},
-            **{m: _number(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
+            **{m: as_float(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
         }
     if bootstrap:
         intervals = _bootstrap(preds, everyone, partitions, reports, n_boot=bootstrap, seed=seed, level=ci)
@@ -340,7 +340,7 @@ class _Predictions:
     @classmethod
     def from_frame(cls, df: pd.DataFrame, attributes: Sequence[str], threshold: float) -> _Predictions:
         """Check every column the attributes need, then every value; one error names all value problems."""
-        attribute_cols = list(dict.fromkeys(c for spec in attributes for c in _attribute_columns(spec, df.columns)))
+        attribute_cols = list(dict.fromkeys(c for spec in attributes for c in attribute_columns(spec, df.columns)))
         missing = [c for c in [LABEL, PROB, *attribute_cols] if c not in df.columns]
         if missing:
             raise MetricsError(_missing_columns_message(missing, df.columns))
@@ -502,7 +502,7 @@ def _overall_metrics(preds: _Predictions, everyone: _RankIndex) -> dict:
             stacklevel=3,
         )
     overall = {"n": preds.n, "n_pos": int(preds.label.sum())}
-    overall.update({m: _number(rates[m][0, 0]) for m in GROUP_METRICS})
+    overall.update({m: as_float(rates[m][0, 0]) for m in GROUP_METRICS})
     overall["ece"] = expected_calibration_error(preds.label, preds.prob)
     if preds.margin is not None:
         overall["mean_margin"] = float(preds.margin.mean())
@@ -529,8 +529,70 @@ def _group_report(preds: _Predictions, part: _Partition, overall: dict, min_n: i
                 stacklevel=3,
             )
     overall_auc = np.array([np.nan if overall["auc"] is None else overall["auc"]])
-    gaps = {name: _number(value[0]) for name, value in _gaps(rates, overall_auc, _defined(by_group)).items()}
+    gaps = {name: as_float(value[0]) for name, value in _gaps(rates, overall_auc, _defined(by_group)).items()}
     return GroupReport(part.spec, overall, by_group, gaps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures under given weights (for paired comparisons and permutation tests: training.paired)
+
+
+def figures_under_weights(
+    df: pd.DataFrame, attributes: Sequence[str], weights: np.ndarray, *, threshold: float = 0.5,
+    gap_min_n: int = GAP_MIN_N,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Overall accuracy and AUC, and each attribute's gaps, under each row of `weights`.
+
+    weights: (R × n) how often each row of `df` counts in each of R resamples (a row of ones is the
+    data itself). Returns ``{"overall": {"accuracy", "auc"}, attribute: {gap: ...}}``, each an array of
+    R values (NaN where a resample leaves a figure undefined). Which groups enter a gap is decided on
+    the data (defined there and at least `gap_min_n` samples), as in :func:`evaluate`, so two runs
+    scored on the same rows with the same weights are compared on the same groups.
+    """
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    preds = _Predictions.from_frame(df, attributes, threshold)
+    if weights.shape[1] != preds.n:
+        raise MetricsError(BAD_ARGUMENT.format(name="weights", rule=f"a (R × {preds.n}) matrix", value=weights.shape))
+    everyone = _RankIndex.build(np.arange(preds.n), preds)
+    overall = _rates(everyone.stats(weights)[:, :, None])
+    result = {"overall": {"accuracy": overall["accuracy"][:, 0], "auc": overall["auc"][:, 0]}}
+    ones = np.ones((1, preds.n))
+    for spec in dict.fromkeys(attributes):
+        part = _Partition.build(preds, spec)
+        point = part.rates(ones)
+        in_gaps = point["n"][0] >= gap_min_n
+        include = {m: ~np.isnan(point[m][0]) & in_gaps for m in GROUP_METRICS}
+        result[spec] = _gaps(part.rates(weights), overall["auc"][:, 0], include)
+    return result
+
+
+def gaps_under_relabelling(
+    df: pd.DataFrame, attribute: str, orders: Sequence[np.ndarray], *, threshold: float = 0.5,
+    gap_min_n: int = GAP_MIN_N,
+) -> dict[str, np.ndarray]:
+    """Each gap of `attribute` once per order: the rows' group labels taken in that order (a permutation).
+
+    The predictions are validated once; each relabelling only regroups the rows, so a permutation test
+    of a few hundred relabellings costs milliseconds per hundred rows. The groups that enter the gaps
+    are those of the data (the sizes are the same under any permutation).
+    """
+    preds = _Predictions.from_frame(df, [attribute], threshold)
+    everyone = _RankIndex.build(np.arange(preds.n), preds)
+    overall_auc = _rates(everyone.stats(np.ones((1, preds.n)))[:, :, None])["auc"][:, 0]
+    data = _Partition.build(preds, attribute)
+    ones = np.ones((1, preds.n))
+    point = data.rates(ones)
+    in_gaps = point["n"][0] >= gap_min_n
+    include = {m: ~np.isnan(point[m][0]) & in_gaps for m in GROUP_METRICS}
+    collected: dict[str, list[float]] = {}
+    for order in orders:
+        codes = data.codes[np.asarray(order)]
+        groups = [_RankIndex.build(np.flatnonzero(codes == g), preds) for g in range(len(data.names))]
+        rates = _rates(np.stack([group.stats(ones) for group in groups], axis=-1))
+        defined = {m: include[m] & ~np.isnan(rates[m][0]) for m in GROUP_METRICS}
+        for gap, value in _gaps(rates, overall_auc, defined).items():
+            collected.setdefault(gap, []).append(float(value[0]))
+    return {gap: np.array(values) for gap, values in collected.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -588,7 +650,8 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[list[float] 
 # Small helpers
 
 
-def _attribute_columns(spec: str, columns) -> list[str]:
+def attribute_columns(spec: str, columns) -> list[str]:
+    """The columns behind an attribute spec: the column itself, else the parts of an intersection 'a+b'."""
     if spec in columns:
         return [spec]
     parts = spec.split(INTERSECTION)
@@ -603,10 +666,6 @@ def _missing_columns_message(missing: Sequence[str], columns) -> str:
 
 def _examples(values: pd.Series, limit: int = 5) -> str:
     return ", ".join(sorted(set(map(str, values)))[:limit])
-
-
-def _number(value) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def _check_arguments(**arguments) -> None:
@@ -659,46 +718,3 @@ def format_report(report: dict) -> str:
             shown = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
             lines.append(f"  {gap:<15}{_format(attr[gap])}{shown}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.metrics", description="Per-group fairness metrics of a predictions.csv."
-    )
-    parser.add_argument("predictions", help="predictions.csv (label, prob, [margin], [split], attribute columns)")
-    parser.add_argument("--attribute", action="append", default=[], help="column, or columns joined by '+'; repeatable")
-    parser.add_argument("--threshold", type=float, default=0.5, help="predict positive when prob >= threshold")
-    parser.add_argument("--min-n", type=int, default=30, help="flag groups with fewer samples as small")
-    parser.add_argument("--gap-min-n", type=int, default=GAP_MIN_N, help="leave groups with fewer samples out of the gaps")
-    parser.add_argument("--bootstrap", type=int, default=0, help="resamples for the intervals (0: none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
-    parser.add_argument("--ci", type=float, default=0.95, help="interval level")
-    parser.add_argument("--split", default=None, help="evaluate only rows of this split (e.g. test)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            report = evaluate(
-                read_predictions(args.predictions),
-                args.attribute,
-                threshold=args.threshold,
-                min_n=args.min_n,
-                gap_min_n=args.gap_min_n,
-                bootstrap=args.bootstrap,
-                seed=args.seed,
-                ci=args.ci,
-                split=args.split,
-            )
-        except MetricsError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

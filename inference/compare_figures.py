@@ -1,0 +1,261 @@
+"""The Compare tab's three Plotly figures of an ``inference.compare_engine.Comparison``.
+
+- ``group_accuracy_figure``  accuracy per group, one bar per run, Wilson intervals as error bars;
+- ``margin_figure``          certainty-margin distributions per group (CMAC-MMD's "certainty gap" view),
+                             as violins or Gaussian KDE curves;
+- ``frontier_figure``        overall accuracy (or AUC) against a gap, one trace per method.
+
+Every figure lists the methods in the registry's order (``training.methods``) and colours each by its
+``Method.colour``; a figure with nothing to show says why instead of drawing empty axes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from scipy import stats
+
+from inference.compare_engine import DEGENERATE_FLAG, OVERALL_FIGURES, UNKNOWN_CHOICE, CompareError, Comparison
+from inference.compare_export import GAP_TITLES, OVERALL_TITLES, run_caption
+from training import methods, metrics
+
+METHOD_COLORS = {m.name: m.colour for m in methods.REGISTRY.values()}  # one colour per method, in every figure
+OTHER_COLOR = "#8c564b"
+PATTERNS = ("", "/", "x", ".", "\\", "+", "-", "|")  # tells apart runs of one method in the bars
+HIGHER_IS_FAIRER = frozenset({"es_auc"})
+MARGIN_KINDS = ("violin", "kde")
+FRONTIER_METRICS = OVERALL_FIGURES
+NOTHING_TO_SHOW = "No runs to show: {reason}"
+
+
+def _method_color(method: str) -> str:
+    return METHOD_COLORS.get(method, OTHER_COLOR)
+
+
+def _empty_figure(title: str, reason: str) -> go.Figure:
+    figure = go.Figure()
+    figure.add_annotation(text=NOTHING_TO_SHOW.format(reason=reason), showarrow=False, x=0.5, y=0.5,
+                          xref="paper", yref="paper", font={"size": 14})
+    figure.update_layout(title=title, xaxis={"visible": False}, yaxis={"visible": False}, template="plotly_white")
+    return figure
+
+
+def _empty_reason(comparison: Comparison) -> str:
+    return "; ".join(comparison.notes) if comparison.notes else "no run could be evaluated"
+
+
+def _in_method_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the registry's method order (unknown methods last), keeping the given order within a method,
+    so every figure lists the methods the same way whatever order the runs were picked in."""
+    order = sorted(range(len(table)), key=lambda i: (methods.rank(table["method"].iloc[i]), i))
+    return table.iloc[order]
+
+
+def _pattern_for_runs(table: pd.DataFrame) -> dict[str, str]:
+    """A bar pattern per run: the first run of each method plain, further ones hatched."""
+    seen: dict[str, int] = {}
+    patterns = {}
+    for run, method in zip(table["run"], table["method"]):
+        count = seen.get(method, 0)
+        patterns[run] = PATTERNS[count % len(PATTERNS)]
+        seen[method] = count + 1
+    return patterns
+
+
+def group_accuracy_figure(comparison: Comparison) -> go.Figure:
+    """Grouped bars: accuracy per group, one trace (colour) per run, Wilson intervals as error bars."""
+    title = f"Accuracy per {comparison.attribute} group ({comparison.split} split)"
+    if comparison.empty:
+        return _empty_figure(title, _empty_reason(comparison))
+    figure = go.Figure()
+    table = _in_method_order(comparison.table)
+    patterns = _pattern_for_runs(table)
+    level = f"{comparison.ci_level:.0%}"
+    for row in table.to_dict("records"):
+        groups = comparison.groups[comparison.groups["run"] == row["run"]]
+        accuracy = groups["accuracy"].to_numpy(float)
+        figure.add_bar(
+            name=run_caption(row),
+            x=groups["group"],
+            y=accuracy,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": groups["accuracy_hi"].to_numpy(float) - accuracy,
+                "arrayminus": accuracy - groups["accuracy_lo"].to_numpy(float),
+            },
+            marker={"color": _method_color(row["method"]), "pattern": {"shape": patterns[row["run"]]}},
+            customdata=np.stack([groups["n"], groups["accuracy_lo"], groups["accuracy_hi"]], axis=1),
+            hovertemplate=(
+                f"<b>{run_caption(row)}</b><br>group %{{x}} (n=%{{customdata[0]}})<br>accuracy %{{y:.3f}}"
+                f"<br>{level} Wilson interval [%{{customdata[1]:.3f}}, %{{customdata[2]:.3f}}]<extra></extra>"
+            ),
+        )
+    figure.update_layout(
+        title=title,
+        barmode="group",
+        xaxis_title=f"{comparison.attribute} group",
+        yaxis_title=f"Accuracy ({level} Wilson interval)",
+        yaxis_range=[0, 1.05],
+        legend_title="Run (method)",
+        template="plotly_white",
+    )
+    return figure
+
+
+def margin_figure(
+    comparison: Comparison, runs: Sequence[str] | None = None, *, kind: str = "violin", label: int | None = None
+) -> go.Figure:
+    """Certainty-margin distributions per group for each run (CMAC-MMD's "certainty gap" view).
+
+    ``kind="violin"``: one trace per group, runs side by side on the x axis. ``kind="kde"``: one
+    panel per run, one Gaussian KDE curve (scipy.stats.gaussian_kde, Scott's bandwidth) per group.
+    ``label=1`` keeps the positives only: margin < 0 there is a missed diagnosis, the gap CMAC-MMD
+    reports. Margin 0 is the decision boundary.
+    """
+    if kind not in MARGIN_KINDS:
+        raise CompareError(UNKNOWN_CHOICE.format(name="kind", choices=", ".join(MARGIN_KINDS), value=kind))
+    if label not in (None, 0, 1):
+        raise CompareError(UNKNOWN_CHOICE.format(name="label", choices="None, 0, 1", value=label))
+    who = {None: "all samples", 1: "positives (label 1)", 0: "negatives (label 0)"}[label]
+    title = f"Certainty margin per {comparison.attribute} group, {who}"
+    margins = comparison.margins
+    if runs is not None:
+        margins = margins[margins["run"].isin(list(runs))]
+    if label is not None:
+        margins = margins[margins["label"] == label]
+    if margins.empty:
+        return _empty_figure(title, _empty_reason(comparison) if comparison.empty else "no margins for these runs")
+    captions = {row["run"]: run_caption(row) for row in comparison.table.to_dict("records")}
+    order = [run for run in _in_method_order(comparison.table)["run"] if run in set(margins["run"])]
+    groups = sorted(margins["group"].unique())
+    if kind == "violin":
+        figure = _margin_violins(margins, order, groups, captions)
+    else:
+        figure = _margin_kdes(margins, order, groups, captions)
+    figure.update_layout(title=title, legend_title=f"{comparison.attribute} group", template="plotly_white")
+    return figure
+
+
+def _margin_violins(margins: pd.DataFrame, order: list[str], groups: list[str], captions: dict) -> go.Figure:
+    figure = go.Figure()
+    for group in groups:
+        chosen = margins[margins["group"] == group]
+        figure.add_violin(
+            name=group,
+            x=chosen["run"].map(captions),
+            y=chosen["margin"],
+            box_visible=True,
+            meanline_visible=True,
+            points=False,
+            scalegroup=group,
+            hoverinfo="y+name",
+        )
+    figure.add_hline(y=0, line_dash="dash", line_color="black", annotation_text="decision boundary",
+                     annotation_position="bottom right")
+    figure.update_layout(
+        violinmode="group",
+        xaxis={"title": "Run (method)", "categoryorder": "array", "categoryarray": [captions[r] for r in order]},
+        yaxis_title="Certainty margin (true-class score − other class)",
+    )
+    return figure
+
+
+def _margin_kdes(margins: pd.DataFrame, order: list[str], groups: list[str], captions: dict) -> go.Figure:
+    figure = make_subplots(rows=len(order), cols=1, shared_xaxes=True, subplot_titles=[captions[r] for r in order],
+                           vertical_spacing=min(0.08, 0.3 / max(1, len(order))))
+    grid = np.linspace(margins["margin"].min(), margins["margin"].max(), 200)
+    palette = _group_palette(groups)
+    for panel, run in enumerate(order, start=1):
+        for group in groups:
+            values = margins.loc[(margins["run"] == run) & (margins["group"] == group), "margin"].to_numpy(float)
+            if len(np.unique(values)) < 2:
+                continue  # a KDE needs spread; such a group has no curve in this panel
+            density = stats.gaussian_kde(values)(grid)
+            figure.add_scatter(
+                x=grid, y=density, mode="lines", name=group, legendgroup=group, showlegend=panel == 1,
+                line={"color": palette[group]},
+                hovertemplate=f"{group} (n={len(values)})<br>margin %{{x:.2f}}<br>density %{{y:.3f}}<extra></extra>",
+                row=panel, col=1,
+            )
+        figure.add_vline(x=0, line_dash="dash", line_color="black", row=panel, col=1)
+        figure.update_yaxes(title_text="density", row=panel, col=1)
+    figure.update_xaxes(title_text="Certainty margin (true-class score − other class)", row=len(order), col=1)
+    figure.update_layout(height=max(400, 220 * len(order)))
+    return figure
+
+
+def _group_palette(groups: list[str]) -> dict[str, str]:
+    import plotly.express as px
+
+    colors = px.colors.qualitative.Safe + px.colors.qualitative.Dark24
+    return {group: colors[i % len(colors)] for i, group in enumerate(groups)}
+
+
+def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric: str = "accuracy") -> go.Figure:
+    """Accuracy (or AUC) against a gap across runs: one trace per method, intervals as error bars."""
+    if gap not in metrics.GAPS:
+        raise CompareError(UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value=gap))
+    if metric not in FRONTIER_METRICS:
+        raise CompareError(
+            UNKNOWN_CHOICE.format(name="metric", choices=", ".join(FRONTIER_METRICS), value=metric)
+        )
+    direction = "higher is fairer" if gap in HIGHER_IS_FAIRER else "lower is fairer"
+    title = f"{OVERALL_TITLES[metric]} vs {GAP_TITLES[gap]} on {comparison.attribute}"
+    if comparison.empty:
+        return _empty_figure(title, _empty_reason(comparison))
+    figure = go.Figure()
+    table = _in_method_order(comparison.table)
+    for method in dict.fromkeys(table["method"]):
+        rows = table[table["method"] == method]
+        x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
+        captions = [run_caption(row) for row in rows.to_dict("records")]
+        flagged = (rows["flags"].fillna("") != "").to_numpy() if "flags" in rows else np.zeros(len(rows), bool)
+        figure.add_scatter(
+            name=methods.title(method),
+            x=x,
+            y=y,
+            mode="markers+text",
+            text=[f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged)],
+            textposition="top center",
+            marker={"size": 12, "color": _method_color(method),
+                    "symbol": ["x" if bad else "circle" for bad in flagged]},
+            error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
+            error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
+            customdata=list(zip(captions, *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo",
+                                                                         f"{metric}_hi")))),
+            hovertemplate=(
+                f"<b>%{{customdata[0]}}</b><br>{GAP_TITLES[gap]} %{{x:.3f}} [%{{customdata[1]:.3f}}, "
+                f"%{{customdata[2]:.3f}}]<br>{OVERALL_TITLES[metric]} %{{y:.3f}} [%{{customdata[3]:.3f}}, "
+                f"%{{customdata[4]:.3f}}]<extra></extra>"
+            ),
+        )
+    level = f"{comparison.ci_level:.0%}"
+    figure.update_layout(
+        title=title,
+        xaxis_title=f"{GAP_TITLES[gap]} on {comparison.attribute} ({direction}; {level} bootstrap interval)",
+        yaxis_title=f"{OVERALL_TITLES[metric]} ({level} bootstrap interval)",
+        legend_title="Method",
+        template="plotly_white",
+    )
+    return figure
+
+
+def _numbers(values) -> np.ndarray:
+    """Floats with NaN for None (interval columns hold None when a run has no bootstrap)."""
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
+
+
+def _error_bars(values: np.ndarray, low, high) -> dict:
+    """Asymmetric error bars; a run without an interval (bootstrap 0) gets none."""
+    low, high = _numbers(low), _numbers(high)
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": np.nan_to_num(high - values),
+        "arrayminus": np.nan_to_num(values - low),
+        "visible": bool(np.isfinite(low).any()),
+    }
