@@ -7,6 +7,7 @@ this deployment allows in studio/settings.py (environment variables, documented 
 Named API endpoints (gradio_client): /diagnose, /compare, /report, and with the Studio on /launch,
 /sweep, /cancel, /resume, /jobs. Events that only keep the page in sync (timer, tab switches) are private.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,11 +26,22 @@ from inference.compare_engine import CompareError
 from inference.safe_image import SafeImage
 from inference.serving import ModelPool, ServingError
 from studio import actions, jobs_view
-from studio.form import FORM_FIELDS, FieldSpec, attribute_choices, config_from_form, default_attribute, form_fields
-from studio.form import sweep_from_form
+from studio.form import (
+    FORM_FIELDS,
+    FieldSpec,
+    attribute_choices,
+    config_from_form,
+    default_attribute,
+    form_fields,
+    sweep_from_form,
+)
 from studio.jobs import JobLimitError, JobStore, UnknownJobError
 from studio.settings import (
-    STUDIO_DISABLED, Settings, StudioAccessError, check_may_control, generate_synthetic, job_owner,
+    STUDIO_DISABLED,
+    Settings,
+    StudioAccessError,
+    generate_synthetic,
+    job_owner,
     synthetic_to_generate,
 )
 from training.config import ConfigError
@@ -46,8 +58,7 @@ INTERNAL_ERROR = "Something went wrong on the server; the error was logged. Try 
 POLL_S = 1.5
 MAX_FILE_SIZE = "10mb"  # = inference.images.DEFAULT_MAX_BYTES; SafeImage says the same in words
 CACHE_CLEANUP = (3600, 3600)  # uploads and outputs older than an hour are deleted, checked hourly
-USER_ERRORS = (ValueError, ServingError, CompareError, ConfigError, JobLimitError, UnknownJobError,
-               StudioAccessError)
+USER_ERRORS = (ValueError, ServingError, CompareError, ConfigError, JobLimitError, UnknownJobError, StudioAccessError)
 CSS = """
 #diagnose-notice {border-left: 4px solid #d97706; padding: 6px 12px; background: rgba(217,119,6,.08);}
 #job-log textarea {font-family: ui-monospace, monospace; font-size: 12px;}
@@ -85,8 +96,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     pool = ModelPool(max_adapters_per_base=settings.max_adapters)
     store = None
     if settings.studio:
-        store = JobStore(settings.runs_dir, max_concurrent=settings.max_jobs, max_queued=settings.max_queue,
-                         max_active_per_owner=settings.max_jobs_per_user)
+        store = JobStore(
+            settings.runs_dir,
+            max_concurrent=settings.max_jobs,
+            max_queued=settings.max_queue,
+            max_active_per_owner=settings.max_jobs_per_user,
+        )
         store.start_scheduler(1.0)  # queued jobs start even while no browser is open
         missing = synthetic_to_generate(settings)
         if missing:
@@ -128,31 +143,60 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
         # Checked first by an event without outputs: a bad upload shows its toast and no red "Error" badges.
         button.click(check_diagnose, [image, task, adapter], None, api_visibility="private").success(
-            diagnose, [image, task, adapter], [label, summary, details], api_name="diagnose", concurrency_limit=2)
+            diagnose, [image, task, adapter], [label, summary, details], api_name="diagnose", concurrency_limit=2
+        )
         for changed in (image.change, adapter.change):  # an old result never sits next to a new image
             changed(clear_result, None, [label, summary, details], api_visibility="private", show_progress="hidden")
 
         def adapters_for(task: str, current: str | None):
             all_runs = runs()
-            return gr.Dropdown(choices=diagnose_view.adapter_choices(all_runs, task),
-                               value=diagnose_view.keep_or_default(all_runs, task, current))
+            return gr.Dropdown(
+                choices=diagnose_view.adapter_choices(all_runs, task),
+                value=diagnose_view.keep_or_default(all_runs, task, current),
+            )
 
         task.change(adapters_for, [task, adapter], adapter, api_visibility="private")
         demo.load(adapters_for, [task, adapter], adapter, api_visibility="private")
         diagnose_tab.select(adapters_for, [task, adapter], adapter, api_visibility="private")
 
         # ------------------------------------------------------------------ Compare
-        (c_task, c_attribute, c_runs, c_button, c_summary, c_groups, c_accuracy, c_margin, c_frontier, c_notes,
-         c_downloads, c_report_button, c_report) = compare_parts
+        (
+            c_task,
+            c_attribute,
+            c_runs,
+            c_button,
+            c_summary,
+            c_groups,
+            c_accuracy,
+            c_margin,
+            c_frontier,
+            c_notes,
+            c_downloads,
+            c_report_button,
+            c_report,
+        ) = compare_parts
 
         @guarded
         def do_compare(task: str, attribute: str, keys: list[str]):
             chosen = compare_view.selected_runs(keys, runs(), task)
             view = compare_view.show(chosen, attribute, bootstrap=settings.compare_bootstrap)
-            files = [str(compare_view.write_csv(view.comparison, export_dir, task, which=which))
-                     for which in ("runs", "groups")] if not view.comparison.empty else None
-            return (view.summary, view.groups, view.accuracy_figure, view.margin_figure, view.frontier_figure,
-                    view.notes, files)
+            files = (
+                [
+                    str(compare_view.write_csv(view.comparison, export_dir, task, which=which))
+                    for which in ("runs", "groups")
+                ]
+                if not view.comparison.empty
+                else None
+            )
+            return (
+                view.summary,
+                view.groups,
+                view.accuracy_figure,
+                view.margin_figure,
+                view.frontier_figure,
+                view.notes,
+                files,
+            )
 
         compare_outputs = [c_summary, c_groups, c_accuracy, c_margin, c_frontier, c_notes, c_downloads]
         c_button.click(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_name="compare")
@@ -163,7 +207,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             return str(compare_view.write_report(chosen, export_dir, task, bootstrap=settings.compare_bootstrap))
 
         c_report_button.click(lambda: gr.File(visible=True), None, c_report, api_visibility="private").then(
-            do_report, [c_task, c_runs], c_report, api_name="report")
+            do_report, [c_task, c_runs], c_report, api_name="report"
+        )
 
         def compare_choices(task: str, attribute: str | None, keys: list[str] | None, keep: bool = True):
             all_runs = runs()
@@ -171,21 +216,27 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             if not keep or attribute not in attributes:
                 attribute = compare_view.default_attribute(all_runs, task)
             chosen = compare_view.keep_or_default_runs(all_runs, task, keys if keep else None)
-            return (gr.Dropdown(choices=attributes, value=attribute),
-                    gr.CheckboxGroup(choices=catalog.run_choices(all_runs, task), value=chosen))
+            return (
+                gr.Dropdown(choices=attributes, value=attribute),
+                gr.CheckboxGroup(choices=catalog.run_choices(all_runs, task), value=chosen),
+            )
 
-        c_task.change(functools.partial(compare_choices, keep=False), [c_task, c_attribute, c_runs],
-                      [c_attribute, c_runs], api_visibility="private").then(
-            do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+        c_task.change(
+            functools.partial(compare_choices, keep=False),
+            [c_task, c_attribute, c_runs],
+            [c_attribute, c_runs],
+            api_visibility="private",
+        ).then(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
         c_attribute.input(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
-        compare_tab.select(compare_choices, [c_task, c_attribute, c_runs], [c_attribute, c_runs],
-                           api_visibility="private").then(
-            do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+        compare_tab.select(
+            compare_choices, [c_task, c_attribute, c_runs], [c_attribute, c_runs], api_visibility="private"
+        ).then(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
 
         # ------------------------------------------------------------------ Studio
         if studio_parts is not None:
-            _wire_studio(demo, settings, store, studio_parts, guarded, runs, runs_seen,
-                         (task, adapter), (c_task, c_runs))
+            _wire_studio(
+                demo, settings, store, studio_parts, guarded, runs, runs_seen, (task, adapter), (c_task, c_runs)
+            )
 
     demo.fairdx_settings = settings
     demo.fairdx_pool = pool
@@ -225,12 +276,21 @@ def _diagnose_tab(all_runs, settings: Settings):
     with gr.Row():
         with gr.Column(scale=1):
             task = gr.Radio(list(diagnose_view.TASK_CHOICES), value=first_task, label="Task", elem_id="diagnose-task")
-            image = SafeImage(type="pil", label="Image (PNG, JPEG, WEBP, BMP, TIFF or GIF; up to 10 MB)",
-                              sources=["upload", "clipboard"], height=300, elem_id="diagnose-image")
-            adapter = gr.Dropdown(diagnose_view.adapter_choices(all_runs, first_task),
-                                  value=diagnose_view.default_adapter(all_runs, first_task), label="Adapter",
-                                  info="Every complete run of the task: the demos and your own.",
-                                  allow_custom_value=True, elem_id="diagnose-adapter")
+            image = SafeImage(
+                type="pil",
+                label="Image (PNG, JPEG, WEBP, BMP, TIFF or GIF; up to 10 MB)",
+                sources=["upload", "clipboard"],
+                height=300,
+                elem_id="diagnose-image",
+            )
+            adapter = gr.Dropdown(
+                diagnose_view.adapter_choices(all_runs, first_task),
+                value=diagnose_view.default_adapter(all_runs, first_task),
+                label="Adapter",
+                info="Every complete run of the task: the demos and your own.",
+                allow_custom_value=True,
+                elem_id="diagnose-adapter",
+            )
             button = gr.Button("Diagnose", variant="primary", elem_id="diagnose-btn")
         with gr.Column(scale=1):
             label = gr.Label(num_top_classes=2, label="Diagnosis", elem_id="diagnose-label")
@@ -239,8 +299,14 @@ def _diagnose_tab(all_runs, settings: Settings):
                 details = gr.JSON(elem_id="diagnose-details", show_label=False)
     rows, labels = diagnose_view.example_rows()
     if rows:
-        gr.Examples(rows, [image, task], example_labels=labels, label="Examples (synthetic images)",
-                    api_visibility="private", elem_id="diagnose-examples")
+        gr.Examples(
+            rows,
+            [image, task],
+            example_labels=labels,
+            label="Examples (synthetic images)",
+            api_visibility="private",
+            elem_id="diagnose-examples",
+        )
     return image, task, adapter, button, label, summary, details
 
 
@@ -248,36 +314,74 @@ def _compare_tab(all_runs):
     first_task = diagnose_view.TASK_CHOICES[0][1]
     with gr.Row():
         task = gr.Radio(list(diagnose_view.TASK_CHOICES), value=first_task, label="Task", elem_id="compare-task")
-        attribute = gr.Dropdown(compare_view.attribute_choices(all_runs, first_task),
-                                value=compare_view.default_attribute(all_runs, first_task),
-                                label="Attribute or intersection", allow_custom_value=True,
-                                info="'a+b' compares the intersectional subgroups of a and b.",
-                                elem_id="compare-attribute")
-    runs = RunCheckboxes(catalog.run_choices(all_runs, first_task),
-                         value=compare_view.default_runs(all_runs, first_task), label="Runs",
-                         elem_id="compare-runs")
+        attribute = gr.Dropdown(
+            compare_view.attribute_choices(all_runs, first_task),
+            value=compare_view.default_attribute(all_runs, first_task),
+            label="Attribute or intersection",
+            allow_custom_value=True,
+            info="'a+b' compares the intersectional subgroups of a and b.",
+            elem_id="compare-attribute",
+        )
+    runs = RunCheckboxes(
+        catalog.run_choices(all_runs, first_task),
+        value=compare_view.default_runs(all_runs, first_task),
+        label="Runs",
+        elem_id="compare-runs",
+    )
     with gr.Row():
         button = gr.Button("Compare", variant="primary", elem_id="compare-btn")
         report_button = gr.Button("Build reproduction report", elem_id="compare-report-btn")
-    summary = gr.Dataframe(label="Overall accuracy, AUC and fairness gaps (95% bootstrap intervals)",
-                           interactive=False, wrap=True, column_widths=compare_view.SUMMARY_COLUMN_WIDTHS,
-                           pinned_columns=1,
-                           elem_id="compare-table")
-    groups = gr.Dataframe(label="Accuracy per group (95% Wilson interval, n = test samples)", interactive=False,
-                          wrap=True, pinned_columns=1, elem_id="compare-groups")
+    summary = gr.Dataframe(
+        label="Overall accuracy, AUC and fairness gaps (95% bootstrap intervals)",
+        interactive=False,
+        wrap=True,
+        column_widths=compare_view.SUMMARY_COLUMN_WIDTHS,
+        pinned_columns=1,
+        elem_id="compare-table",
+    )
+    groups = gr.Dataframe(
+        label="Accuracy per group (95% Wilson interval, n = test samples)",
+        interactive=False,
+        wrap=True,
+        pinned_columns=1,
+        elem_id="compare-groups",
+    )
     with gr.Row():
         accuracy = gr.Plot(label="Accuracy per group", elem_id="compare-accuracy-plot")
         frontier = gr.Plot(label="Accuracy vs MaxAccGap", elem_id="compare-frontier-plot")
     margin = gr.Plot(label="Certainty margins", elem_id="compare-margin-plot")
     with gr.Row():
-        downloads = gr.File(label="CSV export (runs table, per-group table)", file_count="multiple",
-                            interactive=False, height=140, elem_id="compare-downloads")
-        report = gr.File(label="Reproduction report (Markdown)", interactive=False, height=140, visible=False,
-                         elem_id="compare-report")
+        downloads = gr.File(
+            label="CSV export (runs table, per-group table)",
+            file_count="multiple",
+            interactive=False,
+            height=140,
+            elem_id="compare-downloads",
+        )
+        report = gr.File(
+            label="Reproduction report (Markdown)",
+            interactive=False,
+            height=140,
+            visible=False,
+            elem_id="compare-report",
+        )
     with gr.Accordion("Notes on small or one-label groups", open=False):
         notes = gr.Markdown(elem_id="compare-notes")
-    return task, attribute, runs, button, summary, groups, accuracy, margin, frontier, notes, downloads, \
-        report_button, report
+    return (
+        task,
+        attribute,
+        runs,
+        button,
+        summary,
+        groups,
+        accuracy,
+        margin,
+        frontier,
+        notes,
+        downloads,
+        report_button,
+        report,
+    )
 
 
 class RunCheckboxes(gr.CheckboxGroup):
@@ -325,37 +429,75 @@ def _studio_tab(settings: Settings, store: JobStore):
             with gr.Accordion("New training job", open=True):
                 fields = {}
                 by_name = {spec.name: spec for spec in specs}
-                layout = (("method",), ("lam", "w_max"), ("data", "attribute"), ("backbone", "lr"),
-                          ("epochs", "lora_r"), ("seed", "max_samples"), ("balanced_sampling",))
+                layout = (
+                    ("method",),
+                    ("lam", "w_max"),
+                    ("data", "attribute"),
+                    ("backbone", "lr"),
+                    ("epochs", "lora_r"),
+                    ("seed", "max_samples"),
+                    ("balanced_sampling",),
+                )
                 for row in layout:
                     with gr.Row():
                         for name in row:
                             fields[name] = _field(by_name[name], settings)
                 launch = gr.Button("Launch", variant="primary", elem_id="launch-btn")
                 with gr.Row():
-                    lambdas = gr.Textbox("0.1, 0.5, 1.0", label="λ sweep", scale=3, elem_id="sweep-lambdas",
-                                         info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}).")
+                    lambdas = gr.Textbox(
+                        "0.1, 0.5, 1.0",
+                        label="λ sweep",
+                        scale=3,
+                        elem_id="sweep-lambdas",
+                        info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}).",
+                    )
                     sweep = gr.Button("Sweep λ", scale=1, elem_id="sweep-btn")
             status = gr.Markdown(elem_id="studio-status")
         with gr.Column(scale=6):
-            jobs_table = gr.Dataframe(jobs_view.jobs_table(store), label="Jobs", interactive=False, wrap=True,
-                                      column_widths=jobs_view.JOB_COLUMN_WIDTHS, max_height=300,
-                                      elem_id="jobs-table")
-            job = gr.Dropdown(jobs_view.job_choices(store), value=jobs_view.selected_or_newest(store, None),
-                              label="Job", allow_custom_value=True, elem_id="job-select")
+            jobs_table = gr.Dataframe(
+                jobs_view.jobs_table(store),
+                label="Jobs",
+                interactive=False,
+                wrap=True,
+                column_widths=jobs_view.JOB_COLUMN_WIDTHS,
+                max_height=300,
+                elem_id="jobs-table",
+            )
+            job = gr.Dropdown(
+                jobs_view.job_choices(store),
+                value=jobs_view.selected_or_newest(store, None),
+                label="Job",
+                allow_custom_value=True,
+                elem_id="job-select",
+            )
             with gr.Row():
                 refresh = gr.Button("Refresh", elem_id="jobs-refresh-btn")
                 resume = gr.Button("Resume job", elem_id="resume-btn")
                 cancel = gr.Button("Cancel job", variant="stop", elem_id="cancel-btn")
             progress = gr.Markdown(jobs_view.NO_JOB_SELECTED, elem_id="job-progress")
             loss = gr.Plot(label="Loss", elem_id="job-loss-plot")
-            log_box = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10, autoscroll=True,
-                                 interactive=False, elem_id="job-log")
+            log_box = gr.Textbox(
+                label="Log (last lines)", lines=10, max_lines=10, autoscroll=True, interactive=False, elem_id="job-log"
+            )
     timer = gr.Timer(POLL_S, active=False)
     drawn = gr.State("")
-    return dict(fields=fields, launch=launch, lambdas=lambdas, sweep=sweep, status=status, jobs_table=jobs_table,
-                job=job, refresh=refresh, cancel=cancel, resume=resume, progress=progress, loss=loss, log=log_box, timer=timer,
-                drawn=drawn)
+    return dict(
+        fields=fields,
+        launch=launch,
+        lambdas=lambdas,
+        sweep=sweep,
+        status=status,
+        jobs_table=jobs_table,
+        job=job,
+        refresh=refresh,
+        cancel=cancel,
+        resume=resume,
+        progress=progress,
+        loss=loss,
+        log=log_box,
+        timer=timer,
+        drawn=drawn,
+    )
 
 
 def _studio_disabled_tab() -> None:
@@ -363,17 +505,18 @@ def _studio_disabled_tab() -> None:
 
 
 # ---------------------------------------------------------------------- Studio wiring
-def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded, runs, runs_seen,
-                 diagnose_inputs, compare_inputs) -> None:
+def _wire_studio(
+    demo, settings: Settings, store: JobStore, parts: dict, guarded, runs, runs_seen, diagnose_inputs, compare_inputs
+) -> None:
     fields = [parts["fields"][name] for name in FORM_FIELDS]
     job, timer, drawn = parts["job"], parts["timer"], parts["drawn"]
     jobs_outputs = [parts["jobs_table"], job]
     detail_outputs = [parts["progress"], parts["loss"], parts["log"], drawn]
 
     def owner_of(request: gr.Request | None, profile: gr.OAuthProfile | None) -> str:
-        return job_owner(settings, profile_name=profile.username if profile else None,
-                         username=getattr(request, "username", None))
-
+        return job_owner(
+            settings, profile_name=profile.username if profile else None, username=getattr(request, "username", None)
+        )
 
     @_named_form_parameters()
     @guarded
@@ -384,8 +527,9 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
     @_named_form_parameters("lambdas_text")
     @guarded
     def sweep(request: gr.Request, profile: gr.OAuthProfile | None, *values):
-        message, job_id = actions.sweep(store, settings, actions.form_values(values[:-1]), values[-1],
-                                        owner_of(request, profile))
+        message, job_id = actions.sweep(
+            store, settings, actions.form_values(values[:-1]), values[-1], owner_of(request, profile)
+        )
         return message, jobs_view.jobs_table(store), job_id
 
     @guarded
@@ -418,8 +562,12 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         """
         active = store.is_active()
         current = jobs_view.selected_or_newest(store, selected)
-        return (jobs_view.jobs_table(store), job_choices(current), *detail(current, last_drawn),
-                gr.Timer(active=active))
+        return (
+            jobs_view.jobs_table(store),
+            job_choices(current),
+            *detail(current, last_drawn),
+            gr.Timer(active=active),
+        )
 
     def refresh_run_choices(d_task, d_adapter, c_task, c_keys, seen):
         """After a job finishes its run is offered in Diagnose and Compare (only redrawn when runs changed)."""
@@ -427,11 +575,17 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
         keys = tuple(sorted(run.label() for run in all_runs))
         if keys == tuple(seen):
             return gr.skip(), gr.skip(), seen
-        return (gr.Dropdown(choices=diagnose_view.adapter_choices(all_runs, d_task),
-                            value=diagnose_view.keep_or_default(all_runs, d_task, d_adapter)),
-                gr.CheckboxGroup(choices=catalog.run_choices(all_runs, c_task),
-                                 value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys)),
-                keys)
+        return (
+            gr.Dropdown(
+                choices=diagnose_view.adapter_choices(all_runs, d_task),
+                value=diagnose_view.keep_or_default(all_runs, d_task, d_adapter),
+            ),
+            gr.CheckboxGroup(
+                choices=catalog.run_choices(all_runs, c_task),
+                value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys),
+            ),
+            keys,
+        )
 
     def dataset_changed(dataset: str):
         return gr.Dropdown(choices=attribute_choices(settings, dataset), value=default_attribute(settings, dataset))
@@ -454,30 +608,48 @@ def _wire_studio(demo, settings: Settings, store: JobStore, parts: dict, guarded
 
     launch_outputs = [parts["status"], parts["jobs_table"], job]
     for button, check, fn, inputs, name in (
-            (parts["launch"], check_launch, launch, fields, "launch"),
-            (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"]], "sweep"),
-            (parts["cancel"], None, cancel, [job], "cancel"),
-            (parts["resume"], None, resume, [job], "resume")):
+        (parts["launch"], check_launch, launch, fields, "launch"),
+        (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"]], "sweep"),
+        (parts["cancel"], None, cancel, [job], "cancel"),
+        (parts["resume"], None, resume, [job], "resume"),
+    ):
         # The form is checked first by an event without outputs, so a mistake shows only its toast (no red
         # "Error" badges on the jobs table); /launch and /sweep check it again for API clients.
         trigger = button.click(check, inputs, None, api_visibility="private").success if check else button.click
         trigger(fn, inputs, launch_outputs, api_name=name, concurrency_limit=1).success(
-            follow, job, [job, timer], api_visibility="private")
+            follow, job, [job, timer], api_visibility="private"
+        )
     parts["refresh"].click(list_jobs, None, parts["jobs_table"], api_name="jobs").then(
-        follow, job, [job, timer], api_visibility="private")
+        follow, job, [job, timer], api_visibility="private"
+    )
     job.change(detail, [job, drawn], detail_outputs, api_visibility="private")
     parts["jobs_table"].select(_selected_job, None, job, api_visibility="private")
     by_name = {spec.name: spec for spec in form_fields(settings)}
-    parts["fields"]["method"].change(method_changed, parts["fields"]["method"],
-                                     [parts["fields"]["lam"], parts["fields"]["w_max"]], api_visibility="private")
-    parts["fields"]["data"].change(dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"],
-                                   api_visibility="private")
+    parts["fields"]["method"].change(
+        method_changed,
+        parts["fields"]["method"],
+        [parts["fields"]["lam"], parts["fields"]["w_max"]],
+        api_visibility="private",
+    )
+    parts["fields"]["data"].change(
+        dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"], api_visibility="private"
+    )
     d_task, d_adapter = diagnose_inputs
     c_task, c_runs = compare_inputs
-    timer.tick(poll, [job, drawn], [*jobs_outputs, *detail_outputs, timer], api_visibility="private",
-               concurrency_limit=None, show_progress="hidden").then(
-        refresh_run_choices, [d_task, d_adapter, c_task, c_runs, runs_seen], [d_adapter, c_runs, runs_seen],
-        api_visibility="private", show_progress="hidden")
+    timer.tick(
+        poll,
+        [job, drawn],
+        [*jobs_outputs, *detail_outputs, timer],
+        api_visibility="private",
+        concurrency_limit=None,
+        show_progress="hidden",
+    ).then(
+        refresh_run_choices,
+        [d_task, d_adapter, c_task, c_runs, runs_seen],
+        [d_adapter, c_runs, runs_seen],
+        api_visibility="private",
+        show_progress="hidden",
+    )
     demo.load(poll, [job, drawn], [*jobs_outputs, *detail_outputs, timer], api_visibility="private")
 
 
@@ -488,6 +660,7 @@ def _named_form_parameters(*extra: str) -> Callable:
     an endpoint's inputs by the names in its signature (``/launch`` with ``method=...``); the form's
     fields are listed once, in studio.form.FORM_FIELDS.
     """
+
     def wrap(fn: Callable) -> Callable:
         special = list(inspect.signature(fn).parameters.values())[:2]
         fields = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in (*FORM_FIELDS, *extra)]
@@ -499,7 +672,7 @@ def _named_form_parameters(*extra: str) -> Callable:
 
 def _selected_job(event: gr.SelectData):
     """Clicking a row of the jobs table selects that job (its first cell is the job id)."""
-    row = event.row_value if event.row_value else None
+    row = event.row_value or None
     return row[0] if row else gr.skip()
 
 
@@ -513,10 +686,17 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
     token (assets/security/advisories.json, tests/test_advisories.py). FairDx needs neither.
     Host and port: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, read by Gradio itself.
     """
-    kwargs: dict[str, Any] = dict(max_file_size=MAX_FILE_SIZE, enable_monitoring=False, show_error=False,
-                                  run_history=False, ssr_mode=False, css=CSS, theme=gr.themes.Soft(),
-                                  footer_links=["api", "gradio"],
-                                  app_kwargs=request_limits.app_kwargs())  # 413 for bodies over 16 MB (issue 12)
+    kwargs: dict[str, Any] = dict(
+        max_file_size=MAX_FILE_SIZE,
+        enable_monitoring=False,
+        show_error=False,
+        run_history=False,
+        ssr_mode=False,
+        css=CSS,
+        theme=gr.themes.Soft(),
+        footer_links=["api", "gradio"],
+        app_kwargs=request_limits.app_kwargs(),
+    )  # 413 for bodies over 16 MB (issue 12)
     if settings.auth and not settings.on_space:
         kwargs["auth"] = list(settings.auth)
         kwargs["auth_message"] = "Sign in to FairDx (accounts set by the operator in FAIRDX_AUTH)."

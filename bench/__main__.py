@@ -15,6 +15,7 @@ touch the next; each prints its own table and writes ``bench/results/<name>.json
 gives each stage's status, wall time and headline figures; ``bench/results/summary[_quick].json``
 holds them with the environment. Exit status 1 if any stage failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def _synth_bias(result: dict) -> str:
     low, high = strengths[0], strengths[-1]
     fundus = [runs[f"fundus@{s}"]["baseline"]["race"]["max_acc_gap"] for s in (low, high)]
     skin = [runs[f"skin@{s}"]["baseline"]["delta_tpr"] for s in (low, high)]
-    return (f"baseline MaxAccGap race {fundus[0]:.3f} → {fundus[1]:.3f}, ΔTPR sex×age {skin[0]:.3f} → {skin[1]:.3f} "
-            f"(strength {low} → {high})")
+    return (
+        f"baseline MaxAccGap race {fundus[0]:.3f} → {fundus[1]:.3f}, ΔTPR sex×age {skin[0]:.3f} → {skin[1]:.3f} "
+        f"(strength {low} → {high})"
+    )
 
 
 def _fairness(result: dict) -> str:
@@ -61,28 +64,39 @@ def _fairness(result: dict) -> str:
 
 
 def _overhead(result: dict) -> str:
-    return "worst step ratio " + ", ".join(f"{model} {ratio:.3f}" for model, ratio in result["worst_step_ratio"].items()) \
+    return (
+        "worst step ratio "
+        + ", ".join(f"{model} {ratio:.3f}" for model, ratio in result["worst_step_ratio"].items())
         + f" (goal ≤ {result['goal']})"
+    )
 
 
 def _serving(result: dict) -> str:
-    return "; ".join(f"{r['model']}: predict p50 {r['predict_ms']['p50']:.1f} ms, switch {r['switch']['switch_ms_p50']:.2f} ms, "
-                     f"reload/switch {r['switch']['full_reload_over_switch']:.0f}×" for r in result["results"])
+    return "; ".join(
+        f"{r['model']}: predict p50 {r['predict_ms']['p50']:.1f} ms, switch {r['switch']['switch_ms_p50']:.2f} ms, "
+        f"reload/switch {r['switch']['full_reload_over_switch']:.0f}×"
+        for r in result["results"]
+    )
 
 
 def _compare(result: dict) -> str:
     medians = result["median_wall_seconds"]
     uncached = next(v for k, v in medians.items() if k.startswith("compare_runs uncached") and "1 thread" not in k)
-    return (f"{result['setup']['runs']} runs × {result['setup']['n']}: uncached {uncached:.2f} s "
-            f"(1 thread {medians['compare_runs uncached, 1 thread']:.2f} s), cached {medians['compare_runs cached'] * 1000:.1f} ms")
+    return (
+        f"{result['setup']['runs']} runs × {result['setup']['n']}: uncached {uncached:.2f} s "
+        f"(1 thread {medians['compare_runs uncached, 1 thread']:.2f} s), cached {medians['compare_runs cached'] * 1000:.1f} ms"
+    )
 
 
 def _gpu(result: dict) -> str:
     def mfu(row: dict) -> str:
         return "–" if row["mfu"] is None else f"{100 * row['mfu']:.0f}%"
 
-    return "; ".join(f"{r['model']} ckpt {'on' if r['gradient_checkpointing'] else 'off'}: {r['samples_per_s']:.1f} samples/s, "
-                     f"{r['peak_memory_gib']:.0f} GiB, MFU {mfu(r)}" for r in result["results"])
+    return "; ".join(
+        f"{r['model']} ckpt {'on' if r['gradient_checkpointing'] else 'off'}: {r['samples_per_s']:.1f} samples/s, "
+        f"{r['peak_memory_gib']:.0f} GiB, MFU {mfu(r)}"
+        for r in result["results"]
+    )
 
 
 @dataclass(frozen=True)
@@ -103,14 +117,27 @@ class Stage:
 
 
 STAGES = (
-    Stage("synth_bias", "bench.synth_bias", ("--n", "2000", "--strengths", "0", "0.5", "1"),
-          ("--n", "400", "--strengths", "0", "1"), "synth_bias", _synth_bias),
+    Stage(
+        "synth_bias",
+        "bench.synth_bias",
+        ("--n", "2000", "--strengths", "0", "0.5", "1"),
+        ("--n", "400", "--strengths", "0", "1"),
+        "synth_bias",
+        _synth_bias,
+    ),
     Stage("fairness", "bench.fairness", (), ("--quick",), "fairness", _fairness),
     Stage("overhead", "bench.overhead", (), ("--quick",), "overhead", _overhead),
     Stage("serving", "bench.serving_speed", (), ("--n", "10", "--reloads", "2"), "serving_speed", _serving),
     Stage("compare_speed", "bench.compare_speed", (), ("--repeat", "1"), "compare_speed", _compare),
-    Stage("gpu_throughput", "bench.gpu_throughput", (), ("--steps", "3", "--warmup", "1"), "gpu_throughput", _gpu,
-          needs_cuda=True),
+    Stage(
+        "gpu_throughput",
+        "bench.gpu_throughput",
+        (),
+        ("--steps", "3", "--warmup", "1"),
+        "gpu_throughput",
+        _gpu,
+        needs_cuda=True,
+    ),
 )
 NAMES = tuple(stage.name for stage in STAGES)
 
@@ -130,8 +157,13 @@ def run_stage(stage: Stage, quick: bool) -> dict[str, Any]:
     before = path.stat().st_mtime if path.exists() else None
     rc = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).returncode
     seconds = round(time.perf_counter() - start, 1)
-    entry: dict[str, Any] = {"stage": stage.name, "command": " ".join(command[1:]), "rc": rc, "seconds": seconds,
-                             "result": str(path.relative_to(REPO))}
+    entry: dict[str, Any] = {
+        "stage": stage.name,
+        "command": " ".join(command[1:]),
+        "rc": rc,
+        "seconds": seconds,
+        "result": str(path.relative_to(REPO)),
+    }
     fresh = path.exists() and path.stat().st_mtime != before
     if rc != 0 or not fresh:
         entry["status"] = f"failed (exit {rc})" if rc != 0 else "failed (no result written)"
@@ -145,8 +177,9 @@ def run_stage(stage: Stage, quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="the few-minute variant of every stage")
     parser.add_argument("--only", nargs="+", choices=NAMES, metavar="STAGE", help="run only these stages")
     parser.add_argument("--skip", nargs="+", choices=NAMES, default=[], metavar="STAGE", help="leave these stages out")
@@ -165,10 +198,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mode = "quick" if args.quick else "full"
     print(f"\n# summary ({mode}, {total / 60:.1f} min)\n\n{environment_line(env)}\n")
-    print(markdown_table(["stage", "status", "seconds", "headline"],
-                         [[e["stage"], e["status"], f"{e['seconds']:.0f}", e.get("headline", "")] for e in entries]))
-    path = write_result(RESULTS_DIR / f"summary{'_quick' if args.quick else ''}.json",
-                        {"mode": mode, "total_seconds": total, "stages": entries}, env)
+    print(
+        markdown_table(
+            ["stage", "status", "seconds", "headline"],
+            [[e["stage"], e["status"], f"{e['seconds']:.0f}", e.get("headline", "")] for e in entries],
+        )
+    )
+    path = write_result(
+        RESULTS_DIR / f"summary{'_quick' if args.quick else ''}.json",
+        {"mode": mode, "total_seconds": total, "stages": entries},
+        env,
+    )
     print(f"\nwrote {path}")
     return 0 if all(e["status"] == "ok" or e["status"].startswith("skipped") for e in entries) else 1
 

@@ -5,6 +5,7 @@ another library version is another figure. ``environment()`` collects that once,
 puts it at the top of each ``bench/results/<name>.json``; ``markdown_table`` prints the tables the
 benchmarks share.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     record: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": platform.python_version(),
@@ -83,6 +84,8 @@ def median(values: Sequence[float]) -> float:
 def environment_line(env: dict[str, Any]) -> str:
     """One line for the top of a printed report."""
     load = env["load_average"]
-    return (f"{env['date']} · {env['machine']} · {env['cpu_count']} CPU cores · torch {env['versions']['torch']} "
-            f"({env['torch_threads']} threads) · load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
-            + (f" · {env['gpu']}" if env.get("gpu") else ""))
+    return (
+        f"{env['date']} · {env['machine']} · {env['cpu_count']} CPU cores · torch {env['versions']['torch']} "
+        f"({env['torch_threads']} threads) · load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+        + (f" · {env['gpu']}" if env.get("gpu") else "")
+    )

@@ -21,6 +21,7 @@ median process CPU time (all threads); the JSON starts with bench.common's envir
 average before and after included), since other processes on a shared machine stretch wall times.
 ``--profile`` prints the top of a cProfile of one uncached single-thread comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,17 +63,19 @@ def synthetic_predictions(rng: np.random.Generator, n: int, gap: float) -> pd.Da
     logit = (2 * label - 1) * 1.2 + rng.normal(0, 1, n) * (1 + 4 * noise)
     prob = 1 / (1 + np.exp(-logit))
     margin = np.where(label == 1, logit, -logit)
-    return pd.DataFrame({
-        "id": [f"s{i:05d}" for i in range(n)],
-        "split": "test",
-        "label": label,
-        "prob": prob.round(6),
-        "margin": margin.round(6),
-        "race": race,
-        "ethnicity": rng.choice(list(ETHNICITY), n, p=list(ETHNICITY.values())),
-        "gender": rng.choice(list(GENDER), n, p=list(GENDER.values())),
-        "age_group": rng.choice(["0-40", "40-60", "60+"], n),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"s{i:05d}" for i in range(n)],
+            "split": "test",
+            "label": label,
+            "prob": prob.round(6),
+            "margin": margin.round(6),
+            "race": race,
+            "ethnicity": rng.choice(list(ETHNICITY), n, p=list(ETHNICITY.values())),
+            "gender": rng.choice(list(GENDER), n, p=list(GENDER.values())),
+            "age_group": rng.choice(["0-40", "40-60", "60+"], n),
+        }
+    )
 
 
 def build_runs(root: Path, runs: int, n: int) -> None:
@@ -85,8 +88,17 @@ def build_runs(root: Path, runs: int, n: int) -> None:
         (path / "adapter").mkdir(parents=True)
         frame = synthetic_predictions(rng, n, gap=0.3 if method == BASELINE.name else 0.1)
         frame.to_csv(path / "predictions.csv", index=False)
-        config = {"task": "fundus", "method": method, "backbone": "assets/backbones/tiny-qwen2.5-vl", "lam": 0.5,
-                  "w_max": 10.0, "attribute": "race", "seed": k, "run_id": run_id, "data": "synth:fundus"}
+        config = {
+            "task": "fundus",
+            "method": method,
+            "backbone": "assets/backbones/tiny-qwen2.5-vl",
+            "lam": 0.5,
+            "w_max": 10.0,
+            "attribute": "race",
+            "seed": k,
+            "run_id": run_id,
+            "data": "synth:fundus",
+        }
         (path / "config.json").write_text(json.dumps(config))
         (path / "adapter" / "adapter_config.json").write_text("{}")
         (path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
@@ -96,8 +108,9 @@ def build_runs(root: Path, runs: int, n: int) -> None:
         (path / "eval.json").write_text(json.dumps({"run_id": run_id, "split": "test", "report": report}))
 
 
-def timed(function: Callable[[], object], repeat: int,
-          before: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def timed(
+    function: Callable[[], object], repeat: int, before: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
     """Wall seconds and process CPU seconds (all threads) of each repetition.
 
     CPU time is the steadier figure on a shared machine: other processes stretch the wall time of a
@@ -162,8 +175,10 @@ def profile(root: Path, attribute: str, bootstrap: int, lines: int = 15) -> str:
 
 
 def table(timings: dict[str, dict[str, list[float]]]) -> str:
-    rows = [[name, f"{statistics.median(s['wall']):.4f}", f"{min(s['wall']):.4f}", f"{statistics.median(s['cpu']):.4f}"]
-            for name, s in timings.items()]
+    rows = [
+        [name, f"{statistics.median(s['wall']):.4f}", f"{min(s['wall']):.4f}", f"{statistics.median(s['cpu']):.4f}"]
+        for name, s in timings.items()
+    ]
     return markdown_table(["what", "wall median s", "wall fastest s", "CPU median s"], rows)
 
 
@@ -188,16 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         timings = measure(root, args.attribute, args.bootstrap, args.repeat)
         profile_text = profile(root, args.attribute, args.bootstrap) if args.profile else None
 
-    setup = (f"{args.runs} runs × {args.n} predictions, {args.bootstrap} bootstrap resamples, attribute "
-             f"'{args.attribute}', {os.cpu_count()} CPU cores, {args.repeat} repeats (built in {build_seconds:.1f} s)")
+    setup = (
+        f"{args.runs} runs × {args.n} predictions, {args.bootstrap} bootstrap resamples, attribute "
+        f"'{args.attribute}', {os.cpu_count()} CPU cores, {args.repeat} repeats (built in {build_seconds:.1f} s)"
+    )
     print(environment_line(env))
     print(setup)
     print(table(timings))
     if profile_text:
         print(profile_text)
     results = {
-        "setup": {"runs": args.runs, "n": args.n, "bootstrap": args.bootstrap, "attribute": args.attribute,
-                  "repeat": args.repeat, "pandas": pd.__version__, "blas_threads_during_compare": 1},
+        "setup": {
+            "runs": args.runs,
+            "n": args.n,
+            "bootstrap": args.bootstrap,
+            "attribute": args.attribute,
+            "repeat": args.repeat,
+            "pandas": pd.__version__,
+            "blas_threads_during_compare": 1,
+        },
         "seconds": timings,
         "median_wall_seconds": {name: statistics.median(values["wall"]) for name, values in timings.items()},
         "fastest_wall_seconds": {name: min(values["wall"]) for name, values in timings.items()},

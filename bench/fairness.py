@@ -35,6 +35,7 @@ runs once. Runs use one torch thread (``--threads``): the tiny models gain nothi
 on a shared machine a 2-thread op that loses a core waits for it (10x slower steps were seen).
 Prints the tables and writes ``bench/results/fairness.json`` (``--quick``: ``fairness_quick.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, RUNS_DIR, environment, environment_line, markdown_table, write_result
-from training.methods import BASELINE, CMAC, FR, GR, HYBRID, NAMES as METHODS
+from training.methods import BASELINE, CMAC, FR, GR, HYBRID
+from training.methods import NAMES as METHODS
 
 VANILLA = BASELINE.name  # the reference of every paired change
 
@@ -60,8 +62,10 @@ TASKS = ("fundus", "skin")
 SECTIONS = ("main", "lambda", "strength")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
 
-STALE_RUNS = ("{n} run(s) in {runs_dir} were trained with other settings than this bench asks for ({names}); "
-              "rerun with --fresh to retrain them, or pass another --runs-dir")
+STALE_RUNS = (
+    "{n} run(s) in {runs_dir} were trained with other settings than this bench asks for ({names}); "
+    "rerun with --fresh to retrain them, or pass another --runs-dir"
+)
 NOT_SYNTHETIC = "DEMOS['{task}'].data is '{data}'; the fairness bench needs a synthetic spec (synth:{task}...)"
 UNKNOWN_SECTION = "unknown section '{name}'; choose from {choices}"
 RUN_FAILED = "run {name} crashed ({error}); its traceback is in {log}"
@@ -87,10 +91,18 @@ class Metric:
 
 ACCURACY, AUC = Metric("accuracy", "accuracy", "accuracy"), Metric("auc", "AUC", "auc")
 METRICS: dict[str, tuple[Metric, ...]] = {
-    "fundus": (ACCURACY, AUC, Metric("max_acc_gap:race", "MaxAccGap race", "max_acc_gap", "race"),
-               Metric("max_acc_gap:ethnicity", "MaxAccGap ethnicity", "max_acc_gap", "ethnicity")),
-    "skin": (ACCURACY, AUC, Metric("delta_tpr:sex+age_group", "ΔTPR sex×age", "delta_tpr", "sex+age_group"),
-             Metric("max_acc_gap:sex+age_group", "MaxAccGap sex×age", "max_acc_gap", "sex+age_group")),
+    "fundus": (
+        ACCURACY,
+        AUC,
+        Metric("max_acc_gap:race", "MaxAccGap race", "max_acc_gap", "race"),
+        Metric("max_acc_gap:ethnicity", "MaxAccGap ethnicity", "max_acc_gap", "ethnicity"),
+    ),
+    "skin": (
+        ACCURACY,
+        AUC,
+        Metric("delta_tpr:sex+age_group", "ΔTPR sex×age", "delta_tpr", "sex+age_group"),
+        Metric("max_acc_gap:sex+age_group", "MaxAccGap sex×age", "max_acc_gap", "sex+age_group"),
+    ),
 }
 PRIMARY_GAP = {"fundus": "max_acc_gap:race", "skin": "delta_tpr:sex+age_group"}  # the gap each paper targets
 
@@ -117,18 +129,33 @@ class Plan:
 
 
 FULL = Plan(
-    name="full", n=2000, data_seed=0, max_samples=960, epochs=None, seeds=tuple(range(10)),
-    methods={task: METHODS for task in TASKS},
-    lambdas=(0.1, 0.5, 1.0), lambda_methods={"fundus": (FR.name, HYBRID.name), "skin": (CMAC.name,)},
-    strengths=(0.0, 0.5, 1.0), strength_methods={"fundus": (VANILLA, HYBRID.name), "skin": (VANILLA, CMAC.name)},
+    name="full",
+    n=2000,
+    data_seed=0,
+    max_samples=960,
+    epochs=None,
+    seeds=tuple(range(10)),
+    methods=dict.fromkeys(TASKS, METHODS),
+    lambdas=(0.1, 0.5, 1.0),
+    lambda_methods={"fundus": (FR.name, HYBRID.name), "skin": (CMAC.name,)},
+    strengths=(0.0, 0.5, 1.0),
+    strength_methods={"fundus": (VANILLA, HYBRID.name), "skin": (VANILLA, CMAC.name)},
 )
 QUICK = Plan(
-    name="quick", n=600, data_seed=0, max_samples=160, epochs=1, seeds=(0,),
+    name="quick",
+    n=600,
+    data_seed=0,
+    max_samples=160,
+    epochs=1,
+    seeds=(0,),
     methods={"fundus": (VANILLA, FR.name, GR.name, HYBRID.name), "skin": (VANILLA, CMAC.name)},
-    lambdas=(0.5, 1.0), lambda_methods={"fundus": (FR.name,)},
-    strengths=(0.0, 1.0), strength_methods={"fundus": (VANILLA, HYBRID.name)},
+    lambdas=(0.5, 1.0),
+    lambda_methods={"fundus": (FR.name,)},
+    strengths=(0.0, 1.0),
+    strength_methods={"fundus": (VANILLA, HYBRID.name)},
     test_min={"fundus": 40, "skin": 8},
-    runs_dir=RUNS_DIR / "fairness-quick", json_path=RESULTS_DIR / "fairness_quick.json",
+    runs_dir=RUNS_DIR / "fairness-quick",
+    json_path=RESULTS_DIR / "fairness_quick.json",
 )
 
 
@@ -201,11 +228,15 @@ def bench_config(run: BenchRun, plan: Plan, runs_dir: Path):
         spec = replace(spec, test_min=plan.test_min[run.task])
     data = str(spec) + (f",image_size={spec.image_size}" if spec.image_size != SYNTH_DEFAULTS["image_size"] else "")
     return base.replace(
-        method=run.method, lam=run.lam, seed=run.seed, data=data,
+        method=run.method,
+        lam=run.lam,
+        seed=run.seed,
+        data=data,
         max_samples=plan.max_samples if plan.max_samples is not None else base.max_samples,
         epochs=plan.epochs or base.epochs,
         eval_bootstrap=0,  # the bench reports the spread over seeds; inference.report bootstraps on its own
-        runs_dir=str(runs_dir), run_name=run.name,
+        runs_dir=str(runs_dir),
+        run_name=run.name,
     )
 
 
@@ -268,8 +299,12 @@ def train_runs(configs: Sequence, states: dict[str, str], *, workers: int = 1, t
         seconds[cfg.run_name] = took
         left = len(todo) - len(seconds)
         eta = sum(_mean_seconds(seconds, c) for c in todo if c.run_name not in seconds) / max(1, workers)
-        print(f"[{len(seconds)}/{len(todo)}] {cfg.run_name}: {took:.1f} s"
-              + (f" (about {eta / 60:.1f} min left)" if left else ""), file=sys.stderr, flush=True)
+        print(
+            f"[{len(seconds)}/{len(todo)}] {cfg.run_name}: {took:.1f} s"
+            + (f" (about {eta / 60:.1f} min left)" if left else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     if workers <= 1:
         for cfg in todo:
@@ -326,13 +361,20 @@ def read_record(path: Path, run: BenchRun) -> dict[str, Any]:
     report = json.loads((path / "eval.json").read_text())["report"]
     training = json.loads((path / "config.json").read_text()).get("training", {})
     return {
-        "name": run.name, "task": run.task, "method": run.method, "lam": run.lam, "strength": run.strength,
-        "seed": run.seed, "sections": list(run.sections),
+        "name": run.name,
+        "task": run.task,
+        "method": run.method,
+        "lam": run.lam,
+        "strength": run.strength,
+        "seed": run.seed,
+        "sections": list(run.sections),
         "metrics": {m.key: metric_value(report, m) for m in METRICS[run.task]},
         "degenerate": bool((report.get("guard") or {}).get("degenerate")),
-        "guard": report.get("guard"), "threshold": report.get("threshold"),
+        "guard": report.get("guard"),
+        "threshold": report.get("threshold"),
         "reweighted": report.get("overall", {}).get("reweighted"),
-        "train_seconds": training.get("seconds"), "steps": training.get("steps"),
+        "train_seconds": training.get("seconds"),
+        "steps": training.get("steps"),
         "fairness_active_fraction": training.get("fairness_active_fraction"),
     }
 
@@ -365,8 +407,14 @@ def paired_test(differences: Iterable[float | None], level: float = 0.95) -> dic
 
     values = list(differences)
     kept = [float(v) for v in values if v is not None]
-    out: dict[str, Any] = {"mean": None, "ci": None, "p_value": None, "n": len(kept),
-                           "n_undefined": len(values) - len(kept), "values": kept}
+    out: dict[str, Any] = {
+        "mean": None,
+        "ci": None,
+        "p_value": None,
+        "n": len(kept),
+        "n_undefined": len(values) - len(kept),
+        "values": kept,
+    }
     if not kept:
         return out
     out["mean"] = statistics.fmean(kept)
@@ -388,8 +436,11 @@ def against_vanilla(records: Sequence[dict], vanilla: dict[int, dict], metrics: 
     out = {}
     for metric in metrics:
         values = [r["metrics"][metric.key] for r in records]
-        pairs = [(r["metrics"][metric.key], vanilla[r["seed"]]["metrics"][metric.key])
-                 for r in records if r["seed"] in vanilla]
+        pairs = [
+            (r["metrics"][metric.key], vanilla[r["seed"]]["metrics"][metric.key])
+            for r in records
+            if r["seed"] in vanilla
+        ]
         differences = [None if m is None or v is None else m - v for m, v in pairs]
         out[metric.key] = {
             "value": summarize(values),
@@ -430,7 +481,8 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
             main_rows = [r for r in rows if "main" in r["sections"]]
             result["main"][task] = {
                 method: against_vanilla([r for r in main_rows if r["method"] == method], vanilla_at(strength0), metrics)
-                for method in METHODS if any(r["method"] == method for r in main_rows)
+                for method in METHODS
+                if any(r["method"] == method for r in main_rows)
             }
             floor = noise_floor({r["seed"]: r for r in main_rows if r["method"] == VANILLA}, metrics)
             if floor:
@@ -439,22 +491,32 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
             by_method: dict[str, dict[str, Any]] = {}
             for method in plan.lambda_methods.get(task, ()):
                 for lam in plan.lambdas:
-                    chosen = [r for r in rows if r["method"] == method and r["lam"] == lam and r["strength"] == strength0
-                              and r["seed"] == plan.seeds[0]]
+                    chosen = [
+                        r
+                        for r in rows
+                        if r["method"] == method
+                        and r["lam"] == lam
+                        and r["strength"] == strength0
+                        and r["seed"] == plan.seeds[0]
+                    ]
                     if chosen:
                         by_method.setdefault(method, {})[f"{lam:g}"] = against_vanilla(
-                            chosen, vanilla_at(strength0), metrics)
+                            chosen, vanilla_at(strength0), metrics
+                        )
             if by_method:
                 result["lambda"][task] = by_method
         if "strength" in plan.sections and plan.strength_methods.get(task):
             by_strength: dict[str, dict[str, Any]] = {}
             for strength in plan.strengths:
-                chosen = [r for r in rows if r["strength"] == strength and r["lam"] == lam0 and r["seed"] == plan.seeds[0]]
+                chosen = [
+                    r for r in rows if r["strength"] == strength and r["lam"] == lam0 and r["seed"] == plan.seeds[0]
+                ]
                 for method in METHODS:
                     mine = [r for r in chosen if r["method"] == method]
                     if mine:
                         by_strength.setdefault(f"{strength:g}", {})[method] = against_vanilla(
-                            mine, {plan.seeds[0]: r for r in chosen if r["method"] == VANILLA}, metrics)
+                            mine, {plan.seeds[0]: r for r in chosen if r["method"] == VANILLA}, metrics
+                        )
             if by_strength:
                 result["strength"][task] = by_strength
     return result
@@ -502,8 +564,13 @@ def figure_cells(figures: dict[str, Any], metrics: Sequence[Metric], *, with_del
         entry = figures[metric.key]
         cells.append(fmt_value(entry["value"]))
         if with_delta:
-            cells.append(fmt_test(entry.get("test")) if entry.get("test") and entry["test"]["n"] > 1
-                         else fmt_relative(entry["relative"]) if metric.is_gap else fmt_points(entry["delta"]))
+            cells.append(
+                fmt_test(entry.get("test"))
+                if entry.get("test") and entry["test"]["n"] > 1
+                else fmt_relative(entry["relative"])
+                if metric.is_gap
+                else fmt_points(entry["delta"])
+            )
     return cells
 
 
@@ -534,8 +601,11 @@ def main_table(task: str, figures: dict[str, Any]) -> str:
 
 def lambda_table(task: str, figures: dict[str, Any]) -> str:
     metrics = METRICS[task]
-    rows = [[method, lam, *figure_cells(entry, metrics, with_delta=True)]
-            for method, by_lam in figures.items() for lam, entry in by_lam.items()]
+    rows = [
+        [method, lam, *figure_cells(entry, metrics, with_delta=True)]
+        for method, by_lam in figures.items()
+        for lam, entry in by_lam.items()
+    ]
     return markdown_table(["method", "λ", *figure_headers(metrics, with_delta=True)], rows)
 
 
@@ -549,8 +619,11 @@ def strength_table(task: str, figures: dict[str, Any]) -> str:
     rows = []
     for strength, by_method in figures.items():
         vanilla = by_method.get(VANILLA)
-        row = [strength, fmt_value(vanilla["accuracy"]["value"]) if vanilla else "–",
-               fmt_value(vanilla[gap]["value"]) if vanilla else "–"]
+        row = [
+            strength,
+            fmt_value(vanilla["accuracy"]["value"]) if vanilla else "–",
+            fmt_value(vanilla[gap]["value"]) if vanilla else "–",
+        ]
         for method in methods:
             if method == VANILLA:
                 continue
@@ -565,39 +638,65 @@ def report_text(result: dict[str, Any], plan: Plan) -> str:
     size = f"n={plan.n}, {plan.max_samples or 'all'} training samples, epochs {plan.epochs or 'as the demos'}"
     parts = []
     for task, figures in result["main"].items():
-        parts += [f"## {task}: methods over seeds {', '.join(map(str, plan.seeds))} ({size})", "",
-                  main_table(task, figures), ""]
+        parts += [
+            f"## {task}: methods over seeds {', '.join(map(str, plan.seeds))} ({size})",
+            "",
+            main_table(task, figures),
+            "",
+        ]
     for task, figures in result["lambda"].items():
         parts += [f"## {task}: λ ablation (seed {plan.seeds[0]})", "", lambda_table(task, figures), ""]
     for task, figures in result["strength"].items():
-        parts += [f"## {task}: gap against data bias strength (seed {plan.seeds[0]})", "",
-                  strength_table(task, figures), ""]
-    parts.append("Gaps: lower is fairer. Values: mean ± sample sd over seeds. 'vs vanilla': mean paired difference "
-                 "(method − vanilla, same seed and data) with its 95 % t interval and the paired t-test's p-value "
-                 f"over all seeds; '{NOISE_FLOOR}' pairs vanilla seeds k and k+1, the change retraining alone "
-                 "gives. With one seed: relative change of a gap, points of accuracy/AUC.")
+        parts += [
+            f"## {task}: gap against data bias strength (seed {plan.seeds[0]})",
+            "",
+            strength_table(task, figures),
+            "",
+        ]
+    parts.append(
+        "Gaps: lower is fairer. Values: mean ± sample sd over seeds. 'vs vanilla': mean paired difference "
+        "(method − vanilla, same seed and data) with its 95 % t interval and the paired t-test's p-value "
+        f"over all seeds; '{NOISE_FLOOR}' pairs vanilla seeds k and k+1, the change retraining alone "
+        "gives. With one seed: relative change of a gap, points of accuracy/AUC."
+    )
     return "\n".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fairness",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="the few-minute variant (one seed, small data, one epoch)")
     parser.add_argument("--fresh", action="store_true", help="retrain the planned runs even if they exist")
     parser.add_argument("--dry-run", action="store_true", help="list the planned runs and their state; train nothing")
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), metavar="NAME",
-                        help=f"sections to run, of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        metavar="NAME",
+        help=f"sections to run, of {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
     parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1) of the main section (default: the plan's)")
     parser.add_argument("--n", type=int, help="synthetic benchmark size (default: the plan's)")
     parser.add_argument("--max-samples", type=int, help="training subset per run (default: the plan's)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the plan's)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per run (1: tiny models gain nothing from more, and a shared machine "
-                             "slows multi-threaded ops by up to 10x)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="runs trained at once, each in its own process (2 on a 2-core machine halves the time)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (1: tiny models gain nothing from more, and a shared machine "
+        "slows multi-threaded ops by up to 10x)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (2 on a 2-core machine halves the time)",
+    )
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: bench/runs/fairness[-quick])")
     parser.add_argument("--json", type=Path, help="where the figures go (default: bench/results/fairness[_quick].json)")
     return parser
@@ -646,16 +745,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_run(cfg)
     states = {cfg.run_name: run_state(cfg) for cfg in configs}
     counts = {s: sum(v[0] == s for v in states.values()) for s in ("done", "resume", "todo", "stale")}
-    print(f"fairness bench ({plan.name}): {len(runs)} runs in {plan.runs_dir}: {counts['done']} done, "
-          f"{counts['todo']} to train, {counts['resume']} to resume, {counts['stale']} stale", file=sys.stderr)
+    print(
+        f"fairness bench ({plan.name}): {len(runs)} runs in {plan.runs_dir}: {counts['done']} done, "
+        f"{counts['todo']} to train, {counts['resume']} to resume, {counts['stale']} stale",
+        file=sys.stderr,
+    )
     if args.dry_run:
-        print(markdown_table(["run", "sections", "state"],
-                             [[r.name, ", ".join(r.sections), " ".join([states[r.name][0], *states[r.name][1]])]
-                              for r in runs]))
+        print(
+            markdown_table(
+                ["run", "sections", "state"],
+                [[r.name, ", ".join(r.sections), " ".join([states[r.name][0], *states[r.name][1]])] for r in runs],
+            )
+        )
         return EXIT_OK
     stale = [f"{name}: {', '.join(why)}" for name, (state, why) in states.items() if state == "stale"]
     if stale:
-        print("error: " + STALE_RUNS.format(n=len(stale), runs_dir=plan.runs_dir, names="; ".join(stale)), file=sys.stderr)
+        print(
+            "error: " + STALE_RUNS.format(n=len(stale), runs_dir=plan.runs_dir, names="; ".join(stale)), file=sys.stderr
+        )
         return EXIT_CONFIG
 
     import torch
@@ -666,8 +773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment()
     start = time.perf_counter()
     try:
-        trained = train_runs(configs, {name: state for name, (state, _) in states.items()}, workers=args.workers,
-                             threads=args.threads)
+        trained = train_runs(
+            configs, {name: state for name, (state, _) in states.items()}, workers=args.workers, threads=args.threads
+        )
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -683,19 +791,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = aggregate(records, plan)
     print(environment_line(env))
     print(report_text(result, plan))
-    print(f"\n{len(trained)} runs trained in {wall / 60:.1f} min, {len(runs) - len(trained)} reused; "
-          f"runs in {plan.runs_dir} (python -m inference.report --runs {plan.runs_dir})")
+    print(
+        f"\n{len(trained)} runs trained in {wall / 60:.1f} min, {len(runs) - len(trained)} reused; "
+        f"runs in {plan.runs_dir} (python -m inference.report --runs {plan.runs_dir})"
+    )
     payload = {
-        "plan": {**{k: v for k, v in asdict(plan).items() if k not in ("runs_dir", "json_path")},
-                 "runs_dir": str(plan.runs_dir), "base": {t: dict(zip(("lam", "strength"), base_setting(t)))
-                                                          for t in args.tasks}},
+        "plan": {
+            **{k: v for k, v in asdict(plan).items() if k not in ("runs_dir", "json_path")},
+            "runs_dir": str(plan.runs_dir),
+            "base": {t: dict(zip(("lam", "strength"), base_setting(t))) for t in args.tasks},
+        },
         "metrics": {task: [asdict(m) for m in METRICS[task]] for task in args.tasks},
         "primary_gap": {task: PRIMARY_GAP[task] for task in args.tasks},
         **result,
         "runs": records,
         "threads": torch.get_num_threads(),
-        "seconds": {"wall": round(wall, 1), "trained": trained, "n_trained": len(trained),
-                    "n_reused": len(runs) - len(trained)},
+        "seconds": {
+            "wall": round(wall, 1),
+            "trained": trained,
+            "n_trained": len(trained),
+            "n_reused": len(runs) - len(trained),
+        },
     }
     path = write_result(plan.json_path, payload, env)
     print(f"wrote {path}")

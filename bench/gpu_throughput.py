@@ -29,6 +29,7 @@ step on the class prompts. MFU = model FLOPs / step time / the device's peak den
 (H100 SXM and H200: 989 TFLOP/s). Gradient checkpointing's recomputed forward is hardware work, not
 model work: it is reported as HFU beside MFU, never inside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,19 @@ from training.methods import BASELINE
 
 VANILLA = BASELINE.name  # the reference method
 
-NO_CUDA = ("bench.gpu_throughput needs a CUDA GPU and this machine has none (torch.cuda.is_available() is "
-           "False); run it on a GPU machine: python -m bench.gpu_throughput")
+NO_CUDA = (
+    "bench.gpu_throughput needs a CUDA GPU and this machine has none (torch.cuda.is_available() is "
+    "False); run it on a GPU machine: python -m bench.gpu_throughput"
+)
 PEAK_BF16_TFLOPS = {  # dense bf16 tensor-core peak, by a substring of torch.cuda.get_device_name()
-    "H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
-    "A10G": 70.0, "L4": 121.0,
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
 }
 QWEN_IMAGE_SIZE, QWEN_BATCH = 448, 8
 CLIP_IMAGE_SIZE, CLIP_BATCH = 224, 32
@@ -58,49 +67,98 @@ LORA = {"r": 32, "alpha": 64, "dropout": 0.05}  # Gu et al., fair LoRA §4, the 
 # Qwen/Qwen2.5-VL-7B-Instruct config.json (the published hyper-parameters; transformers' defaults are
 # the 72B text model and a 3584-wide vision tower, so every value is given).
 QWEN_7B_TEXT = {
-    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu", "max_position_embeddings": 128000,
-    "rms_norm_eps": 1e-6, "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
-    "attention_dropout": 0.0, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-    "bos_token_id": 151643, "eos_token_id": 151645,
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "hidden_act": "silu",
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "use_sliding_window": False,
+    "sliding_window": 32768,
+    "max_window_layers": 28,
+    "attention_dropout": 0.0,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
 }
 QWEN_7B_VISION = {
-    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "hidden_act": "silu",
-    "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-    "out_hidden_size": 3584, "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "hidden_act": "silu",
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "out_hidden_size": 3584,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
 }
-QWEN_7B_TOKENS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-                  "vision_end_token_id": 151653}
+QWEN_7B_TOKENS = {
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+}
 # openai/clip-vit-base-patch16: transformers' CLIP defaults except the 16-pixel patch.
-CLIP_B16_TEXT = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                 "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                 "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
-CLIP_B16_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                   "image_size": 224, "patch_size": 16, "hidden_act": "quick_gelu"}
+CLIP_B16_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+CLIP_B16_VISION = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 16,
+    "hidden_act": "quick_gelu",
+}
 CLIP_B16 = {"projection_dim": 512, "logit_scale_init_value": 2.6592}
 
 
 # --------------------------------------------------------------------------------------- configs
-def qwen2_5_vl_7b_config(token_ids: dict[str, int] | None = None, *, text: dict | None = None,
-                         vision: dict | None = None):
+def qwen2_5_vl_7b_config(
+    token_ids: dict[str, int] | None = None, *, text: dict | None = None, vision: dict | None = None
+):
     """Qwen2.5-VL-7B-Instruct's config; ``token_ids`` overrides the special-token ids (top level and text),
     ``text`` / ``vision`` override hyper-parameters (the tests shrink the model to run it on a CPU)."""
     from transformers import Qwen2_5_VLConfig
 
     token_ids = dict(token_ids or {})
     text_ids = {k: token_ids.pop(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in token_ids}
-    return Qwen2_5_VLConfig(text_config={**QWEN_7B_TEXT, **text_ids, **(text or {})},
-                            vision_config={**QWEN_7B_VISION, **(vision or {})}, tie_word_embeddings=False,
-                            **{**QWEN_7B_TOKENS, **token_ids})
+    return Qwen2_5_VLConfig(
+        text_config={**QWEN_7B_TEXT, **text_ids, **(text or {})},
+        vision_config={**QWEN_7B_VISION, **(vision or {})},
+        tie_word_embeddings=False,
+        **{**QWEN_7B_TOKENS, **token_ids},
+    )
 
 
-def clip_vit_b16_config(text_token_ids: dict[str, int] | None = None, *, text: dict | None = None,
-                        vision: dict | None = None):
+def clip_vit_b16_config(
+    text_token_ids: dict[str, int] | None = None, *, text: dict | None = None, vision: dict | None = None
+):
     """openai/clip-vit-base-patch16's config; ``text_token_ids`` overrides bos/eos/pad of the text tower."""
     from transformers import CLIPConfig
 
-    return CLIPConfig(text_config={**CLIP_B16_TEXT, **(text_token_ids or {}), **(text or {})},
-                      vision_config={**CLIP_B16_VISION, **(vision or {})}, **CLIP_B16)
+    return CLIPConfig(
+        text_config={**CLIP_B16_TEXT, **(text_token_ids or {}), **(text or {})},
+        vision_config={**CLIP_B16_VISION, **(vision or {})},
+        **CLIP_B16,
+    )
 
 
 def count_parameters(model_class, config) -> int:
@@ -136,8 +194,17 @@ class Flops:
         return Flops(k * self.forward, k * self.backward, k * self.recompute)
 
 
-def stack_flops(*, tokens: int, hidden: int, layers: int, linear_per_layer: int, context: Sequence[int],
-                lora_per_layer: int = 0, trainable_below: bool = False, checkpointed: bool = False) -> Flops:
+def stack_flops(
+    *,
+    tokens: int,
+    hidden: int,
+    layers: int,
+    linear_per_layer: int,
+    context: Sequence[int],
+    lora_per_layer: int = 0,
+    trainable_below: bool = False,
+    checkpointed: bool = False,
+) -> Flops:
     """One transformer stack over one sequence of ``tokens``.
 
     linear_per_layer: weights of the layer's matmuls; context: keys each query sees, per layer;
@@ -160,8 +227,9 @@ def linear(d_in: int, d_out: int) -> int:
     return d_in * d_out
 
 
-def qwen_flops(config, *, image_size: int, text_tokens: int, batch: int, lora_r: int,
-               checkpointed: bool = False) -> dict[str, Flops]:
+def qwen_flops(
+    config, *, image_size: int, text_tokens: int, batch: int, lora_r: int, checkpointed: bool = False
+) -> dict[str, Flops]:
     """Per-step FLOPs of the Qwen2.5-VL classifier: {"vision", "language", "head", "total"}.
 
     Per image: P = (image_size / patch)² patches through the frozen vision tower (window attention over
@@ -186,17 +254,25 @@ def qwen_flops(config, *, image_size: int, text_tokens: int, batch: int, lora_r:
     layer = 2 * linear(h, h) + 2 * linear(h, kv_dim) + 3 * linear(h, t.intermediate_size)
     lora = lora_r * (2 * (h + h) + 2 * (h + kv_dim))
     tokens = merged + text_tokens
-    language = stack_flops(tokens=tokens, hidden=h, layers=t.num_hidden_layers, linear_per_layer=layer,
-                           context=[tokens] * t.num_hidden_layers, lora_per_layer=lora, trainable_below=True,
-                           checkpointed=checkpointed)
+    language = stack_flops(
+        tokens=tokens,
+        hidden=h,
+        layers=t.num_hidden_layers,
+        linear_per_layer=layer,
+        context=[tokens] * t.num_hidden_layers,
+        lora_per_layer=lora,
+        trainable_below=True,
+        checkpointed=checkpointed,
+    )
     head = Flops(2.0 * h * 2, 2 * 2.0 * h * 2)  # Linear(h, 2): forward; weight and input gradients
     parts = {"vision": vision.scale(batch), "language": language.scale(batch), "head": head.scale(batch)}
     parts["total"] = parts["vision"] + parts["language"] + parts["head"]
     return parts
 
 
-def clip_flops(config, *, image_size: int, prompt_tokens: int, prompts: int, batch: int, lora_r: int,
-               checkpointed: bool = False) -> dict[str, Flops]:
+def clip_flops(
+    config, *, image_size: int, prompt_tokens: int, prompts: int, batch: int, lora_r: int, checkpointed: bool = False
+) -> dict[str, Flops]:
     """Per-step FLOPs of the CLIP classifier: {"vision", "text", "total"}.
 
     LoRA on q, k, v, out of both towers, so both need a full backward. The vision tower sees
@@ -208,14 +284,22 @@ def clip_flops(config, *, image_size: int, prompt_tokens: int, prompts: int, bat
     tokens = patches + 1
 
     def tower(width: int, inter: int, layers: int, n_tokens: int) -> Flops:
-        return stack_flops(tokens=n_tokens, hidden=width, layers=layers,
-                           linear_per_layer=4 * linear(width, width) + 2 * linear(width, inter),
-                           context=[n_tokens] * layers, lora_per_layer=lora_r * 4 * 2 * width,
-                           trainable_below=True, checkpointed=checkpointed)
+        return stack_flops(
+            tokens=n_tokens,
+            hidden=width,
+            layers=layers,
+            linear_per_layer=4 * linear(width, width) + 2 * linear(width, inter),
+            context=[n_tokens] * layers,
+            lora_per_layer=lora_r * 4 * 2 * width,
+            trainable_below=True,
+            checkpointed=checkpointed,
+        )
 
     vision = tower(v.hidden_size, v.intermediate_size, v.num_hidden_layers, tokens)
-    vision = vision + Flops(2.0 * linear(3 * v.patch_size**2, v.hidden_size) * patches
-                            + 2.0 * linear(v.hidden_size, config.projection_dim), 0.0)
+    vision = vision + Flops(
+        2.0 * linear(3 * v.patch_size**2, v.hidden_size) * patches + 2.0 * linear(v.hidden_size, config.projection_dim),
+        0.0,
+    )
     text = tower(t.hidden_size, t.intermediate_size, t.num_hidden_layers, prompt_tokens)
     text = text + Flops(2.0 * linear(t.hidden_size, config.projection_dim), 0.0)
     parts = {"vision": vision.scale(batch), "text": text.scale(prompts)}
@@ -269,8 +353,13 @@ def build_qwen(config, device: str = "cuda", dtype=None):
     processor = AutoImageProcessor.from_pretrained(tiny, backend="pil", min_pixels=pixels, max_pixels=pixels)
     with torch.device(device):
         model = AutoModel.from_config(config, dtype=dtype or torch.bfloat16)
-    clf = QwenVLClassifier(model, base_model_id="Qwen2.5-VL-7B architecture (random init)", task=get_task("fundus"),
-                           tokenizer=AutoTokenizer.from_pretrained(tiny), image_processor=processor)
+    clf = QwenVLClassifier(
+        model,
+        base_model_id="Qwen2.5-VL-7B architecture (random init)",
+        task=get_task("fundus"),
+        tokenizer=AutoTokenizer.from_pretrained(tiny),
+        image_processor=processor,
+    )
     add_lora(clf, r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], seed=0)
     return clf.to(device)
 
@@ -284,13 +373,21 @@ def build_clip(config, device: str = "cuda", dtype=None):
     from training.tasks import get_task
 
     tiny = resolve_backbone(EMBEDDED_BACKBONES["skin"])
-    size = {"size": {"shortest_edge": CLIP_IMAGE_SIZE}, "crop_size": {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}}
+    size = {
+        "size": {"shortest_edge": CLIP_IMAGE_SIZE},
+        "crop_size": {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    }
     processor = AutoImageProcessor.from_pretrained(tiny, backend="pil", **size)
     with torch.device(device):
         model = AutoModel.from_config(config, dtype=dtype or torch.bfloat16)
-    clf = ClipClassifier(model, base_model_id="CLIP ViT-B/16 architecture (random init)", task=get_task("skin"),
-                         tokenizer=AutoTokenizer.from_pretrained(tiny), image_processor=processor,
-                         image_size=CLIP_IMAGE_SIZE)
+    clf = ClipClassifier(
+        model,
+        base_model_id="CLIP ViT-B/16 architecture (random init)",
+        task=get_task("skin"),
+        tokenizer=AutoTokenizer.from_pretrained(tiny),
+        image_processor=processor,
+        image_size=CLIP_IMAGE_SIZE,
+    )
     add_lora(clf, r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], seed=0)
     return clf.to(device)
 
@@ -332,19 +429,23 @@ def time_training(clf, inputs: dict, batch: int, micro: int, steps: int, warmup:
         step()
         sync()
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "step_s_all": times, "micro_batch": micro,
-            "grad_accum": batch // micro,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    return {
+        "step_s": statistics.median(times),
+        "step_s_all": times,
+        "micro_batch": micro,
+        "grad_accum": batch // micro,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
 
 
 def _split(inputs: dict, start: int, size: int) -> dict:
     """Micro-batch `start:start+size` of a preprocessed batch (Qwen's pixel rows belong to images by grid)."""
     if "image_grid_thw" not in inputs:
-        return {k: v[start:start + size] for k, v in inputs.items()}
+        return {k: v[start : start + size] for k, v in inputs.items()}
     rows = inputs["image_grid_thw"].prod(-1)
     offsets = [0, *rows.cumsum(0).tolist()]
-    out = {k: v[start:start + size] for k, v in inputs.items() if k != "pixel_values"}
-    out["pixel_values"] = inputs["pixel_values"][offsets[start]:offsets[start + size]]
+    out = {k: v[start : start + size] for k, v in inputs.items() if k != "pixel_values"}
+    out["pixel_values"] = inputs["pixel_values"][offsets[start] : offsets[start + size]]
     return out
 
 
@@ -374,8 +475,18 @@ def full_size_config(kind: str):
     return clip_vit_b16_config(tiny_token_ids("skin"))
 
 
-def run_model(kind: str, config, *, steps: int, warmup: int, peak: float | None, device: str = "cuda",
-              dtype=None, batch: int | None = None, micro: int | None = None) -> list[dict[str, Any]]:
+def run_model(
+    kind: str,
+    config,
+    *,
+    steps: int,
+    warmup: int,
+    peak: float | None,
+    device: str = "cuda",
+    dtype=None,
+    batch: int | None = None,
+    micro: int | None = None,
+) -> list[dict[str, Any]]:
     """Build `config`'s classifier and time LoRA training with gradient checkpointing off, then on.
 
     The defaults are the benchmark's (CUDA, bf16, batch 8 for Qwen / 32 for CLIP); the tests run a
@@ -393,8 +504,11 @@ def run_model(kind: str, config, *, steps: int, warmup: int, peak: float | None,
         tokens = {"image_tokens": image_tokens, "text_tokens": int(inputs["attention_mask"][0].sum()) - image_tokens}
     else:
         prompts, prompt_tokens = clf.prompt_input_ids.shape
-        tokens = {"image_tokens": (size // config.vision_config.patch_size) ** 2 + 1, "prompts": prompts,
-                  "prompt_tokens": prompt_tokens}
+        tokens = {
+            "image_tokens": (size // config.vision_config.patch_size) ** 2 + 1,
+            "prompts": prompts,
+            "prompt_tokens": prompt_tokens,
+        }
     total = count_parameters(type(clf.hf_model), config)
     rows = []
     for checkpointing in (False, True):
@@ -402,11 +516,24 @@ def run_model(kind: str, config, *, steps: int, warmup: int, peak: float | None,
             clf.hf_model.activation_checkpointing_enable({"use_reentrant": False})
         measured = measure(clf, inputs, batch, steps, warmup, micro)
         if kind == "qwen":
-            flops = qwen_flops(config, image_size=size, text_tokens=tokens["text_tokens"], batch=batch,
-                               lora_r=LORA["r"], checkpointed=checkpointing)["total"]
+            flops = qwen_flops(
+                config,
+                image_size=size,
+                text_tokens=tokens["text_tokens"],
+                batch=batch,
+                lora_r=LORA["r"],
+                checkpointed=checkpointing,
+            )["total"]
         else:
-            flops = clip_flops(config, image_size=size, prompt_tokens=tokens["prompt_tokens"], prompts=tokens["prompts"],
-                               batch=batch, lora_r=LORA["r"], checkpointed=checkpointing)["total"]
+            flops = clip_flops(
+                config,
+                image_size=size,
+                prompt_tokens=tokens["prompt_tokens"],
+                prompts=tokens["prompts"],
+                batch=batch,
+                lora_r=LORA["r"],
+                checkpointed=checkpointing,
+            )["total"]
         rows.append(_row(MODEL_NAMES[kind], checkpointing, batch, total, clf, measured, flops, peak, tokens))
     del clf
     if device == "cuda":
@@ -414,16 +541,34 @@ def run_model(kind: str, config, *, steps: int, warmup: int, peak: float | None,
     return rows
 
 
-def _row(model: str, checkpointing: bool, batch: int, total: int, clf, measured: dict, flops: Flops,
-         peak: float | None, tokens: dict) -> dict[str, Any]:
+def _row(
+    model: str,
+    checkpointing: bool,
+    batch: int,
+    total: int,
+    clf,
+    measured: dict,
+    flops: Flops,
+    peak: float | None,
+    tokens: dict,
+) -> dict[str, Any]:
     from training.backbones import trainable_parameters
 
     seconds = measured["step_s"]
-    return {"model": model, "gradient_checkpointing": checkpointing, "batch": batch, "parameters": total,
-            "trainable": trainable_parameters(clf).trainable, **tokens, **measured,
-            "samples_per_s": batch / seconds, "flops": asdict(flops) | {"model": flops.model, "hardware": flops.hardware},
-            "tflops_per_s": flops.model / seconds / 1e12, "mfu": utilization(flops.model, seconds, peak),
-            "hfu": utilization(flops.hardware, seconds, peak)}
+    return {
+        "model": model,
+        "gradient_checkpointing": checkpointing,
+        "batch": batch,
+        "parameters": total,
+        "trainable": trainable_parameters(clf).trainable,
+        **tokens,
+        **measured,
+        "samples_per_s": batch / seconds,
+        "flops": asdict(flops) | {"model": flops.model, "hardware": flops.hardware},
+        "tflops_per_s": flops.model / seconds / 1e12,
+        "mfu": utilization(flops.model, seconds, peak),
+        "hfu": utilization(flops.hardware, seconds, peak),
+    }
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -431,12 +576,34 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         return "–" if x is None else f"{100 * x:.1f}%"
 
     return markdown_table(
-        ["model", "grad. ckpt", "batch (micro×accum)", "step s", "samples/s", "peak GiB", "TFLOP/step", "TFLOP/s",
-         "MFU", "HFU"],
-        [[r["model"], "on" if r["gradient_checkpointing"] else "off", f"{r['batch']} ({r['micro_batch']}×{r['grad_accum']})",
-          f"{r['step_s']:.3f}", f"{r['samples_per_s']:.1f}",
-          "–" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
-          f"{r['flops']['model'] / 1e12:.2f}", f"{r['tflops_per_s']:.0f}", pct(r["mfu"]), pct(r["hfu"])] for r in rows])
+        [
+            "model",
+            "grad. ckpt",
+            "batch (micro×accum)",
+            "step s",
+            "samples/s",
+            "peak GiB",
+            "TFLOP/step",
+            "TFLOP/s",
+            "MFU",
+            "HFU",
+        ],
+        [
+            [
+                r["model"],
+                "on" if r["gradient_checkpointing"] else "off",
+                f"{r['batch']} ({r['micro_batch']}×{r['grad_accum']})",
+                f"{r['step_s']:.3f}",
+                f"{r['samples_per_s']:.1f}",
+                "–" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
+                f"{r['flops']['model'] / 1e12:.2f}",
+                f"{r['tflops_per_s']:.0f}",
+                pct(r["mfu"]),
+                pct(r["hfu"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ missing) and reports, on that run's test split:
 
 All three read the same test images, in the same run, so the comparison is like for like.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
@@ -61,10 +61,16 @@ def measure(run_dir: Path, *, workers: int = 2) -> dict:
     eval_report = json.loads((run_dir / "eval.json").read_text())["report"]
     model = float(roc_auc_score(predictions["label"], predictions["prob"]))
     return {
-        "run": run_dir.name, "task": task, "data": config["data"], "n_test": int(test.sum()),
-        "n_test_positive": int(labels.sum()), "ceiling_auc": float(ceiling),
-        "baseline_auc": float(roc_auc_score(labels, baseline[test])), "model_auc": model,
-        "model_accuracy": eval_report["overall"]["accuracy"], "threshold": eval_report.get("threshold"),
+        "run": run_dir.name,
+        "task": task,
+        "data": config["data"],
+        "n_test": int(test.sum()),
+        "n_test_positive": int(labels.sum()),
+        "ceiling_auc": float(ceiling),
+        "baseline_auc": float(roc_auc_score(labels, baseline[test])),
+        "model_auc": model,
+        "model_accuracy": eval_report["overall"]["accuracy"],
+        "threshold": eval_report.get("threshold"),
         "model_auc_reweighted": (eval_report["overall"].get("reweighted") or {}).get("auc"),
         "feature_seconds": round(time.perf_counter() - started, 1),
     }
@@ -82,11 +88,34 @@ def vanilla_runs(runs: Path) -> dict[str, Path]:
 
 
 def report_text(results: list[dict]) -> str:
-    rows = [[r["task"], r["run"], r["n_test"], r["n_test_positive"], f"{r['ceiling_auc']:.3f}", f"{r['baseline_auc']:.3f}",
-             f"{r['model_auc']:.3f}", f"{r['model_auc'] - r['baseline_auc']:+.3f}".replace("-", "−"),
-             f"{r['model_auc'] / r['ceiling_auc']:.0%}"] for r in results]
-    return markdown_table(["task", "vanilla run", "test n", "positives", "ceiling AUC", "baseline AUC",
-                           "model AUC", "model − baseline", "share of ceiling"], rows)
+    rows = [
+        [
+            r["task"],
+            r["run"],
+            r["n_test"],
+            r["n_test_positive"],
+            f"{r['ceiling_auc']:.3f}",
+            f"{r['baseline_auc']:.3f}",
+            f"{r['model_auc']:.3f}",
+            f"{r['model_auc'] - r['baseline_auc']:+.3f}".replace("-", "−"),
+            f"{r['model_auc'] / r['ceiling_auc']:.0%}",
+        ]
+        for r in results
+    ]
+    return markdown_table(
+        [
+            "task",
+            "vanilla run",
+            "test n",
+            "positives",
+            "ceiling AUC",
+            "baseline AUC",
+            "model AUC",
+            "model − baseline",
+            "share of ceiling",
+        ],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ Clocks. Other processes on a small shared machine make wall times swing by an or
 counts the work done, not the waiting; wall-clock ratios are reported beside it. Prints a table and
 writes the figures with the machine's load average to ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
-from training.methods import BASELINE, NAMES as METHODS
+from training.methods import BASELINE
+from training.methods import NAMES as METHODS
 
 VANILLA = BASELINE.name
 
@@ -44,8 +46,10 @@ MODELS = {"fundus": "tiny Qwen2.5-VL", "skin": "tiny CLIP"}
 GOAL = 1.05
 BAD_COUNTS = "error: --repeats, --batches and --threads must be at least 1"
 DATA_N = 600  # the quick fairness bench's benchmark size: one cached set serves both
-DEFAULTS = {"full": {"repeats": 20, "batches": 4, "loss_calls": 200},
-            "quick": {"repeats": 4, "batches": 3, "loss_calls": 100}}
+DEFAULTS = {
+    "full": {"repeats": 20, "batches": 4, "loss_calls": 200},
+    "quick": {"repeats": 4, "batches": 3, "loss_calls": 100},
+}
 
 
 @dataclass
@@ -86,7 +90,7 @@ def build_setup(task: str, n_batches: int, seed: int = 0) -> Setup:
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = []
     for k in range(n_batches):
-        index = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        index = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
         inputs = clf.preprocess([samples[i].load_image() for i in index])
         labels = torch.tensor([samples[i].label for i in index])
         batches.append((inputs, labels, groups[index], subgroups[index]))
@@ -102,8 +106,16 @@ def train_step(setup: Setup, method: str, batch: tuple) -> None:
     inputs, labels, groups, subgroups = batch
     cfg = setup.cfg
     logits = setup.clf(inputs)
-    parts = compute_loss(method, logits, labels, groups, lam=cfg.lam, group_weight=setup.weights,
-                         bandwidth=cfg.bandwidth, subgroups=subgroups)
+    parts = compute_loss(
+        method,
+        logits,
+        labels,
+        groups,
+        lam=cfg.lam,
+        group_weight=setup.weights,
+        bandwidth=cfg.bandwidth,
+        subgroups=subgroups,
+    )
     parts.total.backward()
     if cfg.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(setup.params, cfg.max_grad_norm)
@@ -119,13 +131,24 @@ def loss_call(setup: Setup, method: str, logits, batch: tuple) -> Callable[[], N
     cfg = setup.cfg
 
     def call() -> None:
-        parts = compute_loss(method, logits, labels, groups, lam=cfg.lam, group_weight=setup.weights,
-                             bandwidth=cfg.bandwidth, subgroups=subgroups)
+        parts = compute_loss(
+            method,
+            logits,
+            labels,
+            groups,
+            lam=cfg.lam,
+            group_weight=setup.weights,
+            bandwidth=cfg.bandwidth,
+            subgroups=subgroups,
+        )
         parts.total.backward()
+
     return call
 
 
-def round_robin(calls: dict[str, Callable[[int], None]], rounds: int, inner: int = 1) -> dict[str, dict[str, list[float]]]:
+def round_robin(
+    calls: dict[str, Callable[[int], None]], rounds: int, inner: int = 1
+) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each entry in each round, by clock ("cpu": this thread's CPU time, "wall").
 
     In round k every entry runs ``calls[name](k)`` (the same input for all), ``inner`` times; the order
@@ -134,7 +157,7 @@ def round_robin(calls: dict[str, Callable[[int], None]], rounds: int, inner: int
     names = list(calls)
     times: dict[str, dict[str, list[float]]] = {"cpu": {n: [] for n in names}, "wall": {n: [] for n in names}}
     for k in range(rounds):
-        for name in names[k % len(names):] + names[:k % len(names)]:
+        for name in names[k % len(names) :] + names[: k % len(names)]:
             wall, cpu = time.perf_counter(), time.thread_time()
             for _ in range(inner):
                 calls[name](k)
@@ -149,8 +172,13 @@ def paired_ratios(times: dict[str, list[float]], baseline: str = VANILLA) -> dic
     for name, values in times.items():
         ratios = sorted(v / b for v, b in zip(values, times[baseline]))
         quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
-        out[name] = {"median_s": statistics.median(values), "ratio": statistics.median(ratios),
-                     "ratio_q1": quartiles[0], "ratio_q3": quartiles[2], "rounds": len(values)}
+        out[name] = {
+            "median_s": statistics.median(values),
+            "ratio": statistics.median(ratios),
+            "ratio_q1": quartiles[0],
+            "ratio_q3": quartiles[2],
+            "rounds": len(values),
+        }
     return out
 
 
@@ -161,21 +189,30 @@ def measure_task(task: str, repeats: int, n_batches: int, loss_calls: int) -> di
     for method in METHODS:  # warm-up: allocator, optimiser state, first-call paths
         for batch in setup.batches:
             train_step(setup, method, batch)
-    steps = round_robin({m: (lambda k, m=m: train_step(setup, m, setup.batches[k % n_batches])) for m in METHODS},
-                        repeats * n_batches)
+    steps = round_robin(
+        {m: (lambda k, m=m: train_step(setup, m, setup.batches[k % n_batches])) for m in METHODS}, repeats * n_batches
+    )
 
     logits = torch.randn(len(setup.batches[0][1]), 2, generator=torch.Generator().manual_seed(0)).requires_grad_()
     calls = {m: loss_call(setup, m, logits, setup.batches[0]) for m in METHODS}
     for call in calls.values():
         call()
     losses = round_robin({m: (lambda k, call=call: call()) for m, call in calls.items()}, repeats, inner=loss_calls)
-    result = {"model": MODELS[task], "task": task, "batch_size": setup.cfg.batch_size, "batches": n_batches,
-              "repeats": repeats, "loss_calls": loss_calls, "trainable": sum(p.numel() for p in setup.params)}
+    result = {
+        "model": MODELS[task],
+        "task": task,
+        "batch_size": setup.cfg.batch_size,
+        "batches": n_batches,
+        "repeats": repeats,
+        "loss_calls": loss_calls,
+        "trainable": sum(p.numel() for p in setup.params),
+    }
     for clock in ("cpu", "wall"):
         step, loss = paired_ratios(steps[clock]), paired_ratios(losses[clock])
         for method in METHODS:
-            loss[method]["extra_over_step"] = (loss[method]["median_s"] - loss[VANILLA]["median_s"]) \
-                / step[VANILLA]["median_s"]
+            loss[method]["extra_over_step"] = (loss[method]["median_s"] - loss[VANILLA]["median_s"]) / step[VANILLA][
+                "median_s"
+            ]
         result[clock] = {"step": step, "loss": loss}
     return result
 
@@ -187,19 +224,43 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         for method in METHODS:
             s, l = cpu["step"][method], cpu["loss"][method]
             base = method == VANILLA
-            rows.append([r["model"], method, f"{1000 * s['median_s']:.1f}", f"{s['ratio']:.3f}",
-                         f"{s['ratio_q1']:.3f}–{s['ratio_q3']:.3f}", f"{wall['step'][method]['ratio']:.3f}",
-                         f"{1e6 * l['median_s']:.0f}", f"{l['ratio']:.1f}",
-                         "" if base else f"{1 + l['extra_over_step']:.3f}",
-                         "" if base else ("yes" if s["ratio"] <= GOAL else "no")])
-    return markdown_table(["model", "method", "step ms (CPU)", "step / vanilla", "IQR", "wall step / vanilla",
-                           "loss µs (CPU)", "loss / vanilla", "1 + loss extra / step", f"≤ {GOAL}"], rows)
+            rows.append(
+                [
+                    r["model"],
+                    method,
+                    f"{1000 * s['median_s']:.1f}",
+                    f"{s['ratio']:.3f}",
+                    f"{s['ratio_q1']:.3f}–{s['ratio_q3']:.3f}",
+                    f"{wall['step'][method]['ratio']:.3f}",
+                    f"{1e6 * l['median_s']:.0f}",
+                    f"{l['ratio']:.1f}",
+                    "" if base else f"{1 + l['extra_over_step']:.3f}",
+                    "" if base else ("yes" if s["ratio"] <= GOAL else "no"),
+                ]
+            )
+    return markdown_table(
+        [
+            "model",
+            "method",
+            "step ms (CPU)",
+            "step / vanilla",
+            "IQR",
+            "wall step / vanilla",
+            "loss µs (CPU)",
+            "loss / vanilla",
+            "1 + loss extra / step",
+            f"≤ {GOAL}",
+        ],
+        rows,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and batches")
-    parser.add_argument("--repeats", type=int, help="repeats; each runs every batch once per method (default 20, quick 4)")
+    parser.add_argument(
+        "--repeats", type=int, help="repeats; each runs every batch once per method (default 20, quick 4)"
+    )
     parser.add_argument("--batches", type=int, help="distinct pre-built batches (default 4, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time measures the work)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
@@ -220,8 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst = {r["model"]: max(r["cpu"]["step"][m]["ratio"] for m in METHODS if m != VANILLA) for r in results}
     print("\nworst step ratio: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()) + f" (goal ≤ {GOAL})")
     path = args.json or RESULTS_DIR / ("overhead_quick.json" if args.quick else "overhead.json")
-    write_result(path, {"goal": GOAL, "threads": args.threads, "clock": "thread CPU time (primary), wall",
-                        "results": results, "worst_step_ratio": worst}, env)
+    write_result(
+        path,
+        {
+            "goal": GOAL,
+            "threads": args.threads,
+            "clock": "thread CPU time (primary), wall",
+            "results": results,
+            "worst_step_ratio": worst,
+        },
+        env,
+    )
     print(f"wrote {path}")
     return 0
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
 from training.methods import BASELINE, FR
 
 VANILLA = BASELINE.name  # the reference method
@@ -92,9 +93,20 @@ def synthetic_run(
     path = Path(runs_dir) / run_id
     path.mkdir(parents=True)
     save_adapter(clf, path / rundir.ADAPTER)
-    config = {**TrainConfig(method=method, lam=lam, backbone=backbone, seed=seed, run_name=run_id, max_pixels=max_pixels,
-                            data="synthetic images").to_dict(),
-              "task": task, "family": clf.family, "run_id": run_id}
+    config = {
+        **TrainConfig(
+            method=method,
+            lam=lam,
+            backbone=backbone,
+            seed=seed,
+            run_name=run_id,
+            max_pixels=max_pixels,
+            data="synthetic images",
+        ).to_dict(),
+        "task": task,
+        "family": clf.family,
+        "run_id": run_id,
+    }
     rundir.write_json_atomic(path / rundir.CONFIG, config)
     predictions.to_csv(path / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     rundir.write_json_atomic(path / rundir.EVAL, {"run_id": run_id, "split": "test", "attributes": [], "report": {}})
@@ -129,8 +141,14 @@ def cold_child(run_dir: str) -> None:
 
 def cold_start(run_dir: Path) -> dict[str, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.serving_speed", "--cold-child", str(run_dir)], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.serving_speed", "--cold-child", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
     wall = time.perf_counter() - start
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall}
 
@@ -225,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fairdx-serving-bench-") as tmp:
         results = [measure_model(task, Path(tmp), args.n, args.reloads) for task in MODELS]
     report = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.is_available(), "load_average_1m_before": load_before,
-                    "load_average_1m_after": os.getloadavg()[0]},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            "load_average_1m_before": load_before,
+            "load_average_1m_after": os.getloadavg()[0],
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "image": f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB noise",
         "results": results,

@@ -126,7 +126,10 @@ def skin_features(path: str) -> np.ndarray:
     cov = np.cov(np.stack([yy[mask] - my, xx[mask] - mx]))
     ev = np.sort(np.linalg.eigvalsh(cov))
     ecc = 1 - ev[0] / max(ev[1], 1e-6)
-    sy, sx = np.clip(np.round(2 * my - yy).astype(int), 0, FEATURE_SIZE - 1), np.clip(np.round(2 * mx - xx).astype(int), 0, FEATURE_SIZE - 1)
+    sy, sx = (
+        np.clip(np.round(2 * my - yy).astype(int), 0, FEATURE_SIZE - 1),
+        np.clip(np.round(2 * mx - xx).astype(int), 0, FEATURE_SIZE - 1),
+    )
     asym = (mask & ~mask[sy, sx]).sum() / mask.sum()  # point-reflection asymmetry
     edge = mask ^ (np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
     irregular = edge.sum() ** 2 / (4 * np.pi * mask.sum())
@@ -134,10 +137,16 @@ def skin_features(path: str) -> np.ndarray:
     blue = (inside[:, 2] > inside[:, 0] + 0.1).mean()
     red = (inside[:, 1] - inside[:, 0] > 0.35).mean()
     q = np.quantile(inside.mean(1), [0.1, 0.5, 0.9])
-    return np.concatenate([
-        [area, np.sqrt(area), ecc, asym, irregular], inside.mean(0), inside.std(0), q, [q[2] - q[0], blue, red],
-        [np.std(np.argmax(inside, 1)), inside.std(1).mean()],
-    ])
+    return np.concatenate(
+        [
+            [area, np.sqrt(area), ecc, asym, irregular],
+            inside.mean(0),
+            inside.std(0),
+            q,
+            [q[2] - q[0], blue, red],
+            [np.std(np.argmax(inside, 1)), inside.std(1).mean()],
+        ]
+    )
 
 
 def compute_features(fn, paths: list[str], workers: int) -> np.ndarray:
@@ -162,7 +171,11 @@ def group_report(df: pd.DataFrame, prob: np.ndarray, attrs, intersect: tuple[str
     test = (df["split"] == "test").to_numpy()
     t = df[test].assign(prob=prob[test], pred=(prob[test] >= 0.5).astype(int))
     t["correct"] = (t["pred"] == t["label"]).astype(int)
-    out = {"n_test": int(len(t)), "accuracy": float(t["correct"].mean()), "auc": float(roc_auc_score(t["label"], t["prob"]))}
+    out = {
+        "n_test": len(t),
+        "accuracy": float(t["correct"].mean()),
+        "auc": float(roc_auc_score(t["label"], t["prob"])),
+    }
     for a in attrs:
         g = t.groupby(a, observed=True)
         accs = g["correct"].mean()
@@ -176,7 +189,7 @@ def group_report(df: pd.DataFrame, prob: np.ndarray, attrs, intersect: tuple[str
     if intersect:
         pos = t[(t["label"] == 1) & (t[intersect[0]] != "unknown") & (t[intersect[1]] != "unknown")]
         g = pos.groupby(list(intersect))["pred"]
-        tpr = {f"{k[0]}|{k[1]}": (float(v.mean()), int(len(v))) for k, v in g}
+        tpr = {f"{k[0]}|{k[1]}": (float(v.mean()), len(v)) for k, v in g}
         valid = [v for v, n in tpr.values() if n >= MIN_POSITIVES_FOR_TPR]
         out["tpr"] = {k: {"tpr": v, "n_pos": n} for k, (v, n) in tpr.items()}
         out["delta_tpr"] = float(max(valid) - min(valid)) if valid else float("nan")
@@ -185,8 +198,10 @@ def group_report(df: pd.DataFrame, prob: np.ndarray, attrs, intersect: tuple[str
 
 def mix_report(df: pd.DataFrame, attrs) -> dict:
     return {
-        a: {str(k): {"pct": 100 * float(len(g)) / len(df), "prevalence": float(g["label"].mean())}
-            for k, g in df.groupby(a, observed=True)}
+        a: {
+            str(k): {"pct": 100 * float(len(g)) / len(df), "prevalence": float(g["label"].mean())}
+            for k, g in df.groupby(a, observed=True)
+        }
         for a in attrs
     }
 
@@ -194,17 +209,27 @@ def mix_report(df: pd.DataFrame, attrs) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def ensure_dataset(kind: str, root: Path, n: int, seed: int, strength: float, image_size: int, workers: int) -> tuple[Path, float | None]:
+def ensure_dataset(
+    kind: str, root: Path, n: int, seed: int, strength: float, image_size: int, workers: int
+) -> tuple[Path, float | None]:
     """Reuse root if it holds exactly this configuration; otherwise (re)generate it. Returns (path, seconds)."""
     bias = synth.BiasConfig(strength=strength)
-    want = {"version": synth.VERSION, "kind": kind, "n": n, "seed": seed, "image_size": image_size,
-            "bias": json.loads(json.dumps(asdict(bias))), "test_min": 0}
+    want = {
+        "version": synth.VERSION,
+        "kind": kind,
+        "n": n,
+        "seed": seed,
+        "image_size": image_size,
+        "bias": json.loads(json.dumps(asdict(bias))),
+        "test_min": 0,
+    }
     cfg = root / synth.CONFIG_NAME
     if cfg.is_file() and all(json.loads(cfg.read_text()).get(k) == v for k, v in want.items()):
         return root, None
     start = time.perf_counter()
-    synth.GENERATORS[kind](root, n=n, seed=seed, bias=bias, image_size=image_size, workers=workers,
-                           overwrite=True, progress=True)
+    synth.GENERATORS[kind](
+        root, n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, overwrite=True, progress=True
+    )
     return root, time.perf_counter() - start
 
 
@@ -216,8 +241,12 @@ def evaluate(kind: str, root: Path, seed: int, workers: int) -> dict:
         df, fn, attrs, inter = read_skin(root, seed), skin_features, SKIN_ATTRS, ("sex", "age_group")
     feats = compute_features(fn, df["path"].tolist(), workers)
     prob = baseline(df, feats)
-    report = {"mix": mix_report(df, attrs), "baseline": group_report(df, prob, attrs, inter),
-              "n_features": int(feats.shape[1]), "feature_seconds": time.perf_counter() - start}
+    report = {
+        "mix": mix_report(df, attrs),
+        "baseline": group_report(df, prob, attrs, inter),
+        "n_features": int(feats.shape[1]),
+        "feature_seconds": time.perf_counter() - start,
+    }
     return report
 
 
@@ -230,13 +259,17 @@ def run(n: int, seed: int, data: Path | None, strengths: list[float], image_size
     try:
         for kind in ("fundus", "skin"):
             for s in strengths:
-                root, secs = ensure_dataset(kind, data / f"{kind}-n{n}-seed{seed}-s{s:g}", n, seed, s, image_size, workers)
+                root, secs = ensure_dataset(
+                    kind, data / f"{kind}-n{n}-seed{seed}-s{s:g}", n, seed, s, image_size, workers
+                )
                 rep = evaluate(kind, root, seed, workers)
                 rep["generation_seconds"] = secs
                 results["runs"][f"{kind}@{s:g}"] = rep
-                print(f"[{kind} strength={s:g}] generated in "
-                      f"{'(reused)' if secs is None else f'{secs:.1f} s'}; features+fit {rep['feature_seconds']:.1f} s",
-                      file=sys.stderr)
+                print(
+                    f"[{kind} strength={s:g}] generated in "
+                    f"{'(reused)' if secs is None else f'{secs:.1f} s'}; features+fit {rep['feature_seconds']:.1f} s",
+                    file=sys.stderr,
+                )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -245,9 +278,15 @@ def run(n: int, seed: int, data: Path | None, strengths: list[float], image_size
 
 def markdown(results: dict, strengths: list[float]) -> str:
     runs, lines = results["runs"], []
-    lines += [f"# Synthetic benchmark bias report (n={results['n']}, seed={results['seed']}, "
-              f"image size {results['image_size']}, {results['workers']} workers)", "",
-              "## Generation", "", "| set | strength | seconds | images/s |", "|---|---|---|---|"]
+    lines += [
+        f"# Synthetic benchmark bias report (n={results['n']}, seed={results['seed']}, "
+        f"image size {results['image_size']}, {results['workers']} workers)",
+        "",
+        "## Generation",
+        "",
+        "| set | strength | seconds | images/s |",
+        "|---|---|---|---|",
+    ]
     for key, rep in runs.items():
         kind, s = key.split("@")
         secs = rep["generation_seconds"]
@@ -255,31 +294,53 @@ def markdown(results: dict, strengths: list[float]) -> str:
         lines.append(f"| {kind} | {s} | {'reused' if secs is None else f'{secs:.1f}'} | {rate} |")
     for kind, attrs in (("fundus", FUNDUS_ATTRS), ("skin", SKIN_ATTRS)):
         keys = [f"{kind}@{s:g}" for s in strengths]
-        lines += ["", f"## {kind}: group mix, prevalence and logistic-baseline test accuracy", "",
-                  "| attribute | group | % | " + " | ".join(f"prev s={k.split('@')[1]}" for k in keys) + " | "
-                  + " | ".join(f"n test | acc s={k.split('@')[1]}" for k in keys) + " |",
-                  "|---|---|---|" + "---|" * (3 * len(keys))]
+        lines += [
+            "",
+            f"## {kind}: group mix, prevalence and logistic-baseline test accuracy",
+            "",
+            "| attribute | group | % | "
+            + " | ".join(f"prev s={k.split('@')[1]}" for k in keys)
+            + " | "
+            + " | ".join(f"n test | acc s={k.split('@')[1]}" for k in keys)
+            + " |",
+            "|---|---|---|" + "---|" * (3 * len(keys)),
+        ]
         for a in attrs:
             for g, m in runs[keys[0]]["mix"][a].items():
                 prev = " | ".join(f"{runs[k]['mix'][a][g]['prevalence']:.3f}" for k in keys)
                 acc = " | ".join(
                     f"{runs[k]['baseline'][a]['n'].get(g, 0)} | {runs[k]['baseline'][a]['accuracy'].get(g, float('nan')):.3f}"
-                    for k in keys)
+                    for k in keys
+                )
                 lines.append(f"| {a} | {g} | {m['pct']:.1f} | {prev} | {acc} |")
-        lines += ["", "| metric | " + " | ".join(f"s={k.split('@')[1]}" for k in keys) + " |",
-                  "|---|" + "---|" * len(keys)]
-        lines.append("| overall accuracy | " + " | ".join(f"{runs[k]['baseline']['accuracy']:.3f}" for k in keys) + " |")
+        lines += [
+            "",
+            "| metric | " + " | ".join(f"s={k.split('@')[1]}" for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        lines.append(
+            "| overall accuracy | " + " | ".join(f"{runs[k]['baseline']['accuracy']:.3f}" for k in keys) + " |"
+        )
         lines.append("| AUC | " + " | ".join(f"{runs[k]['baseline']['auc']:.3f}" for k in keys) + " |")
         for a in attrs:
-            lines.append(f"| MaxAccGap {a} | " + " | ".join(f"{runs[k]['baseline'][a]['max_acc_gap']:.3f}" for k in keys) + " |")
+            lines.append(
+                f"| MaxAccGap {a} | " + " | ".join(f"{runs[k]['baseline'][a]['max_acc_gap']:.3f}" for k in keys) + " |"
+            )
         if kind == "skin":
-            lines.append("| ΔTPR sex×age_group | " + " | ".join(f"{runs[k]['baseline']['delta_tpr']:.3f}" for k in keys) + " |")
-            lines += ["", "| sex × age_group | " + " | ".join(f"positives | TPR s={k.split('@')[1]}" for k in keys) + " |",
-                      "|---|" + "---|" * (2 * len(keys))]
+            lines.append(
+                "| ΔTPR sex×age_group | " + " | ".join(f"{runs[k]['baseline']['delta_tpr']:.3f}" for k in keys) + " |"
+            )
+            lines += [
+                "",
+                "| sex × age_group | " + " | ".join(f"positives | TPR s={k.split('@')[1]}" for k in keys) + " |",
+                "|---|" + "---|" * (2 * len(keys)),
+            ]
             for g in runs[keys[0]]["baseline"]["tpr"]:
                 cells = " | ".join(
                     f"{runs[k]['baseline']['tpr'].get(g, {}).get('n_pos', 0)} | "
-                    f"{runs[k]['baseline']['tpr'].get(g, {}).get('tpr', float('nan')):.3f}" for k in keys)
+                    f"{runs[k]['baseline']['tpr'].get(g, {}).get('tpr', float('nan')):.3f}"
+                    for k in keys
+                )
                 lines.append(f"| {g} | {cells} |")
     return "\n".join(lines)
 
@@ -296,8 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         for s in args.strengths:
-            synth.validate_args(n=args.n, seed=args.seed, bias=synth.BiasConfig(strength=s),
-                                image_size=args.image_size, workers=args.workers)
+            synth.validate_args(
+                n=args.n,
+                seed=args.seed,
+                bias=synth.BiasConfig(strength=s),
+                image_size=args.image_size,
+                workers=args.workers,
+            )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ A client never names a folder: keys are looked up among the complete runs of the
 listed afresh on every call (a finished Studio job is offered without a restart; listing reads one
 small config.json per run).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -69,5 +70,10 @@ def find_run(key: str | None, runs: Sequence[RunInfo], *, task: str | None = Non
     task_words = f" for task {task}" if task else ""
     if not candidates:
         raise ValueError(NO_RUNS.format(task_words=task_words))
-    raise ValueError(UNKNOWN_RUN.format(key=key, task_words=task_words,
-                                        choices=", ".join(run_key(run) for run in sorted(candidates, key=method_rank))))
+    raise ValueError(
+        UNKNOWN_RUN.format(
+            key=key,
+            task_words=task_words,
+            choices=", ".join(run_key(run) for run in sorted(candidates, key=method_rank)),
+        )
+    )

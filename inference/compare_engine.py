@@ -30,6 +30,7 @@ can overlap; bench/compare_speed.py measures the effect against a single thread.
 
 The figures are drawn by ``inference.compare_figures``, the tables exported by ``inference.compare_export``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -255,9 +256,15 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
             return _skipped(run, message)
         frame = metrics.select_split(frame, split)  # the margins need the split's rows too
         report = metrics.evaluate(
-            frame, [attribute], threshold=run.threshold, min_n=MIN_N,
-            gap_min_n=run.settings.eval_gap_min_n, bootstrap=bootstrap, seed=seed,
-            ci=CI_LEVEL, split=split,
+            frame,
+            [attribute],
+            threshold=run.threshold,
+            min_n=MIN_N,
+            gap_min_n=run.settings.eval_gap_min_n,
+            bootstrap=bootstrap,
+            seed=seed,
+            ci=CI_LEVEL,
+            split=split,
         )
     except metrics.MetricsError as error:
         return _skipped(run, UNUSABLE_RUN.format(run=run.label(), reason=error))
@@ -312,7 +319,7 @@ def _figures(report: dict, attribute: str) -> dict[str, Any]:
 
 
 def _with_interval(name: str, value, interval) -> dict[str, Any]:
-    low, high = interval if interval else (None, None)
+    low, high = interval or (None, None)
     return {name: value, f"{name}_lo": low, f"{name}_hi": high}
 
 
@@ -366,9 +373,11 @@ def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame) -> tuple[str
     ):
         undefined = groups.loc[groups[column].isna(), "group"].tolist()
         if undefined:
-            notes.append(UNDEFINED_GROUPS.format(
-                run=run_id, attribute=attribute, what=what, groups=", ".join(undefined), metrics=gap_metrics
-            ))
+            notes.append(
+                UNDEFINED_GROUPS.format(
+                    run=run_id, attribute=attribute, what=what, groups=", ".join(undefined), metrics=gap_metrics
+                )
+            )
     small = groups[groups["small"]]
     if not small.empty:
         listed = ", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"]))
@@ -396,8 +405,21 @@ def wilson_interval(successes: int, n: int, level: float = CI_LEVEL) -> tuple[fl
 # The runs together
 
 
-GROUP_COLUMNS = ["run", "method", "group", "n", "n_pos", "accuracy", "accuracy_lo", "accuracy_hi", "tpr", "fpr",
-                 "auc", "mean_margin", "small"]
+GROUP_COLUMNS = [
+    "run",
+    "method",
+    "group",
+    "n",
+    "n_pos",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "tpr",
+    "fpr",
+    "auc",
+    "mean_margin",
+    "small",
+]
 MARGIN_COLUMNS = ["run", "method", "group", "label", "margin"]
 
 

@@ -3,6 +3,7 @@
 What the Compare tab's tables, its downloads, the figures' legends and the reproduction report print
 about an ``inference.compare_engine.Comparison``; nothing here computes a figure.
 """
+
 from __future__ import annotations
 
 import io

@@ -8,6 +8,7 @@
 Every figure lists the methods in the registry's order (``training.methods``) and colours each by its
 ``Method.colour``; a figure with nothing to show says why instead of drawing empty axes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,15 @@ def _method_color(method: str) -> str:
 
 def _empty_figure(title: str, reason: str) -> go.Figure:
     figure = go.Figure()
-    figure.add_annotation(text=NOTHING_TO_SHOW.format(reason=reason), showarrow=False, x=0.5, y=0.5,
-                          xref="paper", yref="paper", font={"size": 14})
+    figure.add_annotation(
+        text=NOTHING_TO_SHOW.format(reason=reason),
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        font={"size": 14},
+    )
     figure.update_layout(title=title, xaxis={"visible": False}, yaxis={"visible": False}, template="plotly_white")
     return figure
 
@@ -154,8 +162,13 @@ def _margin_violins(margins: pd.DataFrame, order: list[str], groups: list[str], 
             scalegroup=group,
             hoverinfo="y+name",
         )
-    figure.add_hline(y=0, line_dash="dash", line_color="black", annotation_text="decision boundary",
-                     annotation_position="bottom right")
+    figure.add_hline(
+        y=0,
+        line_dash="dash",
+        line_color="black",
+        annotation_text="decision boundary",
+        annotation_position="bottom right",
+    )
     figure.update_layout(
         violinmode="group",
         xaxis={"title": "Run (method)", "categoryorder": "array", "categoryarray": [captions[r] for r in order]},
@@ -165,8 +178,13 @@ def _margin_violins(margins: pd.DataFrame, order: list[str], groups: list[str], 
 
 
 def _margin_kdes(margins: pd.DataFrame, order: list[str], groups: list[str], captions: dict) -> go.Figure:
-    figure = make_subplots(rows=len(order), cols=1, shared_xaxes=True, subplot_titles=[captions[r] for r in order],
-                           vertical_spacing=min(0.08, 0.3 / max(1, len(order))))
+    figure = make_subplots(
+        rows=len(order),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=[captions[r] for r in order],
+        vertical_spacing=min(0.08, 0.3 / max(1, len(order))),
+    )
     grid = np.linspace(margins["margin"].min(), margins["margin"].max(), 200)
     palette = _group_palette(groups)
     for panel, run in enumerate(order, start=1):
@@ -176,10 +194,16 @@ def _margin_kdes(margins: pd.DataFrame, order: list[str], groups: list[str], cap
                 continue  # a KDE needs spread; such a group has no curve in this panel
             density = stats.gaussian_kde(values)(grid)
             figure.add_scatter(
-                x=grid, y=density, mode="lines", name=group, legendgroup=group, showlegend=panel == 1,
+                x=grid,
+                y=density,
+                mode="lines",
+                name=group,
+                legendgroup=group,
+                showlegend=panel == 1,
                 line={"color": palette[group]},
                 hovertemplate=f"{group} (n={len(values)})<br>margin %{{x:.2f}}<br>density %{{y:.3f}}<extra></extra>",
-                row=panel, col=1,
+                row=panel,
+                col=1,
             )
         figure.add_vline(x=0, line_dash="dash", line_color="black", row=panel, col=1)
         figure.update_yaxes(title_text="density", row=panel, col=1)
@@ -200,9 +224,7 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
     if gap not in metrics.GAPS:
         raise CompareError(UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value=gap))
     if metric not in FRONTIER_METRICS:
-        raise CompareError(
-            UNKNOWN_CHOICE.format(name="metric", choices=", ".join(FRONTIER_METRICS), value=metric)
-        )
+        raise CompareError(UNKNOWN_CHOICE.format(name="metric", choices=", ".join(FRONTIER_METRICS), value=metric))
     direction = "higher is fairer" if gap in HIGHER_IS_FAIRER else "lower is fairer"
     title = f"{OVERALL_TITLES[metric]} vs {GAP_TITLES[gap]} on {comparison.attribute}"
     if comparison.empty:
@@ -221,12 +243,16 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
             mode="markers+text",
             text=[f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged)],
             textposition="top center",
-            marker={"size": 12, "color": _method_color(method),
-                    "symbol": ["x" if bad else "circle" for bad in flagged]},
+            marker={
+                "size": 12,
+                "color": _method_color(method),
+                "symbol": ["x" if bad else "circle" for bad in flagged],
+            },
             error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
             error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
-            customdata=list(zip(captions, *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo",
-                                                                         f"{metric}_hi")))),
+            customdata=list(
+                zip(captions, *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo", f"{metric}_hi")))
+            ),
             hovertemplate=(
                 f"<b>%{{customdata[0]}}</b><br>{GAP_TITLES[gap]} %{{x:.3f}} [%{{customdata[1]:.3f}}, "
                 f"%{{customdata[2]:.3f}}]<br>{OVERALL_TITLES[metric]} %{{y:.3f}} [%{{customdata[3]:.3f}}, "

@@ -6,6 +6,7 @@ this module picks the defaults (the task's five demo runs, the attribute they we
 turns a comparison into the two tables the tab shows, and writes the downloads into the export folder
 (one per process, removed when the process exits).
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,7 +63,7 @@ def attribute_choices(runs: Sequence[RunInfo], task: str) -> list[str]:
             continue
         singles += [a for a in attributes_of(run) if a not in singles]
         trained += [a for a in (run.settings.attribute, run.settings.cmac_attribute) if a]
-    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
+    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1 :]]
     wider = [a for a in dict.fromkeys(trained) if a not in singles and a not in pairs]
     return singles + pairs + wider
 
@@ -133,12 +134,15 @@ def summary_table(comparison: Comparison) -> pd.DataFrame:
     table = display_table(comparison, digits=SUMMARY_DIGITS)
     flags = comparison.table["flags"].fillna("").to_numpy()
     # a flag stays next to the run's figures: '⚠ degenerate' in the run's own cell
-    table[SUMMARY_RUN_COLUMN] = [f"{label} ⚠ {flag}" if flag else label
-                                 for label, flag in zip(comparison.table["label"].to_numpy(), flags)]
+    table[SUMMARY_RUN_COLUMN] = [
+        f"{label} ⚠ {flag}" if flag else label for label, flag in zip(comparison.table["label"].to_numpy(), flags)
+    ]
     table = table.drop(columns=[COLUMN_TITLES["flags"]])
     lam, w_max = COLUMN_TITLES["lambda"], COLUMN_TITLES["w_max"]
-    settings = [" ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
-                for method, lv, wv in zip(table["Method"], table[lam], table[w_max])]
+    settings = [
+        " ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
+        for method, lv, wv in zip(table["Method"], table[lam], table[w_max])
+    ]
     table["Method"] = settings
     return table.drop(columns=[lam, w_max, *(COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
 

@@ -3,6 +3,7 @@
 app.py wires these to the components; every value shown is computed here and tested without a
 browser. Demographics are never asked for: a diagnosis is a function of the image and the adapter.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,10 +14,9 @@ from typing import Any
 from PIL import Image
 
 from inference.catalog import find_run, of_task, run_choices, run_key
-from training import methods
 from inference.diagnosis import Diagnosis
 from inference.images import describe_image
-from training import guard
+from training import guard, methods
 from training.rundir import DEMO_RUNS_DIR, RunInfo
 from training.tasks import TASKS, get_task
 
@@ -96,16 +96,23 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
     method = methods.title(diagnosis.method)
     lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
     warning = [f"> ⚠️ {guard.warning_text(run.guard_reasons)}", ""] if run.degenerate else []
-    summary = "\n".join([
-        *warning,
-        f"### {diagnosis.label} — {diagnosis.probability:.0%}",
-        f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.",
-        "",
-        f"**Adapter** `{run_key(run)}` ({method}{lam}) on base model `{diagnosis.base_model}`  ",
-        f"**Latency** {diagnosis.latency_ms:.0f} ms · image {describe_image(image)}",
-    ])
-    details = {**diagnosis.as_dict(), "adapter": run_key(run), "image": describe_image(image),
-               "degenerate": run.degenerate, "guard_reasons": run.guard_reasons}
+    summary = "\n".join(
+        [
+            *warning,
+            f"### {diagnosis.label} — {diagnosis.probability:.0%}",
+            f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.",
+            "",
+            f"**Adapter** `{run_key(run)}` ({method}{lam}) on base model `{diagnosis.base_model}`  ",
+            f"**Latency** {diagnosis.latency_ms:.0f} ms · image {describe_image(image)}",
+        ]
+    )
+    details = {
+        **diagnosis.as_dict(),
+        "adapter": run_key(run),
+        "image": describe_image(image),
+        "degenerate": run.degenerate,
+        "guard_reasons": run.guard_reasons,
+    }
     return DiagnosisView(confidences, summary, details)
 
 

@@ -131,6 +131,14 @@ class Diagnosis:
 
 
 __all__ = [
-    "Diagnosis", "HIGH_CERTAINTY_FROM", "LOW_CERTAINTY_BELOW", "READING_HIGH", "READING_LOW", "READING_MODERATE",
-    "METHODS_WITH_LAMBDA", "certainty_level", "margin_for_probability", "reading",
+    "HIGH_CERTAINTY_FROM",
+    "LOW_CERTAINTY_BELOW",
+    "METHODS_WITH_LAMBDA",
+    "READING_HIGH",
+    "READING_LOW",
+    "READING_MODERATE",
+    "Diagnosis",
+    "certainty_level",
+    "margin_for_probability",
+    "reading",
 ]

@@ -22,6 +22,7 @@ so the app never lists half a run.
 The token comes only from the environment (``HF_TOKEN``) or ``hf auth login``; it is never a
 command-line flag and never printed. Hub and network failures become one-line messages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,9 +137,7 @@ def prepare_upload(
     return out
 
 
-def push(
-    run_dir: str | Path, repo_id: str, *, private: bool = False, with_predictions: bool | None = None
-) -> str:
+def push(run_dir: str | Path, repo_id: str, *, private: bool = False, with_predictions: bool | None = None) -> str:
     """Upload a run to the model repository ``repo_id`` (created if missing); returns its URL.
 
     An existing repository keeps its visibility. Files of an earlier push that this push leaves out
@@ -290,10 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--repo-id", required=True, help="target model repository, USER/NAME (created if missing)")
     up.add_argument("--private", action="store_true", help="create the repository as private")
     shared = up.add_mutually_exclusive_group()
-    shared.add_argument("--with-predictions", dest="with_predictions", action="store_true", default=None,
-                        help="upload predictions.csv (per-sample demographics) even for real data")
-    shared.add_argument("--without-predictions", dest="with_predictions", action="store_false",
-                        help="leave predictions.csv out even for synthetic data")
+    shared.add_argument(
+        "--with-predictions",
+        dest="with_predictions",
+        action="store_true",
+        default=None,
+        help="upload predictions.csv (per-sample demographics) even for real data",
+    )
+    shared.add_argument(
+        "--without-predictions",
+        dest="with_predictions",
+        action="store_false",
+        help="leave predictions.csv out even for synthetic data",
+    )
     down = commands.add_parser("pull", help="download a pushed run into the runs folder")
     down.add_argument("repo_id", help="model repository, USER/NAME")
     down.add_argument("--runs-dir", default=None, help=f"runs folder (default: ${RUNS_DIR_ENV} or runs)")
@@ -305,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "push":
             url = push(args.run_dir, args.repo_id, private=args.private, with_predictions=args.with_predictions)
             shared_predictions = includes_predictions(read_run(args.run_dir), args.with_predictions)
-            print(f"pushed {args.run_dir} to {url} (predictions.csv {'included' if shared_predictions else 'left out'})")
+            print(
+                f"pushed {args.run_dir} to {url} (predictions.csv {'included' if shared_predictions else 'left out'})"
+            )
         else:
             path = pull(args.repo_id, runs_dir=args.runs_dir, revision=args.revision, name=args.name)
             print(f"pulled {args.repo_id} into {path}")

@@ -179,7 +179,7 @@ def decode_data_url(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     if size > max_bytes:
         raise ImageRejected(TOO_MANY_BYTES.format(size_mb=size / 2**20, limit_mb=max_bytes / 2**20))
     try:
-        return base64.b64decode(url[comma + 1:], validate=True)
+        return base64.b64decode(url[comma + 1 :], validate=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
         raise ImageRejected(NOT_AN_IMAGE) from exc
 

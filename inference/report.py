@@ -20,6 +20,7 @@ several seeds of one setting are shown as mean ± standard deviation over the se
 w_max counts only for the methods that use it. The methods, their names and the papers' citations
 come from the registry, ``training.methods``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,23 @@ NOT_TESTABLE = "not testable here"
 
 # Gu et al.'s figures (percent) and CMAC-MMD's (fractions), shown beside ours for reference.
 GU_TABLE1 = {  # method: (overall accuracy, MaxAccGap on ethnicity)
-    methods.VANILLA.name: (53.50, 3.80), methods.FR.name: (53.55, 6.04), methods.GR.name: (53.15, 1.17),
+    methods.VANILLA.name: (53.50, 3.80),
+    methods.FR.name: (53.55, 6.04),
+    methods.GR.name: (53.15, 1.17),
     methods.HYBRID.name: (53.45, 3.80),
 }
 GU_TABLE2 = {0.1: (53.75, 2.10), 0.5: (53.55, 6.04), 1.0: (53.35, 2.01)}  # FR's λ: (accuracy, MaxAccGap)
 GU_TABLE3 = {"gender": (4.51, 53.40, 3.89), "race": (4.36, 53.25, 1.74), "ethnicity": (3.80, 53.45, 3.80)}
-CMAC_MMD_FIGURES = {SKIN: {methods.VANILLA.name: (0.94, 0.50), methods.CMAC.name: (0.97, 0.26)},  # (AUC, ΔTPR)
-                    FUNDUS: {methods.VANILLA.name: (0.71, 0.41), methods.CMAC.name: (0.72, 0.31)}}
+CMAC_MMD_FIGURES = {
+    SKIN: {methods.VANILLA.name: (0.94, 0.50), methods.CMAC.name: (0.97, 0.26)},  # (AUC, ΔTPR)
+    FUNDUS: {methods.VANILLA.name: (0.71, 0.41), methods.CMAC.name: (0.72, 0.31)},
+}
 TASK_WORDS = {SKIN: "dermatology (task skin)", FUNDUS: "glaucoma (task fundus)"}
 
-NO_RUNS_FOUND = "No complete runs were found in {dirs}; train some (python -m training.train) or rebuild the demos " \
-                "(python -m training.demos)."
+NO_RUNS_FOUND = (
+    "No complete runs were found in {dirs}; train some (python -m training.train) or rebuild the demos "
+    "(python -m training.demos)."
+)
 
 
 @dataclass(frozen=True)
@@ -123,8 +130,9 @@ class Evidence:
 # Collecting
 
 
-def collect(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-            split: str = "test") -> Evidence:
+def collect(
+    runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, split: str = "test"
+) -> Evidence:
     """Compare the runs of each task on every attribute a table or a claim needs."""
     evidence = Evidence(list(runs), bootstrap, seed, split)
     by_label = {run.label(): run for run in runs}  # comparisons name runs by label (a demo keeps "(demo)")
@@ -182,16 +190,34 @@ def _entry(key: tuple, rows: list[dict], groups: pd.DataFrame) -> Entry:
     run_ids = tuple(row["run"] for row in rows)
     chosen = groups[groups["run"].isin(run_ids)]
     per_group = chosen.groupby("group", sort=True).agg(
-        n=("n", "max"), n_pos=("n_pos", "max"), accuracy=("accuracy", "mean"), accuracy_lo=("accuracy_lo", "mean"),
-        accuracy_hi=("accuracy_hi", "mean"), tpr=("tpr", "mean"),
+        n=("n", "max"),
+        n_pos=("n_pos", "max"),
+        accuracy=("accuracy", "mean"),
+        accuracy_lo=("accuracy_lo", "mean"),
+        accuracy_hi=("accuracy_hi", "mean"),
+        tpr=("tpr", "mean"),
     )
-    return Entry(method, _caption(method, lam, w_max, trained_on), run_ids, lam, w_max, trained_on, context, values,
-                 spread, intervals, per_group)
+    return Entry(
+        method,
+        _caption(method, lam, w_max, trained_on),
+        run_ids,
+        lam,
+        w_max,
+        trained_on,
+        context,
+        values,
+        spread,
+        intervals,
+        per_group,
+    )
 
 
 def _caption(method: str, lam: float | None, w_max: float | None, trained_on: str | None) -> str:
-    settings = [f"λ={lam:g}" if lam is not None else None, f"w_max={w_max:g}" if w_max is not None else None,
-                f"on {trained_on}" if trained_on else None]
+    settings = [
+        f"λ={lam:g}" if lam is not None else None,
+        f"w_max={w_max:g}" if w_max is not None else None,
+        f"on {trained_on}" if trained_on else None,
+    ]
     shown = ", ".join(s for s in settings if s)
     name = methods.title(method)
     return f"{name} ({shown})" if shown else name
@@ -214,8 +240,9 @@ def _distinct_captions(entries: list[Entry]) -> list[Entry]:
 # Choosing what a claim compares
 
 
-def main_entry(entries: list[Entry], method: str, *, trained_on: str | None = None,
-               context: tuple | None = None) -> Entry | None:
+def main_entry(
+    entries: list[Entry], method: str, *, trained_on: str | None = None, context: tuple | None = None
+) -> Entry | None:
     """The setting of ``method`` closest to Gu et al.'s main one (λ=0.5, w_max=10), most seeds first."""
     candidates = [e for e in entries if e.method == method and (trained_on is None or e.trained_on == trained_on)]
     if context is not None and any(e.context == context for e in candidates):
@@ -245,14 +272,27 @@ def assess_claims(evidence: Evidence) -> list[Claim]:
     gr_attribute = gr.trained_on if gr and gr.trained_on else "race"
     claims = [
         _reduction_claim(
-            evidence, FUNDUS, gr_attribute, methods.GR.name, None, "max_acc_gap", 0.69,
+            evidence,
+            FUNDUS,
+            gr_attribute,
+            methods.GR.name,
+            None,
+            "max_acc_gap",
+            0.69,
             title="GR-LoRA cuts MaxAccGap on the attribute it balances by ≥ 69 % relative to Vanilla LoRA",
             source="Gu et al., Table 1 (GR trained and measured on ethnicity: 3.80 % → 1.17 %)",
-            context="" if gr_attribute == "ethnicity" else
-            f" Here GR was trained and measured on {gr_attribute}, the paper's run on ethnicity.",
+            context=""
+            if gr_attribute == "ethnicity"
+            else f" Here GR was trained and measured on {gr_attribute}, the paper's run on ethnicity.",
         ),
         _reduction_claim(
-            evidence, FUNDUS, "race", methods.HYBRID.name, "race", "max_acc_gap", 0.60,
+            evidence,
+            FUNDUS,
+            "race",
+            methods.HYBRID.name,
+            "race",
+            "max_acc_gap",
+            0.60,
             title="Hybrid-LoRA trained on race cuts race MaxAccGap by ≥ 60 % relative to Vanilla LoRA",
             source="Gu et al., Table 3 (4.36 % → 1.74 %)",
         ),
@@ -265,15 +305,24 @@ def assess_claims(evidence: Evidence) -> list[Claim]:
         reduction = round((dtpr_vanilla - dtpr_cmac) / dtpr_vanilla, 2)  # whole percent, as the claim is stated
         attribute = SKIN_INTERSECTION if task == SKIN else _cmac_attribute(evidence, task)
         subgroups = "intersectional ΔTPR (sex × age group)" if task == SKIN else "ΔTPR over the subgroups it aligns"
-        claims.append(_reduction_claim(
-            evidence, task, attribute, methods.CMAC.name, None, "delta_tpr", reduction,
-            title=f"CMAC-MMD cuts the {subgroups} by ≥ {_percent(reduction, 0)} relative to vanilla fine-tuning, "
-                  f"{TASK_WORDS[task]}",
-            source=f"CMAC-MMD, ΔTPR {dtpr_vanilla:.2f} → {dtpr_cmac:.2f}",
-            context="" if task == SKIN else
-            f" The paper's glaucoma subgroups are intersections of demographic attributes; here they are the "
-            f"{attribute} groups the fundus CMAC run aligned.",
-        ))
+        claims.append(
+            _reduction_claim(
+                evidence,
+                task,
+                attribute,
+                methods.CMAC.name,
+                None,
+                "delta_tpr",
+                reduction,
+                title=f"CMAC-MMD cuts the {subgroups} by ≥ {_percent(reduction, 0)} relative to vanilla fine-tuning, "
+                f"{TASK_WORDS[task]}",
+                source=f"CMAC-MMD, ΔTPR {dtpr_vanilla:.2f} → {dtpr_cmac:.2f}",
+                context=""
+                if task == SKIN
+                else f" The paper's glaucoma subgroups are intersections of demographic attributes; here they are the "
+                f"{attribute} groups the fundus CMAC run aligned.",
+            )
+        )
         claims.append(_auc_claim(evidence, task, attribute, auc_vanilla, auc_cmac))
     return claims
 
@@ -292,19 +341,32 @@ def _pair(evidence: Evidence, task: str, attribute: str, method: str, trained_on
 def _missing(task: str, attribute: str, method: str, trained_on: str | None, baseline, entry) -> str | None:
     if entry is None:
         on = f" trained on {trained_on}" if trained_on else ""
-        command = (f"python -m training.train --data synth:{task} --method {method}"
-                   + (f" --attribute {trained_on}" if trained_on else ""))
-        return (f"no {methods.title(method)} run{on} on task {task} gives {attribute} figures; "
-                f"train one (`{command}`)")
+        command = f"python -m training.train --data synth:{task} --method {method}" + (
+            f" --attribute {trained_on}" if trained_on else ""
+        )
+        return f"no {methods.title(method)} run{on} on task {task} gives {attribute} figures; train one (`{command}`)"
     if baseline is None:
         baseline = methods.BASELINE
-        return (f"no {baseline.title} run on task {task} gives {attribute} figures to compare with; train one "
-                f"(`python -m training.train --data synth:{task} --method {baseline.name}`)")
+        return (
+            f"no {baseline.title} run on task {task} gives {attribute} figures to compare with; train one "
+            f"(`python -m training.train --data synth:{task} --method {baseline.name}`)"
+        )
     return None
 
 
-def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str, trained_on: str | None,
-                     gap: str, reduction: float, *, title: str, source: str, context: str = "") -> Claim:
+def _reduction_claim(
+    evidence: Evidence,
+    task: str,
+    attribute: str,
+    method: str,
+    trained_on: str | None,
+    gap: str,
+    reduction: float,
+    *,
+    title: str,
+    source: str,
+    context: str = "",
+) -> Claim:
     """Reproduced when ``method``'s gap is at least ``reduction`` (a fraction) below vanilla's."""
     baseline, entry = _pair(evidence, task, attribute, method, trained_on)
     reason = _missing(task, attribute, method, trained_on, baseline, entry)
@@ -312,9 +374,11 @@ def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str,
         return Claim(title, source, NOT_TESTABLE, f"Not testable here: {reason}.")
     before, after = baseline.values[gap], entry.values[gap]
     if before is None or after is None or before == 0:
-        text = (f"Not testable here: {GAP_TITLES[gap]} on {attribute} is "
-                f"{'undefined' if before is None or after is None else 'zero for Vanilla'}, so a relative change "
-                "has no meaning.")
+        text = (
+            f"Not testable here: {GAP_TITLES[gap]} on {attribute} is "
+            f"{'undefined' if before is None or after is None else 'zero for Vanilla'}, so a relative change "
+            "has no meaning."
+        )
         return Claim(title, source, NOT_TESTABLE, text)
     change = (after - before) / before
     group_metric = GAP_GROUP_METRIC[gap]
@@ -335,8 +399,10 @@ def _reduction_claim(evidence: Evidence, task: str, attribute: str, method: str,
         f"{shown(worst_before)} → {shown(worst_after)}; best group's: {shown(best_before)} → {shown(best_after)}."
     )
     if levelled_down:
-        text += (" The gap closed by levelling down: the worst-off group gained nothing, so the smaller gap comes "
-                 "from lowering the others (the failure CMAC-MMD warns of), not from a fairer model.")
+        text += (
+            " The gap closed by levelling down: the worst-off group gained nothing, so the smaller gap comes "
+            "from lowering the others (the failure CMAC-MMD warns of), not from a fairer model."
+        )
     elif verdict == NOT_REPRODUCED and change < 0:
         text += " The gap does shrink, by less than the paper reports."
     elif verdict == NOT_REPRODUCED:
@@ -363,8 +429,12 @@ def _accuracy_claim(evidence: Evidence) -> Claim:
     found = [e for e in (main_entry(entries, m) for m in fine_tuned) if e is not None]
     baseline = baseline_for(entries, found[0] if found else None)
     if not found or baseline is None:
-        return Claim(title, source, NOT_TESTABLE, "Not testable here: it needs a Vanilla run and at least one FR, GR "
-                     "or Hybrid run on task fundus.")
+        return Claim(
+            title,
+            source,
+            NOT_TESTABLE,
+            "Not testable here: it needs a Vanilla run and at least one FR, GR or Hybrid run on task fundus.",
+        )
     drops = {e.caption: baseline.values["accuracy"] - e.values["accuracy"] for e in found}
     worst = max(drops, key=drops.get)
     verdict = REPRODUCED if drops[worst] <= ACCURACY_TOLERANCE else NOT_REPRODUCED
@@ -372,12 +442,16 @@ def _accuracy_claim(evidence: Evidence) -> Claim:
     overlap = _overlap(baseline.intervals["accuracy"], entry.intervals["accuracy"])
     changes = "; ".join(f"{caption} {_signed(-drop * 100, 2)} pp" for caption, drop in drops.items())
     if drops[worst] > 0:
-        worst_text = (f"The largest loss is {drops[worst] * 100:.2f} pp ({worst}, {_cell(entry, 'accuracy')}; "
-                      "the claim allows 0.40 pp).")
+        worst_text = (
+            f"The largest loss is {drops[worst] * 100:.2f} pp ({worst}, {_cell(entry, 'accuracy')}; "
+            "the claim allows 0.40 pp)."
+        )
     else:
         worst_text = "No method loses accuracy."
-    text = (f"{_verdict_word(verdict)} Overall accuracy (%) against {baseline.caption}'s "
-            f"{_cell(baseline, 'accuracy')}: {changes}. {worst_text} {_overlap_sentence(overlap, baseline, entry)}")
+    text = (
+        f"{_verdict_word(verdict)} Overall accuracy (%) against {baseline.caption}'s "
+        f"{_cell(baseline, 'accuracy')}: {changes}. {worst_text} {_overlap_sentence(overlap, baseline, entry)}"
+    )
     return Claim(title, source, verdict, text, -drops[worst], overlap)
 
 
@@ -389,9 +463,14 @@ def _lambda_claim(evidence: Evidence) -> Claim:
     gaps = {lam: entry.values["max_acc_gap"] for lam, entry in rows.items()}
     if not {0.1, 0.5, 1.0} <= set(gaps) or None in gaps.values():
         present = ", ".join(f"{lam:g}" for lam in sorted(gaps)) or "none"
-        return Claim(title, source, NOT_TESTABLE, f"Not testable here: it needs FR runs at λ = 0.1, 0.5 and 1.0 "
-                     f"(found λ: {present}); train them with `python -m training.train --method {methods.FR.name} "
-                     "--lambda 0.1` etc.")
+        return Claim(
+            title,
+            source,
+            NOT_TESTABLE,
+            f"Not testable here: it needs FR runs at λ = 0.1, 0.5 and 1.0 "
+            f"(found λ: {present}); train them with `python -m training.train --method {methods.FR.name} "
+            "--lambda 0.1` etc.",
+        )
     verdict = REPRODUCED if gaps[0.5] > max(gaps[0.1], gaps[1.0]) else NOT_REPRODUCED
     shown = "; ".join(f"λ = {lam:g}: {_cell(rows[lam], 'max_acc_gap')}" for lam in (0.1, 0.5, 1.0))
     worst = max(gaps, key=gaps.get)
@@ -427,9 +506,11 @@ def _auc_claim(evidence: Evidence, task: str, attribute: str, paper_vanilla: flo
     significantly_lower = after < before and overlap is False
     verdict = NOT_REPRODUCED if significantly_lower or (after < before and overlap is None) else REPRODUCED
     how = "improves" if after > before else "keeps (within the bootstrap intervals)" if after < before else "keeps"
-    text = (f"{_verdict_word(verdict)} AUC {_cell(entry, 'auc', 1)} for {entry.caption} against "
-            f"{_cell(baseline, 'auc', 1)} for {baseline.caption} ({_percent(change, signed=True)}). "
-            f"{_overlap_sentence(overlap, baseline, entry)}")
+    text = (
+        f"{_verdict_word(verdict)} AUC {_cell(entry, 'auc', 1)} for {entry.caption} against "
+        f"{_cell(baseline, 'auc', 1)} for {baseline.caption} ({_percent(change, signed=True)}). "
+        f"{_overlap_sentence(overlap, baseline, entry)}"
+    )
     if verdict == REPRODUCED:
         text += f" CMAC-MMD {how} the AUC."
     return Claim(title, source, verdict, text, change, overlap)
@@ -446,8 +527,10 @@ def _overlap_sentence(overlap: bool | None, *entries: Entry) -> str:
         return "No bootstrap intervals were computed, so the noise of the test set is unknown."
     averaged = " (for several seeds: the mean of the per-seed intervals)" if any(e.seeds > 1 for e in entries) else ""
     if overlap:
-        return (f"The two 95 % bootstrap intervals{averaged} overlap, so one test set cannot rule out that the "
-                "difference is resampling noise.")
+        return (
+            f"The two 95 % bootstrap intervals{averaged} overlap, so one test set cannot rule out that the "
+            "difference is resampling noise."
+        )
     return f"The two 95 % bootstrap intervals{averaged} do not overlap."
 
 
@@ -494,7 +577,7 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
     lines = ["# FairDx reproduction report", "", _data_statement(evidence), ""]
     where = f" from {', '.join(map(str, sources))}" if sources else ""
     lines += [
-        f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from {len(evidence.runs)} "
+        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} from {len(evidence.runs)} "
         f"run(s){where}. All figures are on the {evidence.split} split. Brackets: {_percent(CI_LEVEL, 0)} bootstrap "
         f"percentile intervals ({evidence.bootstrap} resamples, seed {evidence.seed}) for overall figures and gaps, "
         f"{_percent(CI_LEVEL, 0)} Wilson intervals for per-group accuracy. Several seeds of one setting: mean ± "
@@ -509,8 +592,7 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
     lines += _cmac_mmd_section(evidence)
     lines += ["## Claims", ""]
     for number, claim in enumerate(claims, start=1):
-        lines += [f"### {number}. {claim.title} — {claim.verdict}", "", f"*Claim:* {claim.source}.", "",
-                  claim.text, ""]
+        lines += [f"### {number}. {claim.title} — {claim.verdict}", "", f"*Claim:* {claim.source}.", "", claim.text, ""]
     notes = [note for comparison in evidence.comparisons.values() for note in comparison.notes]
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in dict.fromkeys(notes)), ""]
@@ -520,14 +602,18 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
 def _data_statement(evidence: Evidence) -> str:
     specs = sorted({str(run.config.get("data") or run.config.get("dataset", {}).get("spec")) for run in evidence.runs})
     real = [spec for spec in specs if not spec.startswith(SYNTH_PREFIX)]
-    statement = ("**The benchmark is synthetic, not clinical data.** The images come from FairDx's generator "
-                 "(training/synth.py) with a designed, documented group bias and tiny embedded backbones, not from "
-                 "Harvard-GF/FairVLMed or HAM10000 and not from the papers' 7B/CLIP models. A verdict below says "
-                 "whether a method reacts to a known bias the way the paper reports; it says nothing about patients "
-                 "or about the papers' own numbers.")
+    statement = (
+        "**The benchmark is synthetic, not clinical data.** The images come from FairDx's generator "
+        "(training/synth.py) with a designed, documented group bias and tiny embedded backbones, not from "
+        "Harvard-GF/FairVLMed or HAM10000 and not from the papers' 7B/CLIP models. A verdict below says "
+        "whether a method reacts to a known bias the way the paper reports; it says nothing about patients "
+        "or about the papers' own numbers."
+    )
     if real:
-        statement += (f" Some runs used other data ({', '.join(real)}); their figures are reported as they are, "
-                      "without any claim about that data's provenance.")
+        statement += (
+            f" Some runs used other data ({', '.join(real)}); their figures are reported as they are, "
+            "without any claim about that data's provenance."
+        )
     return statement
 
 
@@ -535,10 +621,18 @@ def _runs_table(evidence: Evidence) -> list[str]:
     rows = []
     for run in sorted(evidence.runs, key=lambda r: (r.task, methods.rank(r.method), r.run_id)):
         described = run_description(run)
-        rows.append([run.label(), run.task, methods.title(run.method),
-                     _maybe(described["lambda"]), _maybe(described["w_max"]), described["trained_on"] or "–",
-                     described["seed"] if described["seed"] is not None else "–",
-                     run.config.get("data") or run.config.get("dataset", {}).get("spec", "–")])
+        rows.append(
+            [
+                run.label(),
+                run.task,
+                methods.title(run.method),
+                _maybe(described["lambda"]),
+                _maybe(described["w_max"]),
+                described["trained_on"] or "–",
+                described["seed"] if described["seed"] is not None else "–",
+                run.config.get("data") or run.config.get("dataset", {}).get("spec", "–"),
+            ]
+        )
     return _table(["Run", "Task", "Method", "λ", "w_max", "Trained on", "Seed", "Data"], rows)
 
 
@@ -552,15 +646,30 @@ def _gu_section(evidence: Evidence) -> list[str]:
         return lines + ["Not run: no fundus runs.", ""]
     race = evidence.get(FUNDUS, "race")
     lines += ["### Table 1 — overall accuracy, AUC and MaxAccGap (%)", ""]
-    header = ["Setting", "Runs", "Overall accuracy", "AUC", *(f"MaxAccGap {a}" for a in TABLE1_ATTRIBUTES),
-              "Paper (ethnicity): acc / MaxAccGap"]
+    header = [
+        "Setting",
+        "Runs",
+        "Overall accuracy",
+        "AUC",
+        *(f"MaxAccGap {a}" for a in TABLE1_ATTRIBUTES),
+        "Paper (ethnicity): acc / MaxAccGap",
+    ]
     rows = []
     for entry in race:
         paper = _paper_table1(entry)
-        gaps = [_cell(e, "max_acc_gap") if (e := _same(evidence.get(FUNDUS, a), entry)) else "–"
-                for a in TABLE1_ATTRIBUTES]
-        rows.append([entry.caption, ", ".join(entry.runs), _cell(entry, "accuracy"), _cell(entry, "auc", 1), *gaps,
-                     f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–"])
+        gaps = [
+            _cell(e, "max_acc_gap") if (e := _same(evidence.get(FUNDUS, a), entry)) else "–" for a in TABLE1_ATTRIBUTES
+        ]
+        rows.append(
+            [
+                entry.caption,
+                ", ".join(entry.runs),
+                _cell(entry, "accuracy"),
+                _cell(entry, "auc", 1),
+                *gaps,
+                f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–",
+            ]
+        )
     lines += [*_table(header, rows), "", "AUC as a fraction; the paper's Table 1 reports no AUC.", ""]
     lines += _table2(evidence)
     lines += ["### Table 3 — per-group accuracy with n (%)", ""]
@@ -599,19 +708,45 @@ def _table2(evidence: Evidence) -> list[str]:
         table = []
         if baseline:
             paper = GU_TABLE1[methods.VANILLA.name] if method == methods.FR.name else None
-            table.append([f"0 ({baseline.caption})", _cell(baseline, "accuracy"), _cell(baseline, "max_acc_gap"), "–",
-                          f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–"])
+            table.append(
+                [
+                    f"0 ({baseline.caption})",
+                    _cell(baseline, "accuracy"),
+                    _cell(baseline, "max_acc_gap"),
+                    "–",
+                    f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–",
+                ]
+            )
         for lam, entry in rows.items():
             change = "–"
             if baseline and baseline.values["max_acc_gap"] and entry.values["max_acc_gap"] is not None:
                 before = baseline.values["max_acc_gap"]
                 change = _percent((before - entry.values["max_acc_gap"]) / before, signed=True)
             paper = GU_TABLE2.get(lam) if method == methods.FR.name else None
-            table.append([f"{lam:g}", _cell(entry, "accuracy"), _cell(entry, "max_acc_gap"), change,
-                          f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–"])
-        lines += [f"**{name}, MaxAccGap on {attribute}**", "",
-                  *_table(["λ", "Overall accuracy", "MaxAccGap", "Gap reduction vs Vanilla",
-                           "Paper (ethnicity): acc / MaxAccGap"], table), ""]
+            table.append(
+                [
+                    f"{lam:g}",
+                    _cell(entry, "accuracy"),
+                    _cell(entry, "max_acc_gap"),
+                    change,
+                    f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "–",
+                ]
+            )
+        lines += [
+            f"**{name}, MaxAccGap on {attribute}**",
+            "",
+            *_table(
+                [
+                    "λ",
+                    "Overall accuracy",
+                    "MaxAccGap",
+                    "Gap reduction vs Vanilla",
+                    "Paper (ethnicity): acc / MaxAccGap",
+                ],
+                table,
+            ),
+            "",
+        ]
     if not any_rows:
         lines[-1:] = ["", "The λ ablation was not run on these runs.", ""]
     return lines
@@ -655,8 +790,17 @@ def _across_attributes(evidence: Evidence) -> list[str]:
         else:
             cells += [f"not run (no Hybrid run trained on {attribute})", "–"]
         rows.append([attribute, *cells, f"{paper[0]:.2f} → {paper[2]:.2f}"])
-    lines += _table(["Attribute", "Vanilla acc", "Vanilla MaxAccGap", "Hybrid acc", "Hybrid MaxAccGap",
-                     "Paper MaxAccGap: Vanilla → Hybrid"], rows)
+    lines += _table(
+        [
+            "Attribute",
+            "Vanilla acc",
+            "Vanilla MaxAccGap",
+            "Hybrid acc",
+            "Hybrid MaxAccGap",
+            "Paper MaxAccGap: Vanilla → Hybrid",
+        ],
+        rows,
+    )
     return lines + ["", "Vanilla is attribute-agnostic: one model evaluated on every attribute, as in the paper.", ""]
 
 
@@ -670,14 +814,28 @@ def _cmac_mmd_section(evidence: Evidence) -> list[str]:
             lines += [f"Not run: no {task} runs give {attribute} figures.", ""]
             continue
         paper = CMAC_MMD_FIGURES[task]
-        rows = [[e.caption, ", ".join(e.runs), _cell(e, "auc", 1), _cell(e, "delta_tpr", 1),
-                 _cell(e, "equalized_odds", 1), _cell(e, "accuracy"),
-                 f"{paper[e.method][0]:.2f} / {paper[e.method][1]:.2f}" if e.method in paper else "–"]
-                for e in entries]
-        lines += _table(["Setting", "Runs", "AUC", "ΔTPR", "Equalized odds", "Overall accuracy (%)",
-                         "Paper: AUC / ΔTPR"], rows)
-        lines += ["", "TPR per subgroup (n_pos = positives in the subgroup):", "",
-                  *_group_table(entries, "tpr", count="n_pos", scale=1), ""]
+        rows = [
+            [
+                e.caption,
+                ", ".join(e.runs),
+                _cell(e, "auc", 1),
+                _cell(e, "delta_tpr", 1),
+                _cell(e, "equalized_odds", 1),
+                _cell(e, "accuracy"),
+                f"{paper[e.method][0]:.2f} / {paper[e.method][1]:.2f}" if e.method in paper else "–",
+            ]
+            for e in entries
+        ]
+        lines += _table(
+            ["Setting", "Runs", "AUC", "ΔTPR", "Equalized odds", "Overall accuracy (%)", "Paper: AUC / ΔTPR"], rows
+        )
+        lines += [
+            "",
+            "TPR per subgroup (n_pos = positives in the subgroup):",
+            "",
+            *_group_table(entries, "tpr", count="n_pos", scale=1),
+            "",
+        ]
     return lines
 
 
@@ -685,8 +843,14 @@ def _cmac_mmd_section(evidence: Evidence) -> list[str]:
 # Entry points
 
 
-def build_report(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, split: str = "test",
-                 sources: Sequence[str] = ()) -> str:
+def build_report(
+    runs: Sequence[RunInfo],
+    *,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    split: str = "test",
+    sources: Sequence[str] = (),
+) -> str:
     """The Markdown report for ``runs`` (the app's download button calls this)."""
     evidence = collect(runs, bootstrap=bootstrap, seed=seed, split=split)
     return render(evidence, assess_claims(evidence), sources=sources)
@@ -694,8 +858,13 @@ def build_report(runs: Sequence[RunInfo], *, bootstrap: int = DEFAULT_BOOTSTRAP,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", action="append", type=Path, default=None,
-                        help="folder of run directories (repeatable; default: assets/runs and runs/)")
+    parser.add_argument(
+        "--runs",
+        action="append",
+        type=Path,
+        default=None,
+        help="folder of run directories (repeatable; default: assets/runs and runs/)",
+    )
     parser.add_argument("--out", type=Path, help="write the report here (default: print it)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples per run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -703,8 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dirs = args.runs or list(DEFAULT_RUNS_DIRS)
     runs = list_runs(*dirs)
-    text = build_report(runs, bootstrap=args.bootstrap, seed=args.seed, split=args.split,
-                        sources=[str(d) for d in dirs])
+    text = build_report(
+        runs, bootstrap=args.bootstrap, seed=args.seed, split=args.split, sources=[str(d) for d in dirs]
+    )
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out} ({len(runs)} runs)", file=sys.stderr)

@@ -77,9 +77,17 @@ class BodySizeLimit:
     async def _refuse(self, send: Send, message: str, **sizes: float) -> None:
         detail = message.format(limit_mb=self.max_bytes / 2**20, file_mb=DEFAULT_MAX_BYTES / 2**20, **sizes)
         payload = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 

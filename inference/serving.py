@@ -196,8 +196,10 @@ class ModelPool:
         run = _as_run(run)
         logits = self.logits(images, run)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        return [Diagnosis.from_logits(row, run_config=run.config, run_id=run.run_id, latency_ms=latency_ms)
-                for row in logits]
+        return [
+            Diagnosis.from_logits(row, run_config=run.config, run_id=run.run_id, latency_ms=latency_ms)
+            for row in logits
+        ]
 
     def logits(self, images: Sequence[Image.Image], run: RunInfo | str | Path) -> Tensor:
         """Class logits [B, 2] (float32, CPU) of `images` under `run`'s adapter."""
@@ -271,8 +273,13 @@ class ModelPool:
     def _load_base(self, base: _Base, run: RunInfo) -> None:
         budget = image_budget(run)
         try:
-            clf = load_classifier(run.backbone, task=run.task, dtype=getattr(torch, base.key.dtype),
-                                  min_pixels=budget[0], max_pixels=budget[1])
+            clf = load_classifier(
+                run.backbone,
+                task=run.task,
+                dtype=getattr(torch, base.key.dtype),
+                min_pixels=budget[0],
+                max_pixels=budget[1],
+            )
         except (OSError, ValueError) as err:
             raise ServingError(BASE_UNAVAILABLE.format(run_id=run.run_id, backbone=run.backbone, reason=err)) from err
         clf.to(self.device).eval()
@@ -296,8 +303,9 @@ class ModelPool:
 
     def _load_adapter(self, base: _Base, run: RunInfo, key: str, stamp: tuple) -> None:
         adapter_dir = run.path / rundir.ADAPTER
-        check_adapter(run, base.clf, lora_shapes=base.lora_shapes, linear_names=base.linear_names,
-                      head_shapes=base.head_shapes)
+        check_adapter(
+            run, base.clf, lora_shapes=base.lora_shapes, linear_names=base.linear_names, head_shapes=base.head_shapes
+        )
         name = _adapter_name(run.run_id, {loaded.name for loaded in base.adapters.values()})
         stale = base.adapters.get(key)
         try:
@@ -334,10 +342,11 @@ class ModelPool:
                 set_adapter(clf, base.active)
                 clf.eval()
                 return
-        except Exception:  # noqa: BLE001 — any failure here means the state is unknown: drop the base
+        except Exception:
             log.exception("serving: could not restore base %s after a failed adapter load", base.key.backbone)
-        log.warning("serving: dropping base %s after a failed adapter load; it reloads on the next request",
-                    base.key.backbone)
+        log.warning(
+            "serving: dropping base %s after a failed adapter load; it reloads on the next request", base.key.backbone
+        )
         base.reset()
 
 
@@ -373,8 +382,11 @@ def check_adapter(
         raise AdapterError(ADAPTER_CONFIG_BAD.format(run_id=run_id, reason=err)) from None
     targets = _selected(lora_config, linear_names)
     if set(targets) != set(lora_shapes):
-        raise AdapterError(ADAPTER_TARGETS.format(run_id=run_id, found=len(targets), backbone=run.backbone,
-                                                  expected=len(lora_shapes), family=clf.family))
+        raise AdapterError(
+            ADAPTER_TARGETS.format(
+                run_id=run_id, found=len(targets), backbone=run.backbone, expected=len(lora_shapes), family=clf.family
+            )
+        )
     _check_lora_tensors(run, adapter_dir / ADAPTER_WEIGHTS, lora_config, lora_shapes)
     if head_shapes:
         _check_head(run, adapter_dir / HEAD_WEIGHTS, clf, head_shapes)
@@ -408,13 +420,19 @@ def _check_lora_tensors(run: RunInfo, path: Path, config: LoraConfig, lora_shape
         rank = config.r if not config.rank_pattern else shape[0 if match["part"] == "A" else -1]
         expected = [rank, in_features] if match["part"] == "A" else [out_features, rank]
         if shape != expected:
-            raise AdapterError(ADAPTER_SHAPE.format(run_id=run.run_id, name=name, shape=shape,
-                                                    backbone=run.backbone, expected=expected))
+            raise AdapterError(
+                ADAPTER_SHAPE.format(
+                    run_id=run.run_id, name=name, shape=shape, backbone=run.backbone, expected=expected
+                )
+            )
         found.setdefault(module, set()).add(match["part"])
     incomplete = [m for m in lora_shapes if found.get(m) != {"A", "B"}]
     if incomplete:
-        raise AdapterError(ADAPTER_INCOMPLETE.format(run_id=run.run_id, n=len(incomplete), total=len(lora_shapes),
-                                                     module=incomplete[0]))
+        raise AdapterError(
+            ADAPTER_INCOMPLETE.format(
+                run_id=run.run_id, n=len(incomplete), total=len(lora_shapes), module=incomplete[0]
+            )
+        )
 
 
 def _check_head(run: RunInfo, path: Path, clf: Classifier, head_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -423,8 +441,11 @@ def _check_head(run: RunInfo, path: Path, clf: Classifier, head_shapes: dict[str
     shapes = _tensor_shapes(run.run_id, path)
     expected = {name: list(shape) for name, shape in head_shapes.items()}
     if shapes != expected:
-        raise AdapterError(HEAD_SHAPE.format(run_id=run.run_id, found=_describe(shapes), backbone=run.backbone,
-                                             expected=_describe(expected)))
+        raise AdapterError(
+            HEAD_SHAPE.format(
+                run_id=run.run_id, found=_describe(shapes), backbone=run.backbone, expected=_describe(expected)
+            )
+        )
     with safe_open(str(path), framework="pt") as f:
         head_task = (f.metadata() or {}).get("task")
     if head_task is not None and head_task != run.task:
@@ -436,7 +457,7 @@ def _tensor_shapes(run_id: str, path: Path) -> dict[str, list[int]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
-    except Exception as err:  # noqa: BLE001 — SafetensorError, OSError, ...: the file cannot be trusted
+    except Exception as err:
         raise AdapterError(ADAPTER_CORRUPT.format(run_id=run_id, file=path.name, reason=err)) from None
 
 

@@ -4,6 +4,7 @@ app.py only wires these to Gradio events (and adds the visitor's identity); the 
 validation, the owner checks on a multi-user deployment, what to say when a job already finished --
 live here, where they are tested without a browser.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -26,8 +27,9 @@ def launch(store: JobStore, settings: Settings, values: Mapping[str, Any], owner
     return jobs_view.LAUNCHED.format(job_id=submitted.id, run_id=submitted.run_id), submitted.id
 
 
-def sweep(store: JobStore, settings: Settings, values: Mapping[str, Any], lambdas_text: str,
-          owner: str) -> tuple[str, str]:
+def sweep(
+    store: JobStore, settings: Settings, values: Mapping[str, Any], lambdas_text: str, owner: str
+) -> tuple[str, str]:
     """Queue one job per λ of the sweep, all or none: (message, the first job's id)."""
     config, lambdas = sweep_from_form(values, lambdas_text, settings)
     submitted = store.submit_sweep(config, lambdas, owner=owner)

@@ -12,6 +12,7 @@ says how FairDx avoids the vulnerable path and which test proves it — or it fa
 Refresh the file when a new release or advisory appears (pip-audit or osv.dev on a machine with network
 access lists them); the test suite then holds the pins to it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,13 @@ from packaging.version import Version
 
 ADVISORIES = Path(__file__).resolve().parents[1] / "assets" / "security" / "advisories.json"
 
-AFFECTED, MITIGATED, CLEAR, UNKNOWN_RANGE, NOT_INSTALLED = "affected", "mitigated", "clear", "unknown range", \
-    "not installed"
+AFFECTED, MITIGATED, CLEAR, UNKNOWN_RANGE, NOT_INSTALLED = (
+    "affected",
+    "mitigated",
+    "clear",
+    "unknown range",
+    "not installed",
+)
 
 ERR_ENTRY = "advisory #{index} ({ids}) in {path}: {problem}"
 ERR_FILE = "cannot read the advisory list {path}: {error}"
@@ -89,8 +95,16 @@ def _advisory(entry: Mapping[str, Any]) -> Advisory:
     mitigation = entry.get("mitigation")
     if mitigation is not None and not {"what", "where", "test"} <= set(mitigation):
         raise ValueError("a mitigation needs 'what', 'where' and 'test'")
-    return Advisory(package=entry["package"].lower(), ids=ids, summary=entry["summary"], affected=affected,
-                    fixed=fixed, sources=sources, mitigation=mitigation, note=entry.get("note"))
+    return Advisory(
+        package=entry["package"].lower(),
+        ids=ids,
+        summary=entry["summary"],
+        affected=affected,
+        fixed=fixed,
+        sources=sources,
+        mitigation=mitigation,
+        note=entry.get("note"),
+    )
 
 
 def installed_versions(packages: Sequence[str]) -> dict[str, str | None]:
@@ -128,16 +142,21 @@ def report(findings: Sequence[Finding]) -> str:
     lines = []
     for package in sorted({f.advisory.package for f in findings}):
         mine = [f for f in findings if f.advisory.package == package]
-        counts = {status: sum(f.status == status for f in mine) for status in
-                  (AFFECTED, MITIGATED, UNKNOWN_RANGE, CLEAR)}
-        lines.append(f"{package} {mine[0].installed or '(not installed)'}: {len(mine)} known advisories, "
-                     + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
+        counts = {
+            status: sum(f.status == status for f in mine) for status in (AFFECTED, MITIGATED, UNKNOWN_RANGE, CLEAR)
+        }
+        lines.append(
+            f"{package} {mine[0].installed or '(not installed)'}: {len(mine)} known advisories, "
+            + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+        )
     for finding in findings:
         if finding.status in (CLEAR, NOT_INSTALLED):
             continue
         a = finding.advisory
-        lines.append(f"  {finding.status.upper()}: {a.package} {finding.installed} — {', '.join(a.ids)}: {a.summary}"
-                     f" (affected {a.affected or 'unknown'}, fixed in {a.fixed or 'no release'})")
+        lines.append(
+            f"  {finding.status.upper()}: {a.package} {finding.installed} — {', '.join(a.ids)}: {a.summary}"
+            f" (affected {a.affected or 'unknown'}, fixed in {a.fixed or 'no release'})"
+        )
         if a.mitigation:
             lines.append(f"    mitigation: {a.mitigation['what']} [{a.mitigation['where']}; {a.mitigation['test']}]")
         elif a.note:

@@ -10,6 +10,7 @@ fields a method uses (λ, w_max) comes from the method registry (``training.meth
 
 No Gradio here; app.py turns each `FieldSpec` into a component.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,33 @@ from training.data_spec import SYNTH_ATTRIBUTES, SYNTH_PREFIX, data_dir, load, p
 from training.demos import DEMOS, RECIPE
 
 # The fields a visitor sets, in the order the form shows them; every other field keeps its default.
-FORM_FIELDS = ("method", "lam", "w_max", "attribute", "data", "backbone", "epochs", "lr", "lora_r",
-               "balanced_sampling", "seed", "max_samples")
+FORM_FIELDS = (
+    "method",
+    "lam",
+    "w_max",
+    "attribute",
+    "data",
+    "backbone",
+    "epochs",
+    "lr",
+    "lora_r",
+    "balanced_sampling",
+    "seed",
+    "max_samples",
+)
 LABELS = {
-    "method": "Method", "lam": "λ (fairness weight)", "w_max": "w_max (group weight clip)",
-    "attribute": "Sensitive attribute", "data": "Dataset", "backbone": "Base model", "epochs": "Epochs",
-    "lr": "Learning rate", "lora_r": "LoRA rank r", "balanced_sampling": "Group-balanced batches",
-    "seed": "Seed", "max_samples": "Max training samples",
+    "method": "Method",
+    "lam": "λ (fairness weight)",
+    "w_max": "w_max (group weight clip)",
+    "attribute": "Sensitive attribute",
+    "data": "Dataset",
+    "backbone": "Base model",
+    "epochs": "Epochs",
+    "lr": "Learning rate",
+    "lora_r": "LoRA rank r",
+    "balanced_sampling": "Group-balanced batches",
+    "seed": "Seed",
+    "max_samples": "Max training samples",
 }
 LAMBDA_SPLIT = re.compile(r"[,;\s]+")
 
@@ -48,8 +69,10 @@ ERR_WHOLE = "{label} must be a whole number (got {value})"
 ERR_LAMBDAS_EMPTY = "enter the λ values of the sweep, e.g. 0.1, 0.5, 1.0"
 ERR_LAMBDA_VALUE = "λ value {value!r} is not a number ≥ 0"
 ERR_LAMBDAS_TOO_MANY = "a sweep runs at most {cap} λ values on this server (got {n})"
-ERR_SWEEP_USER_LIMIT = ("a sweep of {n} λ values needs {n} job slots, but this server allows {cap} active "
-                        "job(s) per user; launch the values one at a time")
+ERR_SWEEP_USER_LIMIT = (
+    "a sweep of {n} λ values needs {n} job slots, but this server allows {cap} active "
+    "job(s) per user; launch the values one at a time"
+)
 
 
 @dataclass(frozen=True)
@@ -94,20 +117,36 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
         "method": dict(kind="radio", choices=tuple((m.title, m.name) for m in methods.REGISTRY.values())),
         "lam": dict(kind="number", minimum=0.0, used_by=_users("lam")),
         "w_max": dict(kind="number", minimum=1.0, used_by=_users("w_max")),
-        "attribute": dict(kind="dropdown", custom=True, default=default_attribute(settings, dataset),
-                          choices=_pairs(attribute_choices(settings, dataset))),
+        "attribute": dict(
+            kind="dropdown",
+            custom=True,
+            default=default_attribute(settings, dataset),
+            choices=_pairs(attribute_choices(settings, dataset)),
+        ),
         "data": dict(kind="dropdown", default=dataset, choices=_pairs(settings.datasets)),
-        "backbone": dict(kind="dropdown", default=next(iter(settings.backbones)),
-                         choices=_pairs(settings.backbones)),
-        "epochs": dict(kind="integer", minimum=1, maximum=settings.max_epochs,
-                       default=_capped(defaults.epochs, settings.max_epochs)),
+        "backbone": dict(kind="dropdown", default=next(iter(settings.backbones)), choices=_pairs(settings.backbones)),
+        "epochs": dict(
+            kind="integer",
+            minimum=1,
+            maximum=settings.max_epochs,
+            default=_capped(defaults.epochs, settings.max_epochs),
+        ),
         "lr": dict(kind="text"),
-        "lora_r": dict(kind="integer", minimum=1, maximum=settings.max_lora_r,
-                       default=_capped(defaults.lora_r, settings.max_lora_r)),
+        "lora_r": dict(
+            kind="integer",
+            minimum=1,
+            maximum=settings.max_lora_r,
+            default=_capped(defaults.lora_r, settings.max_lora_r),
+        ),
         "balanced_sampling": dict(kind="checkbox"),
         "seed": dict(kind="integer", minimum=0),
-        "max_samples": dict(kind="integer", minimum=10, maximum=settings.max_samples, default=settings.max_samples,
-                            optional=settings.max_samples is None),
+        "max_samples": dict(
+            kind="integer",
+            minimum=10,
+            maximum=settings.max_samples,
+            default=settings.max_samples,
+            optional=settings.max_samples is None,
+        ),
     }
     result = []
     for name in FORM_FIELDS:
@@ -160,7 +199,7 @@ def _folder_attributes(folder: str) -> tuple[str, ...]:
 def attribute_choices(settings: Settings, dataset: str) -> list[str]:
     """Each attribute, then each pair of them as an intersection ('sex+age_group', as in CMAC-MMD)."""
     singles = list(dataset_attributes(settings, dataset))
-    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1:]]
+    pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1 :]]
     return singles + pairs
 
 
@@ -184,8 +223,9 @@ def config_from_form(values: Mapping[str, Any], settings: Settings) -> TrainConf
     return config
 
 
-def sweep_from_form(values: Mapping[str, Any], lambdas_text: str, settings: Settings) -> tuple[TrainConfig,
-                                                                                                list[float]]:
+def sweep_from_form(
+    values: Mapping[str, Any], lambdas_text: str, settings: Settings
+) -> tuple[TrainConfig, list[float]]:
     """The config and λ values of a sweep (one job per λ), or one ConfigError naming every problem."""
     config, problems = _config_and_problems(values, settings)
     lambdas, lambda_problems = parse_lambdas(lambdas_text, settings.max_sweep)
@@ -237,9 +277,12 @@ def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple
         chosen["backbone"] = None
     problems += _cap_problems(chosen, settings)
 
-    values = {**studio_base().to_dict(), **{k: v for k, v in chosen.items() if k != "data"},
-              "data": settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
-              "runs_dir": str(settings.runs_dir)}
+    values = {
+        **studio_base().to_dict(),
+        **{k: v for k, v in chosen.items() if k != "data"},
+        "data": settings.datasets[chosen["data"]] if data_ok else TrainConfig().data,
+        "runs_dir": str(settings.runs_dir),
+    }
     if values["balanced_sampling"]:  # the visitor's choice of batches replaces the recipe's stratified ones
         values["stratified_batches"] = False
     config = None
@@ -292,10 +335,12 @@ def _convert(spec: FieldSpec, raw: Any, problems: list[str]) -> Any:
 
 def _cap_problems(chosen: dict[str, Any], settings: Settings) -> list[str]:
     problems = []
-    for name, cap in (("epochs", settings.max_epochs), ("lora_r", settings.max_lora_r),
-                      ("max_samples", settings.max_samples)):
+    for name, cap in (
+        ("epochs", settings.max_epochs),
+        ("lora_r", settings.max_lora_r),
+        ("max_samples", settings.max_samples),
+    ):
         value = chosen[name]
         if cap is not None and isinstance(value, (int, float)) and value > cap:
             problems.append(ERR_CAP.format(label=LABELS[name], cap=cap, value=value))
     return problems
-

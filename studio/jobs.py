@@ -32,6 +32,7 @@ run name again.
 
 No Gradio here: app.py wires these calls to buttons and a ``gr.Timer``.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ ERROR_LINE = re.compile(r"^(?:[\w./-]+: )?error: ?(.*)$")  # "error: ..." and ar
 REASON_DISAPPEARED = "worker process disappeared (app restarted or killed)"
 REASON_SIGNAL = "killed by signal {signum}"
 REASON_CRASH = "training crashed (exit code {code}): {detail}"
-REASON_INTERRUPTED = ("training was stopped by a SIGTERM from outside the Studio; its checkpoint is in {staging} "
-                      "(python -m training.train --resume with the same flags continues it)")
+REASON_INTERRUPTED = (
+    "training was stopped by a SIGTERM from outside the Studio; its checkpoint is in {staging} "
+    "(python -m training.train --resume with the same flags continues it)"
+)
 REASON_NO_RUN = "training exited with code 0 but published no complete run at {path}"
 REASON_UNWATCHED_SUCCESS = "finished while no app was watching it (exit code unknown); its run is complete"
 REASON_SPAWN = "could not start the training process: {error}"
@@ -92,24 +95,29 @@ REASON_CANCELLED_KILLED = "cancelled; it did not stop within {grace:g} s of SIGT
 
 # Errors a caller can act on.
 ERR_UNKNOWN_JOB = "no job '{job_id}' in {db}"
-ERR_QUEUE_FULL = ("the queue is full ({queued} job(s) waiting, at most {limit}); wait for a job to start "
-                  "or cancel one")
-ERR_OWNER_LIMIT = ("'{owner}' already has {active} active job(s) (at most {limit}); wait for one to finish "
-                   "or cancel one")
-ERR_RUN_TAKEN = ("run_name '{name}' is taken in {runs_dir} (by a run, a staging folder or an active job); "
-                 "pick another name or delete the folder")
-ERR_SWEEP_METHOD = ("a λ sweep needs a method with λ (" + ", ".join(methods.LAMBDA_METHODS)
-                    + "); λ has no effect on method '{method}'")
+ERR_QUEUE_FULL = "the queue is full ({queued} job(s) waiting, at most {limit}); wait for a job to start or cancel one"
+ERR_OWNER_LIMIT = "'{owner}' already has {active} active job(s) (at most {limit}); wait for one to finish or cancel one"
+ERR_RUN_TAKEN = (
+    "run_name '{name}' is taken in {runs_dir} (by a run, a staging folder or an active job); "
+    "pick another name or delete the folder"
+)
+ERR_SWEEP_METHOD = (
+    "a λ sweep needs a method with λ (" + ", ".join(methods.LAMBDA_METHODS) + "); λ has no effect on method '{method}'"
+)
 ERR_SWEEP_EMPTY = "a λ sweep needs at least one λ value"
 ERR_SWEEP_DUPLICATES = "λ values of a sweep must differ (got {lambdas})"
 ERR_BAD_LIMIT = "{name} must be a whole number ≥ {minimum} (got {value!r})"
 ERR_BAD_GRACE = "cancel_grace_s must be ≥ 0 (got {value!r})"
-ERR_NEWER_SCHEMA = ("job database {db} has schema version {found}, newer than this FairDx ({ours}); "
-                    "upgrade FairDx or point the Studio at another runs folder")
+ERR_NEWER_SCHEMA = (
+    "job database {db} has schema version {found}, newer than this FairDx ({ours}); "
+    "upgrade FairDx or point the Studio at another runs folder"
+)
 ERR_WAIT_TIMEOUT = "job '{job_id}' is still {state} after {timeout:g} s"
-ERR_NOT_RESUMABLE = ("job '{job_id}' is {state}; only a failed or cancelled job can be resumed")
-ERR_NO_CHECKPOINT = ("job '{job_id}' left no checkpoint to resume from (it stopped before its first one, every "
-                     "save_every steps); launch it again instead")
+ERR_NOT_RESUMABLE = "job '{job_id}' is {state}; only a failed or cancelled job can be resumed"
+ERR_NO_CHECKPOINT = (
+    "job '{job_id}' left no checkpoint to resume from (it stopped before its first one, every "
+    "save_every steps); launch it again instead"
+)
 ERR_RUN_COMPLETE = "run '{run_id}' of job '{job_id}' is already complete; there is nothing to resume"
 ERR_RESUMING = "run '{run_id}' is already being resumed by job '{other}' ({state})"
 ERR_NO_CONFIG = "job '{job_id}' cannot be resumed: its config file {path} is gone"
@@ -241,8 +249,19 @@ def training_command(job: Job) -> list[str]:
     A job that resumes another adds ``--resume``: the trainer then continues from the checkpoint in the
     run's staging folder and refuses a config that differs from the checkpoint's.
     """
-    return [sys.executable, "-m", "training.train", "--config", str(job.config_path), "--run-name", job.run_id,
-            "--runs-dir", str(job.runs_dir), "--no-progress", *(["--resume"] if job.resume_of else [])]
+    return [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--config",
+        str(job.config_path),
+        "--run-name",
+        job.run_id,
+        "--runs-dir",
+        str(job.runs_dir),
+        "--no-progress",
+        *(["--resume"] if job.resume_of else []),
+    ]
 
 
 # ---------------------------------------------------------------------- process identity
@@ -381,7 +400,7 @@ def log_error(path: str | Path) -> str | None:
         match = ERROR_LINE.match(lines[i])
         if match:
             block = [match.group(1).strip()]
-            for line in lines[i + 1:]:
+            for line in lines[i + 1 :]:
                 if not line.strip() or not line[0].isspace():
                     break
                 block.append(line.rstrip())
@@ -404,12 +423,23 @@ class JobStore:
         env: extra environment variables for the workers (on top of this process's).
     """
 
-    def __init__(self, runs_dir: str | Path = "runs", *, db_path: str | Path | None = None, max_concurrent: int = 1,
-                 max_queued: int | None = None, max_active_per_owner: int | None = None,
-                 cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
-                 command_for: Callable[[Job], list[str]] = training_command, env: dict[str, str] | None = None):
-        for name, value, minimum in (("max_concurrent", max_concurrent, 1), ("max_queued", max_queued, 0),
-                                     ("max_active_per_owner", max_active_per_owner, 1)):
+    def __init__(
+        self,
+        runs_dir: str | Path = "runs",
+        *,
+        db_path: str | Path | None = None,
+        max_concurrent: int = 1,
+        max_queued: int | None = None,
+        max_active_per_owner: int | None = None,
+        cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
+        command_for: Callable[[Job], list[str]] = training_command,
+        env: dict[str, str] | None = None,
+    ):
+        for name, value, minimum in (
+            ("max_concurrent", max_concurrent, 1),
+            ("max_queued", max_queued, 0),
+            ("max_active_per_owner", max_active_per_owner, 1),
+        ):
             optional = name != "max_concurrent"
             whole = isinstance(value, int) and not isinstance(value, bool)
             if not ((value is None and optional) or (whole and value >= minimum)):
@@ -482,11 +512,23 @@ class JobStore:
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _job(self, row: sqlite3.Row) -> Job:
-        return Job(id=row["id"], run_id=row["run_id"], state=row["state"], owner=row["owner"],
-                   created=row["created"], started=row["started"], finished=row["finished"], pid=row["pid"],
-                   exit_code=row["exit_code"], reason=row["reason"], cancel_requested=row["cancel_requested"],
-                   runs_dir=self.runs_dir, config_path=self.jobs_dir / f"{row['id']}.json",
-                   log_path=self.jobs_dir / f"{row['id']}.log", resume_of=row["resume_of"])
+        return Job(
+            id=row["id"],
+            run_id=row["run_id"],
+            state=row["state"],
+            owner=row["owner"],
+            created=row["created"],
+            started=row["started"],
+            finished=row["finished"],
+            pid=row["pid"],
+            exit_code=row["exit_code"],
+            reason=row["reason"],
+            cancel_requested=row["cancel_requested"],
+            runs_dir=self.runs_dir,
+            config_path=self.jobs_dir / f"{row['id']}.json",
+            log_path=self.jobs_dir / f"{row['id']}.log",
+            resume_of=row["resume_of"],
+        )
 
     # ------------------------------------------------------------------ reading
     def get(self, job_id: str) -> Job:
@@ -513,8 +555,11 @@ class JobStore:
         """Step, total, ETA, loss curve and log tail of a job, read from its run's metrics.jsonl."""
         job = self.get(job_id)
         # published, else staging, else published again: the run may be renamed between two looks
-        for metrics in (job.run_path / rundir.METRICS, job.staging_path / rundir.METRICS,
-                        job.run_path / rundir.METRICS):
+        for metrics in (
+            job.run_path / rundir.METRICS,
+            job.staging_path / rundir.METRICS,
+            job.run_path / rundir.METRICS,
+        ):
             if metrics.is_file():
                 break
         return read_progress(metrics, job.log_path, tail=tail)
@@ -524,8 +569,9 @@ class JobStore:
         """Validate a config (ConfigError naming every problem, nothing queued), then queue it."""
         return self._submit([config], owner=owner)[0]
 
-    def submit_sweep(self, config: TrainConfig, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
-                     owner: str = "local") -> list[Job]:
+    def submit_sweep(
+        self, config: TrainConfig, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *, owner: str = "local"
+    ) -> list[Job]:
         """One job per λ (Gu et al. compare λ ∈ {0.1, 0.5, 1.0}); all are queued or none is.
 
         A given run_name gets the λ as a suffix (``name-l0.5``); generated run ids carry it anyway.
@@ -540,8 +586,9 @@ class JobStore:
         configs = []
         for lam in lambdas:
             try:
-                configs.append(config.replace(lam=lam, run_name=f"{config.run_name}-l{lam:g}"
-                                              if config.run_name else None))
+                configs.append(
+                    config.replace(lam=lam, run_name=f"{config.run_name}-l{lam:g}" if config.run_name else None)
+                )
             except ConfigError as err:
                 problems += [p for p in err.problems if p not in problems]
         return self._submit(configs or [config], owner=owner, problems=problems)
@@ -558,8 +605,11 @@ class JobStore:
         ids: list[str] = []
         try:
             with self._write() as con:
-                problems += [ERR_RUN_TAKEN.format(name=cfg.run_name, runs_dir=self.runs_dir)
-                             for cfg in configs if cfg.run_name and self._run_taken(con, cfg.run_name)]
+                problems += [
+                    ERR_RUN_TAKEN.format(name=cfg.run_name, runs_dir=self.runs_dir)
+                    for cfg in configs
+                    if cfg.run_name and self._run_taken(con, cfg.run_name)
+                ]
                 if problems:
                     raise ConfigError(problems)
                 self._check_limits(con, owner, len(configs))
@@ -572,8 +622,10 @@ class JobStore:
                     resolved = cfg.replace(run_name=run_id, runs_dir=str(self.runs_dir))
                     rundir.write_json_atomic(path, resolved.to_dict())
                     written.append(path)
-                    con.execute("INSERT INTO jobs (id, run_id, owner, state, created) VALUES (?, ?, ?, ?, ?)",
-                                (job_id, run_id, owner, QUEUED, time.time()))
+                    con.execute(
+                        "INSERT INTO jobs (id, run_id, owner, state, created) VALUES (?, ?, ?, ?, ?)",
+                        (job_id, run_id, owner, QUEUED, time.time()),
+                    )
                     ids.append(job_id)
         except BaseException:
             for path in written:
@@ -588,18 +640,22 @@ class JobStore:
             if queued + new > self.max_queued:
                 raise QueueFullError(ERR_QUEUE_FULL.format(queued=queued, limit=self.max_queued))
         if self.max_active_per_owner is not None:
-            active = con.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)",
-                                 (owner, *ACTIVE_STATES)).fetchone()[0]
+            active = con.execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)", (owner, *ACTIVE_STATES)
+            ).fetchone()[0]
             if active + new > self.max_active_per_owner:
-                raise OwnerLimitError(ERR_OWNER_LIMIT.format(owner=owner, active=active,
-                                                             limit=self.max_active_per_owner))
+                raise OwnerLimitError(
+                    ERR_OWNER_LIMIT.format(owner=owner, active=active, limit=self.max_active_per_owner)
+                )
 
     def _run_taken(self, con: sqlite3.Connection, name: str) -> bool:
         """A run name is taken by a run folder, a staging folder or a job that may still create one."""
         if (self.runs_dir / name).exists() or rundir.staging_dir(self.runs_dir, name).exists():
             return True
-        return con.execute("SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?)",
-                           (name, *ACTIVE_STATES)).fetchone() is not None
+        return (
+            con.execute("SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?)", (name, *ACTIVE_STATES)).fetchone()
+            is not None
+        )
 
     def _new_run_id(self, con: sqlite3.Connection, cfg: TrainConfig, task: str | None, taken: set[str]) -> str:
         """<task>-<method>-<attr>-l<λ>-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable, never reused."""
@@ -657,8 +713,10 @@ class JobStore:
             state, reason = self._outcome(job, code)
             if state in (FAILED, CANCELLED):  # before the commit: whoever sees it ended sees it cleaned
                 remove_unresumable_staging(job)
-            con.execute("UPDATE jobs SET state = ?, finished = ?, exit_code = ?, reason = ? WHERE id = ?",
-                        (state, time.time(), code, reason, row["id"]))
+            con.execute(
+                "UPDATE jobs SET state = ?, finished = ?, exit_code = ?, reason = ? WHERE id = ?",
+                (state, time.time(), code, reason, row["id"]),
+            )
             changed.append(row["id"])
 
     def _supervised_elsewhere(self, row: sqlite3.Row) -> bool:
@@ -703,8 +761,9 @@ class JobStore:
         free = self.max_concurrent - running
         if free <= 0:
             return
-        rows = con.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created, rowid LIMIT ?",
-                           (QUEUED, free)).fetchall()
+        rows = con.execute(
+            "SELECT * FROM jobs WHERE state = ? ORDER BY created, rowid LIMIT ?", (QUEUED, free)
+        ).fetchall()
         for row in rows:
             self._spawn(con, self._job(row))
             changed.append(row["id"])
@@ -717,18 +776,35 @@ class JobStore:
             with open(job.log_path, "ab") as log:
                 log.write(f"$ {shlex.join(command)}\n".encode())
                 log.flush()
-                proc = subprocess.Popen(command, cwd=rundir.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+                proc = subprocess.Popen(
+                    command,
+                    cwd=rundir.REPO_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                )
         except (OSError, ValueError, subprocess.SubprocessError) as err:  # no such program: fail it, go on
-            con.execute("UPDATE jobs SET state = ?, started = ?, finished = ?, reason = ? WHERE id = ?",
-                        (FAILED, now, now, REASON_SPAWN.format(error=err), job.id))
+            con.execute(
+                "UPDATE jobs SET state = ?, started = ?, finished = ?, reason = ? WHERE id = ?",
+                (FAILED, now, now, REASON_SPAWN.format(error=err), job.id),
+            )
             return
         _CHILDREN.add(proc)
-        con.execute("UPDATE jobs SET state = ?, started = ?, pid = ?, pid_start = ?, supervisor_pid = ?, "
-                    "supervisor_start = ? WHERE id = ?",
-                    (RUNNING, now, proc.pid, process_start_time(proc.pid), os.getpid(),
-                     process_start_time(os.getpid()), job.id))
+        con.execute(
+            "UPDATE jobs SET state = ?, started = ?, pid = ?, pid_start = ?, supervisor_pid = ?, "
+            "supervisor_start = ? WHERE id = ?",
+            (
+                RUNNING,
+                now,
+                proc.pid,
+                process_start_time(proc.pid),
+                os.getpid(),
+                process_start_time(os.getpid()),
+                job.id,
+            ),
+        )
         threading.Thread(target=self._watch, args=(proc,), name=f"fairdx-job-{job.id}", daemon=True).start()
 
     def _watch(self, proc: subprocess.Popen) -> None:
@@ -745,8 +821,7 @@ class JobStore:
         """Tick every ``interval_s`` seconds in a daemon thread (escalates cancels, advances the queue)."""
         if self._scheduler is not None and self._scheduler.is_alive():
             return
-        self._scheduler = threading.Thread(target=self._schedule, args=(interval_s,), name="fairdx-jobs",
-                                           daemon=True)
+        self._scheduler = threading.Thread(target=self._schedule, args=(interval_s,), name="fairdx-jobs", daemon=True)
         self._scheduler.start()
 
     def _schedule(self, interval_s: float) -> None:
@@ -776,8 +851,10 @@ class JobStore:
         with self._write() as con:
             row, now = self._row(con, job_id), time.time()
             if row["state"] == QUEUED:
-                con.execute("UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE id = ?",
-                            (CANCELLED, now, REASON_CANCELLED_QUEUED, job_id))
+                con.execute(
+                    "UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE id = ?",
+                    (CANCELLED, now, REASON_CANCELLED_QUEUED, job_id),
+                )
             elif row["state"] == RUNNING and row["cancel_requested"] is None:
                 con.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (now, job_id))
                 _signal_group(row["pid"], row["pid_start"], signal.SIGTERM)
@@ -798,8 +875,10 @@ class JobStore:
                 old = self._resumable(con, job_id)
                 self._check_limits(con, owner, 1)
                 rundir.write_json_atomic(config, json.loads(old.config_path.read_text()))
-                con.execute("INSERT INTO jobs (id, run_id, owner, state, created, resume_of) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (new_id, old.run_id, owner, QUEUED, time.time(), job_id))
+                con.execute(
+                    "INSERT INTO jobs (id, run_id, owner, state, created, resume_of) VALUES (?, ?, ?, ?, ?, ?)",
+                    (new_id, old.run_id, owner, QUEUED, time.time(), job_id),
+                )
         except BaseException:
             config.unlink(missing_ok=True)
             raise
@@ -817,8 +896,9 @@ class JobStore:
         job = self._job(self._row(con, job_id))
         problem = job.resume_problem()
         if problem is None:
-            other = con.execute("SELECT id, state FROM jobs WHERE run_id = ? AND state IN (?, ?)",
-                                (job.run_id, *ACTIVE_STATES)).fetchone()
+            other = con.execute(
+                "SELECT id, state FROM jobs WHERE run_id = ? AND state IN (?, ?)", (job.run_id, *ACTIVE_STATES)
+            ).fetchone()
             if other is not None:
                 problem = ERR_RESUMING.format(run_id=job.run_id, other=other["id"], state=other["state"])
         if problem is not None:

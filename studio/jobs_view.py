@@ -4,6 +4,7 @@ Everything is read from the job store and the files the trainer writes (``studio
 ``studio.progress``), so a page reload, a second tab or a restarted app shows the same. Log lines and
 reasons go through ``Settings.redact`` so a visitor never sees this server's absolute paths.
 """
+
 from __future__ import annotations
 
 import time
@@ -111,14 +112,17 @@ def job_detail(store: JobStore, job_id: str | None, settings: Settings) -> JobDe
         return JobDetail(settings.redact(str(err)), loss_figure(Progress()), "", -1)
     progress = store.progress(job.id, tail=LOG_LINES)
     log = settings.redact("\n".join(progress.log_tail))
-    return JobDetail(status_markdown(job, progress, settings), loss_figure(progress, title=job.run_id), log,
-                     progress.step)
+    return JobDetail(
+        status_markdown(job, progress, settings), loss_figure(progress, title=job.run_id), log, progress.step
+    )
 
 
 def status_markdown(job: Job, progress: Progress, settings: Settings) -> str:
     total = progress.total_steps or "?"
-    parts = [f"**{state_text(job)}** · run `{job.run_id}` · owner {job.owner}",
-             f"step {progress.step}/{total} ({progress.fraction:.0%})"]
+    parts = [
+        f"**{state_text(job)}** · run `{job.run_id}` · owner {job.owner}",
+        f"step {progress.step}/{total} ({progress.fraction:.0%})",
+    ]
     if job.is_active:
         parts.append(f"ETA {format_duration(progress.eta_s)}")
     if progress.samples_per_s:
@@ -156,16 +160,30 @@ def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
             if any(values) and values != [point[1] for point in curve]:  # vanilla: CE = loss, no fairness term
                 figure.add_scatter(x=steps, y=values, name=name, mode="lines", line={"dash": "dot"})
     else:
-        figure.add_annotation(text="No training steps logged yet", showarrow=False, x=0.5, y=0.5,
-                              xref="paper", yref="paper", font={"size": 14})
+        figure.add_annotation(
+            text="No training steps logged yet",
+            showarrow=False,
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            font={"size": 14},
+        )
         figure.update_xaxes(visible=False)
         figure.update_yaxes(visible=False)
-    figure.update_layout(title=f"Loss — {title}" if title else "Loss", xaxis_title="optimiser step",
-                         yaxis_title="loss", template="plotly_white", height=320,
-                         margin={"l": 50, "r": 20, "t": 50, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    figure.update_layout(
+        title=f"Loss — {title}" if title else "Loss",
+        xaxis_title="optimiser step",
+        yaxis_title="loss",
+        template="plotly_white",
+        height=320,
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
     return figure
 
 
 def sweep_message(jobs: Sequence[Job], lambdas: Sequence[float]) -> str:
-    return SWEEP_LAUNCHED.format(n=len(jobs), lambdas=", ".join(f"{lam:g}" for lam in lambdas),
-                                 jobs=", ".join(f"`{job.id}`" for job in jobs))
+    return SWEEP_LAUNCHED.format(
+        n=len(jobs), lambdas=", ".join(f"{lam:g}" for lam in lambdas), jobs=", ".join(f"`{job.id}`" for job in jobs)
+    )

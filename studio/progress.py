@@ -7,6 +7,7 @@ go to a log file. Reading progress from those files, not from the worker's memor
 a page reload or an app restart lose nothing. The file is read while it is being written, so a
 half-written last line (or any unreadable line) is skipped instead of raising.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,11 +89,25 @@ def summarize(records: list[dict[str, Any]]) -> Progress:
     eta = None
     if total and elapsed is not None and last["step"] > 0 and not finished:
         eta = max(0.0, (total - last["step"]) * elapsed / last["step"])
-    curve = [(r["step"], float(r["loss"]), as_float(r.get("ce"), allow_nan=True),
-              as_float(r.get("fairness"), allow_nan=True)) for r in steps]
-    return Progress(step=last["step"], total_steps=total, epoch=as_float(last.get("epoch"), allow_nan=True),
-                    elapsed_s=elapsed, samples_per_s=as_float(last.get("samples_per_s"), allow_nan=True),
-                    eta_s=0.0 if finished else eta, finished=finished, curve=curve)
+    curve = [
+        (
+            r["step"],
+            float(r["loss"]),
+            as_float(r.get("ce"), allow_nan=True),
+            as_float(r.get("fairness"), allow_nan=True),
+        )
+        for r in steps
+    ]
+    return Progress(
+        step=last["step"],
+        total_steps=total,
+        epoch=as_float(last.get("epoch"), allow_nan=True),
+        elapsed_s=elapsed,
+        samples_per_s=as_float(last.get("samples_per_s"), allow_nan=True),
+        eta_s=0.0 if finished else eta,
+        finished=finished,
+        curve=curve,
+    )
 
 
 def tail_lines(path: str | Path, n: int = DEFAULT_TAIL_LINES) -> list[str]:
@@ -122,8 +137,9 @@ def tail_lines(path: str | Path, n: int = DEFAULT_TAIL_LINES) -> list[str]:
     return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines[-n:]]
 
 
-def read_progress(metrics_path: str | Path, log_path: str | Path | None = None, *,
-                  tail: int = DEFAULT_TAIL_LINES) -> Progress:
+def read_progress(
+    metrics_path: str | Path, log_path: str | Path | None = None, *, tail: int = DEFAULT_TAIL_LINES
+) -> Progress:
     """Progress of a run from its metrics.jsonl, plus the last ``tail`` lines of its log."""
     progress = summarize(read_metrics(metrics_path))
     if log_path is None:

@@ -30,6 +30,7 @@ here, so a client can never make the server read a path it chose. Every variable
 Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which Gradio reads itself.
 `Settings.from_env` raises one `SettingsError` naming every bad variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ ERR_DUPLICATE = "{var} names '{name}' twice; give each entry its own name (name=
 ERR_AUTH = "FAIRDX_AUTH must be user:password pairs separated by ';' (got an entry without ':')"
 
 # Messages for visitors of the Studio.
-SIGN_IN_REQUIRED = ("Sign in with Hugging Face (button at the top of the Studio) to launch, cancel or resume "
-                    "training jobs.")
+SIGN_IN_REQUIRED = (
+    "Sign in with Hugging Face (button at the top of the Studio) to launch, cancel or resume training jobs."
+)
 NOT_YOUR_JOB = "job '{job_id}' belongs to another user; you can cancel or resume only your own jobs"
 STUDIO_DISABLED = (
     "The Studio (training in the browser) is off on this deployment. Its owner can turn it on with the "
@@ -82,8 +84,9 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         n = len(self.problems)
-        super().__init__("\n".join([ERR_HEADER.format(n=n, s="" if n == 1 else "s")]
-                                   + [f"  - {p}" for p in self.problems]))
+        super().__init__(
+            "\n".join([ERR_HEADER.format(n=n, s="" if n == 1 else "s")] + [f"  - {p}" for p in self.problems])
+        )
 
 
 class StudioAccessError(PermissionError):
@@ -118,8 +121,10 @@ class Settings:
         reader = _Reader(env)
         on_space = space_id(env) is not None
         studio = reader.switch("FAIRDX_STUDIO", default=not on_space)
-        caps = {name: reader.whole(f"FAIRDX_MAX_{name.upper()}", 1, SPACE_CAPS[name] if on_space else None)
-                for name in SPACE_CAPS}
+        caps = {
+            name: reader.whole(f"FAIRDX_MAX_{name.upper()}", 1, SPACE_CAPS[name] if on_space else None)
+            for name in SPACE_CAPS
+        }
         datasets = reader.named("FAIRDX_DATASETS", DEFAULT_DATASETS, "datasets")
         backbones = reader.named("FAIRDX_BACKBONES", DEFAULT_BACKBONES, "backbones")
         settings = cls(
@@ -128,8 +133,9 @@ class Settings:
             on_space=on_space,
             max_jobs=reader.whole("FAIRDX_MAX_JOBS", 1, 1, optional=False),
             max_queue=reader.whole("FAIRDX_MAX_QUEUE", 0, DEFAULT_MAX_QUEUE),
-            max_jobs_per_user=reader.whole("FAIRDX_MAX_JOBS_PER_USER", 1,
-                                           SPACE_MAX_JOBS_PER_USER if on_space else None),
+            max_jobs_per_user=reader.whole(
+                "FAIRDX_MAX_JOBS_PER_USER", 1, SPACE_MAX_JOBS_PER_USER if on_space else None
+            ),
             max_sweep=reader.whole("FAIRDX_MAX_SWEEP", 1, DEFAULT_MAX_SWEEP, optional=False),
             max_epochs=caps["epochs"],
             max_samples=caps["max_samples"],
@@ -163,8 +169,9 @@ class Settings:
         Messages and log lines of the trainer name the runs folder, the data cache and dataset
         folders; a visitor gets 'runs/', 'data/' and the dataset's name instead.
         """
-        replacements = {str(folder): name for name, folder in self.datasets.items()
-                        if not folder.startswith(SYNTH_PREFIX)}
+        replacements = {
+            str(folder): name for name, folder in self.datasets.items() if not folder.startswith(SYNTH_PREFIX)
+        }
         replacements[str(self.runs_dir.resolve())] = "runs"
         replacements[str(data_dir().resolve())] = "data"
         replacements[str(REPO_ROOT)] = "."
@@ -203,14 +210,15 @@ def synthetic_to_generate(settings: Settings) -> list[str]:
     return missing
 
 
-GENERATE = "import sys; from training.data_spec import materialize; [materialize(s, progress=False) for s in sys.argv[1:]]"
+GENERATE = (
+    "import sys; from training.data_spec import materialize; [materialize(s, progress=False) for s in sys.argv[1:]]"
+)
 
 
 def generate_synthetic(specs: list[str]) -> None:
     """Generate synthetic benchmarks in a plain child process (no threads, no signal handlers to inherit);
     CalledProcessError (with the child's stderr) if it fails."""
-    subprocess.run([sys.executable, "-c", GENERATE, *specs], cwd=REPO_ROOT, check=True, capture_output=True,
-                   text=True)
+    subprocess.run([sys.executable, "-c", GENERATE, *specs], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
 
 
 def parse_named(text: str) -> tuple[dict[str, str], list[str]]:
@@ -269,8 +277,11 @@ class _Reader:
         except ValueError:
             number = minimum - 1
         if number < minimum:
-            self.problems.append(ERR_WHOLE.format(var=var, minimum=minimum, value=self.env[var],
-                                                  or_none=' or "none"' if optional else ""))
+            self.problems.append(
+                ERR_WHOLE.format(
+                    var=var, minimum=minimum, value=self.env[var], or_none=' or "none"' if optional else ""
+                )
+            )
             return default
         return number
 

@@ -6,6 +6,7 @@ without five trainings. The copies are real runs (real adapter, real predictions
 method label differs, which is all the app reads. Built once per test session under the session's base
 temp folder, whichever module asks first.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -14,8 +15,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from tests.conftest import FUNDUS_SPEC, SKIN_SPEC, run_cli
 from studio.settings import generate_synthetic
+from tests.conftest import FUNDUS_SPEC, SKIN_SPEC, run_cli
 from training import rundir
 
 DATASETS = f"{FUNDUS_SPEC}; {SKIN_SPEC}"
@@ -40,9 +41,29 @@ def _build(runs: Path) -> None:
     # the data, and training.synth's fork pool then inherits that handler, so Pool.terminate() cannot stop
     # its workers and the trainer can hang (reported to the lead).
     generate_synthetic([FUNDUS_SPEC])
-    run_cli("training.train", "--data", FUNDUS_SPEC, "--attribute", "race", "--max-samples", "32", "--epochs", "1",
-            "--eval-bootstrap", "0", "--warmup-steps", "0", "--lr", "0.001", "--runs-dir", str(runs),
-            "--run-name", TRAINED, "--no-progress", check=True)
+    run_cli(
+        "training.train",
+        "--data",
+        FUNDUS_SPEC,
+        "--attribute",
+        "race",
+        "--max-samples",
+        "32",
+        "--epochs",
+        "1",
+        "--eval-bootstrap",
+        "0",
+        "--warmup-steps",
+        "0",
+        "--lr",
+        "0.001",
+        "--runs-dir",
+        str(runs),
+        "--run-name",
+        TRAINED,
+        "--no-progress",
+        check=True,
+    )
     trained = runs / TRAINED
     for method in METHODS[1:]:
         copy = runs / f"fundus-{method}"

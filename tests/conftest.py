@@ -1,4 +1,5 @@
 """Shared fixtures: one small synthetic benchmark per task, generated once per test session."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ def data_dir(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     """Run `python -m <args>` from the repository root, capturing output."""
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -84,8 +84,14 @@ def photo(width: int = 64, height: int = 64, mode: str = "RGB") -> Image.Image:
     """A smooth colour gradient (compresses like a photo, unlike noise)."""
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    rgb = np.stack([np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width)),
-                    np.full((height, width), 96, np.float32)], axis=-1)
+    rgb = np.stack(
+        [
+            np.broadcast_to(x, (height, width)),
+            np.broadcast_to(y, (height, width)),
+            np.full((height, width), 96, np.float32),
+        ],
+        axis=-1,
+    )
     return Image.fromarray(rgb.astype(np.uint8)).convert(mode)
 
 
@@ -181,7 +187,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     """A real 64×64 JPEG whose SOF header is patched to claim width×height (a header-only bomb)."""
     data = bytearray(encode(photo(), "JPEG"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -242,8 +248,11 @@ CASES: list[Case] = [
     # -- too small or the wrong shape
     rejected("1x1.png", lambda: encode(photo(1, 1), "PNG"), too_small(1, 1)),
     rejected("31x31.png", lambda: encode(photo(31, 31), "PNG"), too_small(31, 31)),
-    rejected("panorama_4000x40.png", lambda: encode(photo(4000, 40), "PNG"),
-             TOO_ELONGATED.format(width=4000, height=40, max_ratio=MAX_ASPECT_RATIO)),
+    rejected(
+        "panorama_4000x40.png",
+        lambda: encode(photo(4000, 40), "PNG"),
+        TOO_ELONGATED.format(width=4000, height=40, max_ratio=MAX_ASPECT_RATIO),
+    ),
     # -- damaged
     rejected("truncated.png", lambda: truncated(encode(noise(256, 256), "PNG"), 0.6), DAMAGED),
     rejected("truncated.jpg", lambda: truncated(encode(noise(256, 256), "JPEG"), 0.5), DAMAGED),
@@ -259,8 +268,7 @@ CASES: list[Case] = [
     ok("gray.jpg", lambda: encode(photo(mode="L"), "JPEG"), (64, 64), "L"),
     ok("progressive.jpg", lambda: encode(photo(96, 72), "JPEG", progressive=True), (96, 72), "RGB"),
     ok("icc_profile.jpg", icc_jpeg, (64, 64), "RGB"),
-    ok("cmyk.jpg", lambda: encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG", quality=95),
-       (64, 64), "CMYK"),
+    ok("cmyk.jpg", lambda: encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG", quality=95), (64, 64), "CMYK"),
     ok("exif_orientation6.jpg", exif_rotated, (48, 64), "RGB"),
     # -- accepted: modes converted to 8-bit RGB
     ok("gray16_full_range.png", lambda: gray16_ramp(256, 32, 65535, "PNG"), (256, 32), "I;16"),

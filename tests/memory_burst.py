@@ -5,6 +5,7 @@ ModelPool.predict on a demo adapter, alternating the Qwen and CLIP bases) all at
 prints its RSS before the burst, the peak during it and the idle RSS after it, in MiB, as JSON. A fresh
 process, so that nothing else the test session allocated blurs the figures (tests/test_memory.py).
 """
+
 from __future__ import annotations
 
 import gc
@@ -32,8 +33,14 @@ def camera_frame(path: Path) -> None:
     width, height = SIZE
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    rgb = np.stack([np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width)),
-                    np.full((height, width), 96, np.float32)], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [
+            np.broadcast_to(x, (height, width)),
+            np.broadcast_to(y, (height, width)),
+            np.full((height, width), 96, np.float32),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     Image.fromarray(rgb).save(path, quality=92)
 
 
@@ -80,8 +87,13 @@ def main(n: int) -> dict:
         time.sleep(memory.LATE_RELEASE_S + 1.0)
         done.set()
         sampler.join()
-        return {"requests": n, "start_mib": round(start), "peak_mib": round(peak[0]), "idle_mib": round(rss()),
-                "burst_s": round(seconds, 1)}
+        return {
+            "requests": n,
+            "start_mib": round(start),
+            "peak_mib": round(peak[0]),
+            "idle_mib": round(rss()),
+            "burst_s": round(seconds, 1),
+        }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ a forged ``Host: localhost`` reach the run-history routes with the operator's sa
 when SSR is on. FairDx launches with run history and SSR off; the server test proves the routes are
 absent, and a control app with run history on proves the same request would have reached them.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -68,10 +69,16 @@ def test_the_cli_prints_the_table_and_exits_0(capsys):
 
 def test_a_malformed_advisory_file_names_every_bad_entry(tmp_path):
     path = tmp_path / "advisories.json"
-    path.write_text(json.dumps({"advisories": [
-        {"package": "gradio", "ids": ["X-1"], "summary": "s", "affected": "<<1", "sources": ["https://a"]},
-        {"package": "gradio", "ids": ["X-2"], "summary": "s", "affected": "<1", "sources": []},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "advisories": [
+                    {"package": "gradio", "ids": ["X-1"], "summary": "s", "affected": "<<1", "sources": ["https://a"]},
+                    {"package": "gradio", "ids": ["X-2"], "summary": "s", "affected": "<1", "sources": []},
+                ]
+            }
+        )
+    )
     with pytest.raises(AdvisoryFileError) as caught:
         load(path)
     lines = str(caught.value).splitlines()
@@ -91,14 +98,21 @@ def _get(url: str, path: str, host: str) -> int:
 
 
 def test_run_history_routes_are_absent_even_with_a_forged_localhost_host(tmp_path):
-    settings = Settings.from_env({"FAIRDX_RUNS_DIR": str(tmp_path / "runs"), "FAIRDX_DATASETS": DATASETS,
-                                  "FAIRDX_STUDIO": "off", "FAIRDX_WARMUP": "off"})
+    settings = Settings.from_env(
+        {
+            "FAIRDX_RUNS_DIR": str(tmp_path / "runs"),
+            "FAIRDX_DATASETS": DATASETS,
+            "FAIRDX_STUDIO": "off",
+            "FAIRDX_WARMUP": "off",
+        }
+    )
     kwargs = fairdx_app.launch_kwargs(settings)
     assert (kwargs["run_history"], kwargs["ssr_mode"]) == (False, False)
     kwargs.pop("theme")
     demo = fairdx_app.build_app(settings)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **kwargs)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **kwargs
+    )
     try:
         assert (demo.run_history, demo.ssr_mode) == (False, False)
         assert _get(url, "/", "localhost") == 200
@@ -109,8 +123,9 @@ def test_run_history_routes_are_absent_even_with_a_forged_localhost_host(tmp_pat
 
     with gr.Blocks() as control:  # the same request against Gradio's default (run history on)
         gr.Markdown("control")
-    _, url, _ = control.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                               ssr_mode=False)
+    _, url, _ = control.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, ssr_mode=False
+    )
     try:
         assert _get(url, "/gradio_api/run-history/buckets", "localhost") == 401  # there: it asks for a token
     finally:

@@ -3,6 +3,7 @@
 One server per module, on a temp runs folder holding real tiny runs (tests/app_runs.py); a second one
 with the Studio off and HTTP auth on. The Studio test trains a real tiny job through /launch.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,21 +34,35 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 EXAMPLE = diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"
 JOB_TIMEOUT_S = 240
 STUDIO_ENDPOINTS = {"/launch", "/sweep", "/cancel", "/resume", "/jobs"}
-TINY_JOB = dict(method="fr", lam=0.5, w_max=10.0, attribute="race", data=FUNDUS_SPEC, backbone="auto", epochs=1,
-                lr="auto", lora_r=4, balanced_sampling=True, seed=1, max_samples=32)
+TINY_JOB = dict(
+    method="fr",
+    lam=0.5,
+    w_max=10.0,
+    attribute="race",
+    data=FUNDUS_SPEC,
+    backbone="auto",
+    epochs=1,
+    lr="auto",
+    lora_r=4,
+    balanced_sampling=True,
+    seed=1,
+    max_samples=32,
+)
 
 
 def settings_for(runs: Path, **env) -> Settings:
-    return Settings.from_env({"FAIRDX_RUNS_DIR": str(runs), "FAIRDX_DATASETS": DATASETS,
-                              "FAIRDX_COMPARE_BOOTSTRAP": "100", **env})
+    return Settings.from_env(
+        {"FAIRDX_RUNS_DIR": str(runs), "FAIRDX_DATASETS": DATASETS, "FAIRDX_COMPARE_BOOTSTRAP": "100", **env}
+    )
 
 
 def serve(settings: Settings):
     demo = fairdx_app.build_app(settings)
     kwargs = fairdx_app.launch_kwargs(settings)
     kwargs.pop("theme")  # nothing to see here; saves building the theme's CSS
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **kwargs)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **kwargs
+    )
     return demo, url
 
 
@@ -84,15 +99,35 @@ def wait_for_state(client: Client, job_id: str, states, timeout: float = JOB_TIM
 
 # ---------------------------------------------------------------------- Diagnose
 def test_diagnose_a_bundled_example_like_the_model_pool(client, runs):
-    confidences, summary, details = client.predict(handle_file(str(EXAMPLE)), "fundus", "fundus-vanilla",
-                                                   api_name="/diagnose")
+    confidences, summary, details = client.predict(
+        handle_file(str(EXAMPLE)), "fundus", "fundus-vanilla", api_name="/diagnose"
+    )
     assert {c["label"] for c in confidences["confidences"]} == {"no glaucoma", "glaucoma"}
-    assert set(details) >= {"label", "probability", "prob_positive", "margin", "certainty", "reading", "run_id",
-                            "method", "lam", "base_model", "task", "latency_ms", "adapter", "image"}
-    assert (details["adapter"], details["method"], details["lam"], details["task"]) == \
-        ("fundus-vanilla", "vanilla", None, "fundus")
-    expected = ModelPool().predict(load_image(EXAMPLE), catalog.find_run("fundus-vanilla",
-                                                                          catalog.available_runs([runs])))
+    assert set(details) >= {
+        "label",
+        "probability",
+        "prob_positive",
+        "margin",
+        "certainty",
+        "reading",
+        "run_id",
+        "method",
+        "lam",
+        "base_model",
+        "task",
+        "latency_ms",
+        "adapter",
+        "image",
+    }
+    assert (details["adapter"], details["method"], details["lam"], details["task"]) == (
+        "fundus-vanilla",
+        "vanilla",
+        None,
+        "fundus",
+    )
+    expected = ModelPool().predict(
+        load_image(EXAMPLE), catalog.find_run("fundus-vanilla", catalog.available_runs([runs]))
+    )
     assert details["probability"] == pytest.approx(expected.probability, abs=1e-6)
     assert details["label"] == expected.label == confidences["label"]
     # the answer's heading; a run the degenerate-model guard flagged gets its warning above it
@@ -151,13 +186,13 @@ def test_fifty_concurrent_predictions_all_succeed_and_agree(server):
     from concurrent.futures import ThreadPoolExecutor
 
     url = server[1]
-    reference = Client(url, verbose=False).predict(handle_file(str(EXAMPLE)), "fundus", "fundus-gr",
-                                                   api_name="/diagnose")[2]["probability"]
+    reference = Client(url, verbose=False).predict(
+        handle_file(str(EXAMPLE)), "fundus", "fundus-gr", api_name="/diagnose"
+    )[2]["probability"]
 
     def predict(i: int) -> float:
         run = ("fundus-gr", "fundus-vanilla")[i % 2]
-        details = Client(url, verbose=False).predict(handle_file(str(EXAMPLE)), "fundus", run,
-                                                     api_name="/diagnose")[2]
+        details = Client(url, verbose=False).predict(handle_file(str(EXAMPLE)), "fundus", run, api_name="/diagnose")[2]
         return details["adapter"], details["probability"]
 
     with ThreadPoolExecutor(max_workers=50) as pool:
@@ -188,13 +223,29 @@ def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
 # ---------------------------------------------------------------------- Compare
 def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     keys = [f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")]
-    summary, groups, accuracy, margin, frontier, notes, files = client.predict("fundus", "race", keys,
-                                                                               api_name="/compare")
+    summary, groups, accuracy, margin, frontier, notes, files = client.predict(
+        "fundus", "race", keys, api_name="/compare"
+    )
     assert [row[0].split(" ⚠ ")[0] for row in summary["data"]] == keys  # a flag may follow the run's name
-    assert summary["headers"] == ["Run", "Method", "Trained on", "n", "Overall accuracy", "AUC", "MaxAccGap", "ΔTPR",
-                                  "Equalized odds", "ES-AUC"]
-    assert [row[1] for row in summary["data"]] == ["Vanilla", "FR λ=0.5", "GR w_max=10", "Hybrid λ=0.5 w_max=10",
-                                                   "CMAC-MMD λ=0.5"]
+    assert summary["headers"] == [
+        "Run",
+        "Method",
+        "Trained on",
+        "n",
+        "Overall accuracy",
+        "AUC",
+        "MaxAccGap",
+        "ΔTPR",
+        "Equalized odds",
+        "ES-AUC",
+    ]
+    assert [row[1] for row in summary["data"]] == [
+        "Vanilla",
+        "FR λ=0.5",
+        "GR w_max=10",
+        "Hybrid λ=0.5 w_max=10",
+        "CMAC-MMD λ=0.5",
+    ]
     assert groups["headers"] == ["Run", "Asian", "Black", "White"]
     assert all(cell.endswith(")") and "(n=" in cell for row in groups["data"] for cell in row[1:])
     assert all(json.loads(figure["plot"])["data"] for figure in (accuracy, margin, frontier))
@@ -202,8 +253,14 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     assert table["run"].tolist() == keys and table["accuracy"].between(0, 1).all()
     assert set(pd.read_csv(files[1])["group"]) == {"Asian", "Black", "White"}
     intersection = client.predict("fundus", "race+gender", keys[:2], api_name="/compare")[1]
-    assert intersection["headers"][1:] == ["Asian & Female", "Asian & Male", "Black & Female", "Black & Male",
-                                           "White & Female", "White & Male"]
+    assert intersection["headers"][1:] == [
+        "Asian & Female",
+        "Asian & Male",
+        "Black & Female",
+        "Black & Male",
+        "White & Female",
+        "White & Male",
+    ]
 
 
 def test_report_download_is_the_reproduction_report(client):
@@ -287,8 +344,11 @@ def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
         with pytest.raises(AuthenticationError):
             Client(url, verbose=False)
         client = Client(url, auth=("alice", "s3cret"), verbose=False)
-        assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == \
-            {"/diagnose", "/compare", "/report"}
+        assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+            "/diagnose",
+            "/compare",
+            "/report",
+        }
         with pytest.raises(ValueError, match="Cannot find a function with `api_name`: /launch"):
             client.predict(**TINY_JOB, api_name="/launch")
         request = urllib.request.Request(f"{url}gradio_api/info")
@@ -305,16 +365,18 @@ def test_on_a_space_launching_needs_a_signed_in_user(tmp_path, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/fairdx")
     for name in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL"):
         monkeypatch.setattr(gradio.oauth, name, "https://huggingface.co" if name == "OPENID_PROVIDER_URL" else "x")
-    settings = settings_for(tmp_path / "runs", SYSTEM="spaces", SPACE_ID=os.environ["SPACE_ID"], FAIRDX_STUDIO="on",
-                            FAIRDX_WARMUP="off")
+    settings = settings_for(
+        tmp_path / "runs", SYSTEM="spaces", SPACE_ID=os.environ["SPACE_ID"], FAIRDX_STUDIO="on", FAIRDX_WARMUP="off"
+    )
     demo, url = serve(settings)
     try:
         assert any(isinstance(block, gradio.LoginButton) for block in demo.blocks.values())
         client = Client(url, verbose=False)
         for api_name in ("/launch", "/cancel", "/resume"):
             with pytest.raises(AppError) as caught:
-                client.predict(**TINY_JOB, api_name=api_name) if api_name == "/launch" else \
-                    client.predict("some-job", api_name=api_name)
+                client.predict(**TINY_JOB, api_name=api_name) if api_name == "/launch" else client.predict(
+                    "some-job", api_name=api_name
+                )
             assert str(caught.value) == SIGN_IN_REQUIRED
         assert client.predict(api_name="/jobs")["data"] == []
     finally:

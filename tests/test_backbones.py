@@ -264,8 +264,16 @@ def test_clip_lora_on_both_towers(tiny):
     names = lora_module_names(clf)
     assert sum(n.startswith("text_model.") for n in names) == 12  # 2 layers x (q, k, v, out, fc1, fc2)
     assert sum(n.startswith("vision_model.") for n in names) == 12
-    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
-                                                     "visual_projection", "text_projection"}
+    assert {n.rsplit(".", 1)[-1] for n in names} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
+        "visual_projection",
+        "text_projection",
+    }
     trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
@@ -343,8 +351,12 @@ def _as_published_layout(src: Path, dst: Path) -> Path:
     text = config.pop("text_config")
     rope = text.pop("rope_parameters")
     text.pop("model_type")
-    flat = {**config, **text, "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
-            "rope_theta": rope["rope_theta"]}
+    flat = {
+        **config,
+        **text,
+        "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+        "rope_theta": rope["rope_theta"],
+    }
     (dst / "config.json").write_text(json.dumps(flat, indent=2))
     # transformers 5 already saves Qwen2.5-VL tensors under the published names.
     names = load_file(src / "model.safetensors").keys()

@@ -1,5 +1,6 @@
 """The benchmarks' pure parts: full-size configs and the FLOP formula, the fairness bench's plan and
 aggregation, the overhead bench's paired ratios, and the CLIs. No timing is asserted here."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,23 @@ def test_qwen_7b_config_has_the_published_size_and_shape():
 
     config = gpu_throughput.qwen2_5_vl_7b_config()
     text, vision = config.get_text_config(), config.vision_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
-            text.intermediate_size, text.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
-    assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.num_heads, vision.out_hidden_size,
-            vision.patch_size, vision.window_size) == (32, 1280, 3420, 16, 3584, 14, 112)
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.intermediate_size,
+        text.vocab_size,
+    ) == (3584, 28, 28, 4, 18944, 152064)
+    assert (
+        vision.depth,
+        vision.hidden_size,
+        vision.intermediate_size,
+        vision.num_heads,
+        vision.out_hidden_size,
+        vision.patch_size,
+        vision.window_size,
+    ) == (32, 1280, 3420, 16, 3584, 14, 112)
     assert list(vision.fullatt_block_indexes) == [7, 15, 23, 31]
     assert text.rope_parameters["mrope_section"] == [16, 24, 24]
     assert gpu_throughput.count_parameters(Qwen2_5_VLForConditionalGeneration, config) == QWEN_7B_PARAMETERS
@@ -53,9 +67,15 @@ def test_clip_b16_config_has_the_published_size():
     from transformers import CLIPModel
 
     config = gpu_throughput.clip_vit_b16_config()
-    assert (config.vision_config.hidden_size, config.vision_config.num_hidden_layers, config.vision_config.patch_size,
-            config.vision_config.image_size, config.text_config.hidden_size, config.text_config.num_hidden_layers,
-            config.projection_dim) == (768, 12, 16, 224, 512, 12, 512)
+    assert (
+        config.vision_config.hidden_size,
+        config.vision_config.num_hidden_layers,
+        config.vision_config.patch_size,
+        config.vision_config.image_size,
+        config.text_config.hidden_size,
+        config.text_config.num_hidden_layers,
+        config.projection_dim,
+    ) == (768, 12, 16, 224, 512, 12, 512)
     assert gpu_throughput.count_parameters(CLIPModel, config) == CLIP_B16_PARAMETERS
 
 
@@ -83,8 +103,9 @@ def test_qwen_flops_count_the_weights_the_model_has():
 def test_qwen_flops_backward_runs_through_the_language_model_only():
     config = gpu_throughput.qwen2_5_vl_7b_config()
     plain = gpu_throughput.qwen_flops(config, image_size=448, text_tokens=40, batch=8, lora_r=32)
-    checkpointed = gpu_throughput.qwen_flops(config, image_size=448, text_tokens=40, batch=8, lora_r=32,
-                                             checkpointed=True)
+    checkpointed = gpu_throughput.qwen_flops(
+        config, image_size=448, text_tokens=40, batch=8, lora_r=32, checkpointed=True
+    )
     vision, language, total = plain["vision"], plain["language"], plain["total"]
     assert vision.backward == 0 and vision.recompute == 0  # frozen, no LoRA below: no backward
     # input gradients of frozen matmuls = 1× their forward; attention 2×; LoRA adds a little
@@ -135,19 +156,33 @@ def test_flops_add_and_scale():
         gpu_throughput.stack_flops(tokens=1, hidden=1, layers=2, linear_per_layer=1, context=[1])
 
 
-SMALL_QWEN_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "vocab_size": 448,
-                   "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}}
-SMALL_QWEN_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                     "fullatt_block_indexes": [1]}
+SMALL_QWEN_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 448,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+}
+SMALL_QWEN_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 64,
+    "fullatt_block_indexes": [1],
+}
 
 
 def test_the_gpu_bench_path_runs_a_shrunken_qwen_on_cpu():
     """build → preprocess 448² → micro-batches (pixel rows split per image) → steps → FLOPs, as on a GPU."""
-    config = gpu_throughput.qwen2_5_vl_7b_config(gpu_throughput.tiny_token_ids("fundus"), text=SMALL_QWEN_TEXT,
-                                                 vision=SMALL_QWEN_VISION)
-    rows = gpu_throughput.run_model("qwen", config, steps=1, warmup=0, peak=None, device="cpu", dtype=torch.float32,
-                                    batch=2, micro=1)
+    config = gpu_throughput.qwen2_5_vl_7b_config(
+        gpu_throughput.tiny_token_ids("fundus"), text=SMALL_QWEN_TEXT, vision=SMALL_QWEN_VISION
+    )
+    rows = gpu_throughput.run_model(
+        "qwen", config, steps=1, warmup=0, peak=None, device="cpu", dtype=torch.float32, batch=2, micro=1
+    )
     assert [r["gradient_checkpointing"] for r in rows] == [False, True]
     for row in rows:
         assert row["image_tokens"] == 256  # 448² → 32×32 patches of 14 → 2×2 merged
@@ -160,11 +195,19 @@ def test_the_gpu_bench_path_runs_a_shrunken_qwen_on_cpu():
 
 def test_the_gpu_bench_path_runs_a_shrunken_clip_on_cpu():
     config = gpu_throughput.clip_vit_b16_config(
-        gpu_throughput.tiny_token_ids("skin"), text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                                     "num_attention_heads": 2, "vocab_size": 770},
-        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2})
-    rows = gpu_throughput.run_model("clip", config, steps=1, warmup=0, peak=None, device="cpu", dtype=torch.float32,
-                                    batch=4, micro=2)
+        gpu_throughput.tiny_token_ids("skin"),
+        text={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 770,
+        },
+        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
+    )
+    rows = gpu_throughput.run_model(
+        "clip", config, steps=1, warmup=0, peak=None, device="cpu", dtype=torch.float32, batch=4, micro=2
+    )
     assert rows[0]["image_tokens"] == 197 and rows[0]["prompts"] == 2
     assert (rows[0]["micro_batch"], rows[0]["grad_accum"]) == (2, 2)
 
@@ -194,9 +237,16 @@ def test_quick_plan_trains_every_method_once():
     runs = fairness.plan_runs(fairness.QUICK)
     assert {r.method for r in runs if "main" in r.sections} == set(fairness.METHODS)
     assert [r.name for r in runs] == [
-        "fundus-vanilla-l0.5-s1-seed0", "fundus-fr-l0.5-s1-seed0", "fundus-gr-l0.5-s1-seed0",
-        "fundus-hybrid-l0.5-s1-seed0", "fundus-fr-l1-s1-seed0", "fundus-vanilla-l0.5-s0-seed0",
-        "fundus-hybrid-l0.5-s0-seed0", "skin-vanilla-l0.5-s1-seed0", "skin-cmac-l0.5-s1-seed0"]
+        "fundus-vanilla-l0.5-s1-seed0",
+        "fundus-fr-l0.5-s1-seed0",
+        "fundus-gr-l0.5-s1-seed0",
+        "fundus-hybrid-l0.5-s1-seed0",
+        "fundus-fr-l1-s1-seed0",
+        "fundus-vanilla-l0.5-s0-seed0",
+        "fundus-hybrid-l0.5-s0-seed0",
+        "skin-vanilla-l0.5-s1-seed0",
+        "skin-cmac-l0.5-s1-seed0",
+    ]
 
 
 def test_bench_config_is_the_demo_recipe_with_the_bench_changes(tmp_path):
@@ -209,8 +259,9 @@ def test_bench_config_is_the_demo_recipe_with_the_bench_changes(tmp_path):
     assert (cfg.runs_dir, cfg.run_name) == (str(tmp_path), "skin-cmac-l0.1-s0.5-seed2")
     unchanged = {"method", "lam", "seed", "data", "max_samples", "eval_bootstrap", "runs_dir", "run_name"}
     base = DEMOS["skin"].to_dict()
-    assert {k: v for k, v in cfg.to_dict().items() if k not in unchanged} == {k: v for k, v in base.items()
-                                                                              if k not in unchanged}
+    assert {k: v for k, v in cfg.to_dict().items() if k not in unchanged} == {
+        k: v for k, v in base.items() if k not in unchanged
+    }
     assert fairness.bench_config(run, fairness.QUICK, tmp_path).epochs == 1
 
 
@@ -239,27 +290,45 @@ def test_run_state_reuses_a_matching_run_and_flags_another_setting(tmp_path):
 
 # ------------------------------------------------------------------------- fairness: aggregation
 def report(accuracy, auc, race, ethnicity) -> dict:
-    return {"overall": {"accuracy": accuracy, "auc": auc},
-            "attributes": {"race": {"max_acc_gap": race}, "ethnicity": {"max_acc_gap": ethnicity}}}
+    return {
+        "overall": {"accuracy": accuracy, "auc": auc},
+        "attributes": {"race": {"max_acc_gap": race}, "ethnicity": {"max_acc_gap": ethnicity}},
+    }
 
 
 def record(method, seed, accuracy, race, *, lam=0.5, strength=1.0, sections=("main",), ethnicity=0.1) -> dict:
     run = fairness.BenchRun("fundus", method, lam, strength, seed, tuple(sections))
-    return {"name": run.name, "task": "fundus", "method": method, "lam": lam, "strength": strength, "seed": seed,
-            "sections": list(sections),
-            "metrics": {m.key: fairness.metric_value(report(accuracy, 0.8, race, ethnicity), m)
-                        for m in fairness.METRICS["fundus"]}}
+    return {
+        "name": run.name,
+        "task": "fundus",
+        "method": method,
+        "lam": lam,
+        "strength": strength,
+        "seed": seed,
+        "sections": list(sections),
+        "metrics": {
+            m.key: fairness.metric_value(report(accuracy, 0.8, race, ethnicity), m) for m in fairness.METRICS["fundus"]
+        },
+    }
 
 
 RECORDS = [
-    record("vanilla", 0, 0.70, 0.20, sections=("main", "lambda", "strength")), record("vanilla", 1, 0.72, 0.30),
-    record("fr", 0, 0.69, 0.10, sections=("main", "lambda", "strength")), record("fr", 1, 0.72, 0.24, ethnicity=None),
+    record("vanilla", 0, 0.70, 0.20, sections=("main", "lambda", "strength")),
+    record("vanilla", 1, 0.72, 0.30),
+    record("fr", 0, 0.69, 0.10, sections=("main", "lambda", "strength")),
+    record("fr", 1, 0.72, 0.24, ethnicity=None),
     record("fr", 0, 0.68, 0.05, lam=1.0, sections=("lambda",)),
     record("vanilla", 0, 0.75, 0.04, strength=0.0, sections=("strength",)),
     record("fr", 0, 0.75, 0.05, strength=0.0, sections=("strength",)),
 ]
-PLAN = replace(fairness.QUICK, seeds=(0, 1), lambdas=(0.5, 1.0), lambda_methods={"fundus": ("fr",)},
-               strengths=(0.0, 1.0), strength_methods={"fundus": ("fr",)})
+PLAN = replace(
+    fairness.QUICK,
+    seeds=(0, 1),
+    lambdas=(0.5, 1.0),
+    lambda_methods={"fundus": ("fr",)},
+    strengths=(0.0, 1.0),
+    strength_methods={"fundus": ("fr",)},
+)
 
 
 def test_aggregate_pairs_each_method_with_vanilla_of_the_same_seed():
@@ -293,8 +362,10 @@ def test_tables_show_mean_sd_and_change():
     main = fairness.main_table("fundus", result["main"]["fundus"])
     # paired over the two seeds: accuracy −0.01, 0.00 → mean −0.005, t(1) interval ±12.706·0.005, p 0.5;
     # race gap −0.10, −0.06 → −0.080 ± 12.706·0.02, p 0.16; AUC differences all 0 → no interval
-    assert ("| fr | 2 | 0 | 0.705 ± 0.021 | −0.005 [−0.069, +0.059] p=0.5 | 0.800 ± 0.000 | +0.000 | "
-            "0.170 ± 0.099 | −0.080 [−0.334, +0.174] p=0.16 |") in main
+    assert (
+        "| fr | 2 | 0 | 0.705 ± 0.021 | −0.005 [−0.069, +0.059] p=0.5 | 0.800 ± 0.000 | +0.000 | "
+        "0.170 ± 0.099 | −0.080 [−0.334, +0.174] p=0.16 |"
+    ) in main
     assert main.splitlines()[0].startswith("| method | seeds | degenerate | accuracy | vs vanilla | AUC |")
     assert fairness.NOISE_FLOOR not in main  # two seeds: too few for a vanilla-vs-vanilla row
     lam = fairness.lambda_table("fundus", result["lambda"]["fundus"])
@@ -316,13 +387,19 @@ def test_read_record_takes_the_figures_from_eval_json(tmp_path):
     run = fairness.BenchRun("skin", "cmac", 0.5, 1.0, 0, ("main",))
     path = tmp_path / run.name
     path.mkdir()
-    eval_report = {"overall": {"accuracy": 0.8, "auc": 0.9},
-                   "attributes": {"sex+age_group": {"delta_tpr": None, "max_acc_gap": 0.25}}}
+    eval_report = {
+        "overall": {"accuracy": 0.8, "auc": 0.9},
+        "attributes": {"sex+age_group": {"delta_tpr": None, "max_acc_gap": 0.25}},
+    }
     (path / "eval.json").write_text(json.dumps({"report": eval_report}))
     (path / "config.json").write_text(json.dumps({"training": {"seconds": 12.5, "steps": 60}}))
     got = fairness.read_record(path, run)
-    assert got["metrics"] == {"accuracy": 0.8, "auc": 0.9, "delta_tpr:sex+age_group": None,
-                              "max_acc_gap:sex+age_group": 0.25}
+    assert got["metrics"] == {
+        "accuracy": 0.8,
+        "auc": 0.9,
+        "delta_tpr:sex+age_group": None,
+        "max_acc_gap:sex+age_group": 0.25,
+    }
     assert (got["train_seconds"], got["steps"], got["sections"]) == (12.5, 60, ["main"])
 
 
@@ -340,14 +417,30 @@ def test_round_robin_rotates_the_order_and_gives_each_round_one_input():
     times = overhead.round_robin({name: (lambda k, n=name: calls.append(f"{n}{k}")) for name in "abc"}, rounds=3)
     assert calls == ["a0", "b0", "c0", "b1", "c1", "a1", "c2", "a2", "b2"]
     assert {clock: {k: len(v) for k, v in by.items()} for clock, by in times.items()} == {
-        "cpu": {"a": 3, "b": 3, "c": 3}, "wall": {"a": 3, "b": 3, "c": 3}}
+        "cpu": {"a": 3, "b": 3, "c": 3},
+        "wall": {"a": 3, "b": 3, "c": 3},
+    }
 
 
 def test_overhead_table_reads_the_cpu_clock():
-    figures = {m: {"median_s": 0.05, "ratio": 1.0 if m == "vanilla" else 1.04, "ratio_q1": 1.0, "ratio_q3": 1.1,
-                   "extra_over_step": 0.0 if m == "vanilla" else 0.01} for m in overhead.METHODS}
-    result = {"model": "tiny CLIP", "cpu": {"step": figures, "loss": figures}, "wall": {"step": figures, "loss": figures}}
-    assert "| tiny CLIP | cmac | 50.0 | 1.040 | 1.000–1.100 | 1.040 | 50000 | 1.0 | 1.010 | yes |" in overhead.table([result])
+    figures = {
+        m: {
+            "median_s": 0.05,
+            "ratio": 1.0 if m == "vanilla" else 1.04,
+            "ratio_q1": 1.0,
+            "ratio_q3": 1.1,
+            "extra_over_step": 0.0 if m == "vanilla" else 0.01,
+        }
+        for m in overhead.METHODS
+    }
+    result = {
+        "model": "tiny CLIP",
+        "cpu": {"step": figures, "loss": figures},
+        "wall": {"step": figures, "loss": figures},
+    }
+    assert "| tiny CLIP | cmac | 50.0 | 1.040 | 1.000–1.100 | 1.040 | 50000 | 1.0 | 1.010 | yes |" in overhead.table(
+        [result]
+    )
 
 
 # ------------------------------------------------------------------------------------ runner, CLIs
@@ -355,9 +448,15 @@ def test_runner_stages_and_headlines():
     assert NAMES == ("synth_bias", "fairness", "overhead", "serving", "compare_speed", "gpu_throughput")
     stage = next(s for s in STAGES if s.name == "overhead")
     assert stage.args(True)[-1].endswith("bench/results/overhead_quick.json") and stage.args(True)[0] == "--quick"
-    assert _overhead({"worst_step_ratio": {"tiny CLIP": 1.031}, "goal": 1.05}) == "worst step ratio tiny CLIP 1.031 (goal ≤ 1.05)"
-    result = {"main": fairness.aggregate(RECORDS, PLAN)["main"], "primary_gap": fairness.PRIMARY_GAP,
-              "metrics": {"fundus": [{"key": m.key, "label": m.label} for m in fairness.METRICS["fundus"]]}}
+    assert (
+        _overhead({"worst_step_ratio": {"tiny CLIP": 1.031}, "goal": 1.05})
+        == "worst step ratio tiny CLIP 1.031 (goal ≤ 1.05)"
+    )
+    result = {
+        "main": fairness.aggregate(RECORDS, PLAN)["main"],
+        "primary_gap": fairness.PRIMARY_GAP,
+        "metrics": {"fundus": [{"key": m.key, "label": m.label} for m in fairness.METRICS["fundus"]]},
+    }
     assert _fairness(result) == "fundus MaxAccGap race vs vanilla: fr -35%"
 
 
@@ -382,7 +481,7 @@ def test_paired_test_and_noise_floor_over_seeds():
     test = fairness.paired_test([*differences, None])
     assert test["n"] == 5 and test["n_undefined"] == 1
     assert test["p_value"] == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
-    half = stats.t.ppf(0.975, 4) * statistics.stdev(differences) / 5 ** 0.5
+    half = stats.t.ppf(0.975, 4) * statistics.stdev(differences) / 5**0.5
     assert test["ci"] == pytest.approx([statistics.mean(differences) - half, statistics.mean(differences) + half])
     vanilla = {seed: {"seed": seed, "metrics": {"accuracy": 0.7 + 0.01 * seed, "auc": 0.8}} for seed in range(4)}
     floor = fairness.noise_floor(vanilla, [fairness.ACCURACY])

@@ -4,6 +4,7 @@ never run: the system Chromium is used through executable_path).
 One server and one browser for the module. Screenshots of each tab go to a temp folder, printed at the
 end of the session (pytest -s) and kept in SCREENSHOTS, so a person can look at them.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,14 +22,23 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install 
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 EXAMPLE = diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"
 SCREENSHOTS: list[Path] = []
 JOB_TIMEOUT_MS = 180_000
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium chromium-driver"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium chromium-driver"
+    ),
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
 ]
 
@@ -48,11 +58,17 @@ def url(tmp_path_factory):
     user_runs = tmp_path_factory.mktemp("browser-runs")
     for path in runs.iterdir():
         (user_runs / path.name).symlink_to(path, target_is_directory=True)
-    settings = Settings.from_env({"FAIRDX_RUNS_DIR": str(user_runs), "FAIRDX_DATASETS": DATASETS,
-                                  "FAIRDX_COMPARE_BOOTSTRAP": "100"})
+    settings = Settings.from_env(
+        {"FAIRDX_RUNS_DIR": str(user_runs), "FAIRDX_DATASETS": DATASETS, "FAIRDX_COMPARE_BOOTSTRAP": "100"}
+    )
     demo = fairdx_app.build_app(settings)
-    _, address, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
-                                quiet=True, **fairdx_app.launch_kwargs(settings))
+    _, address, _ = demo.launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        quiet=True,
+        **fairdx_app.launch_kwargs(settings),
+    )
     yield address
     demo.close()
     demo.fairdx_store.close()
@@ -62,8 +78,12 @@ def url(tmp_path_factory):
 def page(url, tmp_path_factory):
     with playwright_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=FLAGS, viewport={"width": 1400, "height": 1000})
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(20_000)
         page.goto(url, wait_until="load")  # not "networkidle": the app's own polling can keep it busy

@@ -4,6 +4,7 @@
 from training.metrics.evaluate, predictions.csv, metrics.jsonl, README.md and, on request, a real
 adapter of the embedded tiny backbone); tests/test_hub.py uses it too.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
-from training import methods
-from training import card
+from training import card, methods
 from training.backbones import add_lora, default_backbone, load_classifier, save_adapter
 from training.config import TrainConfig
 from training.metrics import evaluate
@@ -60,35 +60,66 @@ def make_predictions(task: str, *, n_test: int = 160, n_val: int = 40, seed: int
 def make_config(task: str = "fundus", *, method: str = "fr", run_id: str = "fundus-fr", **overrides) -> dict:
     """config.json as the contract describes it: a resolved TrainConfig plus task, family, summaries."""
     cfg = TrainConfig(
-        method=method, data=f"synth:{task}", backbone=default_backbone(task), lr=0.002, epochs=1,
-        max_samples=64, run_name=run_id, eval_bootstrap=50, lora_r=4, lora_alpha=8.0,
-        attribute=EVAL_ATTRIBUTES[task][-1], cmac_attribute="sex+age_group" if task == "skin" else None,
+        method=method,
+        data=f"synth:{task}",
+        backbone=default_backbone(task),
+        lr=0.002,
+        epochs=1,
+        max_samples=64,
+        run_name=run_id,
+        eval_bootstrap=50,
+        lora_r=4,
+        lora_alpha=8.0,
+        attribute=EVAL_ATTRIBUTES[task][-1],
+        cmac_attribute="sex+age_group" if task == "skin" else None,
     ).to_dict()
     attributes = list(ATTRIBUTE_VALUES[task])
     cfg.update(
-        task=task, family=FAMILY[task], run_id=run_id, created="2026-11-23T10:00:00+00:00",
+        task=task,
+        family=FAMILY[task],
+        run_id=run_id,
+        created="2026-11-23T10:00:00+00:00",
         versions={"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "fairdx": "0.1.0"},
         dataset={
-            "spec": f"synth:{task}", "root": f"/tmp/data/synth-{task}", "n": {"train": 64, "val": 40, "test": 160},
+            "spec": f"synth:{task}",
+            "root": f"/tmp/data/synth-{task}",
+            "n": {"train": 64, "val": 40, "test": 160},
             "attributes": attributes,
-            "group_counts": {cfg["attribute"]: {"Asian": 7, "Black": 10, "White": 47} if task == "fundus"
-                             else {"Female": 29, "Male": 35}},
+            "group_counts": {
+                cfg["attribute"]: {"Asian": 7, "Black": 10, "White": 47}
+                if task == "fundus"
+                else {"Female": 29, "Male": 35}
+            },
         },
-        training={"steps": 8, "seconds": 12.5, "seconds_per_step": 1.56, "samples_per_s": 5.1,
-                  "effective_batch": 8, "final_loss": 0.6931},
+        training={
+            "steps": 8,
+            "seconds": 12.5,
+            "seconds_per_step": 1.56,
+            "samples_per_s": 5.1,
+            "effective_batch": 8,
+            "final_loss": 0.6931,
+        },
     )
     cfg.update(overrides)
     return cfg
 
 
 def make_eval(task: str = "fundus", *, run_id: str = "fundus-fr", bootstrap: int = 50) -> dict:
-    report = evaluate(make_predictions(task), EVAL_ATTRIBUTES[task], bootstrap=bootstrap, seed=0, split="test",
-                      gap_min_n=1)  # the small synthetic groups here test the formatting, not the rule
+    report = evaluate(
+        make_predictions(task), EVAL_ATTRIBUTES[task], bootstrap=bootstrap, seed=0, split="test", gap_min_n=1
+    )  # the small synthetic groups here test the formatting, not the rule
     return {"run_id": run_id, "split": "test", "attributes": EVAL_ATTRIBUTES[task], "report": report}
 
 
-def make_run(runs_dir: Path, run_id: str = "fundus-fr", *, task: str = "fundus", method: str = "fr",
-             adapter: bool = False, **config_overrides) -> Path:
+def make_run(
+    runs_dir: Path,
+    run_id: str = "fundus-fr",
+    *,
+    task: str = "fundus",
+    method: str = "fr",
+    adapter: bool = False,
+    **config_overrides,
+) -> Path:
     """A complete run directory; with ``adapter=True`` a real LoRA adapter of the tiny backbone."""
     run = runs_dir / run_id
     (run / "adapter").mkdir(parents=True)
@@ -96,12 +127,32 @@ def make_run(runs_dir: Path, run_id: str = "fundus-fr", *, task: str = "fundus",
     (run / "config.json").write_text(json.dumps(config, indent=2))
     (run / "eval.json").write_text(json.dumps(make_eval(task, run_id=run_id), indent=2))
     make_predictions(task).to_csv(run / PREDICTIONS, index=False)
-    lines = [{"event": "start", "total_steps": 2, "time": 0.0},
-             {"step": 1, "total_steps": 2, "epoch": 0, "loss": 0.70, "ce": 0.69, "fairness": 0.02, "lr": 0.002,
-              "samples_per_s": 5.0, "elapsed_s": 1.0},
-             {"step": 2, "total_steps": 2, "epoch": 0, "loss": 0.68, "ce": 0.67, "fairness": 0.02, "lr": 0.001,
-              "samples_per_s": 5.2, "elapsed_s": 2.0},
-             {"event": "end", "seconds": 2.1}]
+    lines = [
+        {"event": "start", "total_steps": 2, "time": 0.0},
+        {
+            "step": 1,
+            "total_steps": 2,
+            "epoch": 0,
+            "loss": 0.70,
+            "ce": 0.69,
+            "fairness": 0.02,
+            "lr": 0.002,
+            "samples_per_s": 5.0,
+            "elapsed_s": 1.0,
+        },
+        {
+            "step": 2,
+            "total_steps": 2,
+            "epoch": 0,
+            "loss": 0.68,
+            "ce": 0.67,
+            "fairness": 0.02,
+            "lr": 0.001,
+            "samples_per_s": 5.2,
+            "elapsed_s": 2.0,
+        },
+        {"event": "end", "seconds": 2.1},
+    ]
     (run / METRICS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     if adapter:
         clf = load_classifier(config["backbone"], task=task)
@@ -119,7 +170,7 @@ def table_rows(text: str, header: str) -> dict[str, list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
@@ -168,12 +219,16 @@ def test_fairness_table_holds_the_reports_gaps_with_intervals(fundus_card):
     assert list(rows) == ["race", "ethnicity"]
     for spec, cells in rows.items():
         attribute = report["attributes"][spec]
-        expected = [fmt(attribute[gap], attribute["ci"][gap]) for gap in ("max_acc_gap", "delta_tpr",
-                                                                         "equalized_odds", "es_auc")]
+        expected = [
+            fmt(attribute[gap], attribute["ci"][gap])
+            for gap in ("max_acc_gap", "delta_tpr", "equalized_odds", "es_auc")
+        ]
         assert cells == expected
     overall = report["overall"]
-    assert (f"Overall: n = 160, accuracy {fmt(overall['accuracy'], overall['ci']['accuracy'])}, "
-            f"AUC {fmt(overall['auc'], overall['ci']['auc'])}") in text
+    assert (
+        f"Overall: n = 160, accuracy {fmt(overall['accuracy'], overall['ci']['accuracy'])}, "
+        f"AUC {fmt(overall['auc'], overall['ci']['auc'])}"
+    ) in text
     assert "95% percentile intervals from 50 bootstrap resamples" in text
 
 
@@ -226,8 +281,12 @@ def test_synthetic_caveat_only_for_synthetic_data():
     synthetic = card.render_card(make_config("skin", method="cmac"), make_eval("skin"))
     assert "Trained and evaluated on **synthetic data**" in synthetic
     assert "not a medical device" in synthetic
-    real = make_config("skin", method="cmac", data="/data/HAM10000",
-                       dataset={"spec": "/data/HAM10000", "n": {"train": 7000, "val": 1500, "test": 1500}})
+    real = make_config(
+        "skin",
+        method="cmac",
+        data="/data/HAM10000",
+        dataset={"spec": "/data/HAM10000", "n": {"train": 7000, "val": 1500, "test": 1500}},
+    )
     text = card.render_card(real, make_eval("skin"))
     assert "**synthetic data**" not in text and "synthetic benchmark" not in text
     assert "not a medical device" in text

@@ -5,6 +5,7 @@
   that saved it was SIGKILLed right after: LoRA dropout then repeats after ``--resume``.
 - One trainer per run name: a second one refuses (exit 2) instead of deleting the first one's folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from training import rundir
 from training.config import ConfigError, TrainConfig
 
 # Saves a checkpoint of a tiny model at step 3, prints what every RNG draws next, then waits to be killed.
-SAVER = r'''
+SAVER = r"""
 import json, random, sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -51,7 +52,7 @@ for _ in range(3):  # move every generator, and leave numpy a cached gaussian (p
 save_checkpoint(accelerator, Path(sys.argv[1]), 3, TrainConfig())
 print(json.dumps({"draws": draws(), "weight": model.weight.tolist(), "lr": scheduler.get_last_lr()}), flush=True)
 time.sleep(600)
-'''
+"""
 
 
 def _resumer(checkpoint: Path):
@@ -79,9 +80,12 @@ def _draws() -> dict:
 
     import numpy as np
 
-    out = {"python": [random.random() for _ in range(3)],
-           "numpy_normal": np.random.standard_normal(3).tolist(),  # noqa: NPY002 (the global generator)
-           "numpy": np.random.rand(3).tolist(), "torch": torch.rand(3).tolist()}  # noqa: NPY002
+    out = {
+        "python": [random.random() for _ in range(3)],
+        "numpy_normal": np.random.standard_normal(3).tolist(),  # noqa: NPY002 (the global generator)
+        "numpy": np.random.rand(3).tolist(),
+        "torch": torch.rand(3).tolist(),
+    }
     if torch.cuda.is_available():
         out["cuda"] = torch.rand(3, device="cuda").tolist()
     return out
@@ -92,8 +96,14 @@ def test_resume_after_a_kill_restores_every_rng_weights_and_schedule(tmp_path):
 
     checkpoint = tmp_path / ".staging-run" / rundir.CHECKPOINT
     checkpoint.parent.mkdir()
-    saver = subprocess.Popen([sys.executable, "-c", SAVER, str(checkpoint)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    saver = subprocess.Popen(
+        [sys.executable, "-c", SAVER, str(checkpoint)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         line = saver.stdout.readline()
         assert line, saver.stderr.read()
@@ -105,7 +115,8 @@ def test_resume_after_a_kill_restores_every_rng_weights_and_schedule(tmp_path):
     assert rundir.checkpoint_in(checkpoint.parent) == checkpoint
     assert not (checkpoint.parent / rundir.CHECKPOINT_TMP).exists()
     assert {"random_states_0.pkl", "optimizer.bin", "scheduler.bin", CHECKPOINT_STATE} <= {
-        p.name for p in checkpoint.iterdir()}
+        p.name for p in checkpoint.iterdir()
+    }
     assert not (checkpoint / "model.safetensors").exists(), "the checkpoint holds the trainable weights only"
 
     accelerator, model, scheduler = _resumer(checkpoint)
@@ -139,17 +150,39 @@ def test_a_second_trainer_of_a_run_name_in_use_refuses_and_deletes_nothing(tmp_p
     staging = rundir.staging_dir(tmp_path, "busy")
     staging.mkdir(parents=True)
     (staging / rundir.METRICS).write_text('{"event": "start", "step": 0}\n')  # no checkpoint yet
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "True"  # a live trainer (a Studio job, say) of run 'busy'
         assert rundir.lock_run(tmp_path, "busy") is None
-        code = train_main(["--data", FUNDUS_SPEC, "--runs-dir", str(tmp_path), "--run-name", "busy",
-                           "--epochs", "1", "--max-samples", "16", "--no-progress"])
+        code = train_main(
+            [
+                "--data",
+                FUNDUS_SPEC,
+                "--runs-dir",
+                str(tmp_path),
+                "--run-name",
+                "busy",
+                "--epochs",
+                "1",
+                "--max-samples",
+                "16",
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err
-        assert rundir.RUN_LOCKED.format(name="busy", holder=f" (pid {holder.pid})",
-                                        lock=rundir.lock_path(tmp_path, "busy")) in err
+        assert (
+            rundir.RUN_LOCKED.format(
+                name="busy", holder=f" (pid {holder.pid})", lock=rundir.lock_path(tmp_path, "busy")
+            )
+            in err
+        )
         assert (staging / rundir.METRICS).read_text() == '{"event": "start", "step": 0}\n', "its folder is kept"
     finally:
         holder.kill()

@@ -7,6 +7,7 @@ training.rundir.read_run. Predictions follow a known model of group gaps: within
 round(TPR·n_pos) positives and round(TNR·n_neg) negatives are classified correctly, so accuracies and
 gaps are known numbers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,14 +27,16 @@ from inference import compare_engine as engine
 from inference.compare_engine import CompareError, cache_info, clear_cache, compare_runs
 from inference.compare_export import display_table, to_csv
 from inference.compare_figures import METHOD_COLORS, frontier_figure, group_accuracy_figure, margin_figure
-from training import metrics
-from training import rundir
+from training import metrics, rundir
 from training.rundir import read_run
 
 FUNDUS_COUNTS = {"White": 400, "Black": 160, "Asian": 80}  # test-split group sizes (race)
 SKIN_GROUPS = ("Female & 0-40", "Female & 40-60", "Female & 60+", "Male & 0-40", "Male & 40-60", "Male & 60+")
-OTHER_FUNDUS = {"ethnicity": ("Non-Hispanic", "Hispanic", "Unknown"), "gender": ("Female", "Male"),
-                "age_group": ("0-40", "40-60", "60+")}
+OTHER_FUNDUS = {
+    "ethnicity": ("Non-Hispanic", "Hispanic", "Unknown"),
+    "gender": ("Female", "Male"),
+    "age_group": ("0-40", "40-60", "60+"),
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -41,7 +44,9 @@ OTHER_FUNDUS = {"ethnicity": ("Non-Hispanic", "Hispanic", "Unknown"), "gender": 
 
 
 def group_predictions(
-    rng: np.random.Generator, group_rates: dict[str, tuple[float, float]], counts: dict[str, int],
+    rng: np.random.Generator,
+    group_rates: dict[str, tuple[float, float]],
+    counts: dict[str, int],
     prevalence: float = 0.5,
 ) -> pd.DataFrame:
     """Rows per group with exactly round(tpr·n_pos) correct positives and round(tnr·n_neg) correct negatives.
@@ -54,9 +59,7 @@ def group_predictions(
         tpr, tnr = group_rates[group]
         n_pos = int(round(prevalence * n))
         label = np.r_[np.ones(n_pos, int), np.zeros(n - n_pos, int)]
-        correct = np.r_[
-            np.arange(n_pos) < round(tpr * n_pos), np.arange(n - n_pos) < round(tnr * (n - n_pos))
-        ]
+        correct = np.r_[np.arange(n_pos) < round(tpr * n_pos), np.arange(n - n_pos) < round(tnr * (n - n_pos))]
         confidence = rng.uniform(0.55, 0.95, n)
         p_true = np.where(correct, confidence, 1 - confidence)
         prob = np.where(label == 1, p_true, 1 - p_true).round(4)
@@ -71,7 +74,7 @@ def fundus_predictions(accuracy: dict[str, float], *, seed: int = 0, val: int = 
     rng = np.random.default_rng(seed)
     test = group_predictions(rng, {g: (a, a) for g, a in accuracy.items()}, FUNDUS_COUNTS)
     test["split"] = "test"
-    validation = group_predictions(rng, {g: (0.5, 0.5) for g in FUNDUS_COUNTS}, {g: val // 3 for g in FUNDUS_COUNTS})
+    validation = group_predictions(rng, dict.fromkeys(FUNDUS_COUNTS, (0.5, 0.5)), dict.fromkeys(FUNDUS_COUNTS, val // 3))
     validation["split"] = "val"
     frame = pd.concat([test, validation], ignore_index=True).rename(columns={"group": "race"})
     for column, values in OTHER_FUNDUS.items():
@@ -90,9 +93,19 @@ def skin_predictions(tpr: dict[str, float], *, seed: int = 0, n_per_group: int =
 
 
 def write_run(
-    runs_dir: Path, run_id: str, predictions: pd.DataFrame, *, task: str = "fundus", method: str = "vanilla",
-    lam: float = 0.5, w_max: float = 10.0, attribute: str = "race", seed: int = 42, cmac_attribute: str | None = None,
-    data: str | None = None, eval_attributes: tuple[str, ...] | None = None,
+    runs_dir: Path,
+    run_id: str,
+    predictions: pd.DataFrame,
+    *,
+    task: str = "fundus",
+    method: str = "vanilla",
+    lam: float = 0.5,
+    w_max: float = 10.0,
+    attribute: str = "race",
+    seed: int = 42,
+    cmac_attribute: str | None = None,
+    data: str | None = None,
+    eval_attributes: tuple[str, ...] | None = None,
 ) -> Path:
     """A complete run directory as training.train writes it (the adapter is a placeholder)."""
     path = Path(runs_dir) / run_id
@@ -104,10 +117,18 @@ def write_run(
     frame.to_csv(path / "predictions.csv", index=False)
     attributes = [c for c in frame.columns if c not in columns]
     config = {
-        "method": method, "lam": lam, "w_max": w_max, "attribute": attribute, "cmac_attribute": cmac_attribute,
+        "method": method,
+        "lam": lam,
+        "w_max": w_max,
+        "attribute": attribute,
+        "cmac_attribute": cmac_attribute,
         "data": data or f"synth:{task}",
         "backbone": f"assets/backbones/tiny-{'clip' if task == 'skin' else 'qwen2.5-vl'}",
-        "seed": seed, "epochs": 3, "task": task, "family": "clip" if task == "skin" else "qwen2_5_vl", "run_id": run_id,
+        "seed": seed,
+        "epochs": 3,
+        "task": task,
+        "family": "clip" if task == "skin" else "qwen2_5_vl",
+        "run_id": run_id,
         "created": "2026-11-22T00:00:00+00:00",
         "dataset": {"spec": data or f"synth:{task}", "attributes": attributes},
     }
@@ -120,10 +141,15 @@ def write_run(
     (path / "README.md").write_text(f"# {run_id}\n")
     with warnings.catch_warnings():  # groups without positives are the point of some tests
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        report = metrics.evaluate(metrics.read_predictions(path / "predictions.csv"),
-                                  list(eval_attributes or [attribute]), bootstrap=50, split="test")
-    (path / "eval.json").write_text(json.dumps({"run_id": run_id, "split": "test", "attributes": [attribute],
-                                                "report": report}))
+        report = metrics.evaluate(
+            metrics.read_predictions(path / "predictions.csv"),
+            list(eval_attributes or [attribute]),
+            bootstrap=50,
+            split="test",
+        )
+    (path / "eval.json").write_text(
+        json.dumps({"run_id": run_id, "split": "test", "attributes": [attribute], "report": report})
+    )
     return path
 
 
@@ -233,14 +259,20 @@ def test_val_split_reads_only_val_rows(five_runs):
 
 def test_run_without_the_attribute_is_skipped_with_a_note(five_runs, tmp_path):
     tpr = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))
-    skin = read_run(write_run(tmp_path / "skin", "skin-cmac", skin_predictions(tpr), task="skin", method="cmac",
-                              attribute="sex+age_group"))
+    skin = read_run(
+        write_run(
+            tmp_path / "skin", "skin-cmac", skin_predictions(tpr), task="skin", method="cmac", attribute="sex+age_group"
+        )
+    )
     comparison = compare_runs([*five_runs[:2], skin], "race", bootstrap=0)
     assert list(comparison.table["run"]) == ["fundus-vanilla", "fundus-fr"]
     assert comparison.skipped == ("skin-cmac",)
-    assert engine.MISSING_ATTRIBUTE.format(
-        run="skin-cmac", columns="'race'", attribute="race", available="sex, age_group, fitzpatrick"
-    ) in comparison.notes
+    assert (
+        engine.MISSING_ATTRIBUTE.format(
+            run="skin-cmac", columns="'race'", attribute="race", available="sex, age_group, fitzpatrick"
+        )
+        in comparison.notes
+    )
 
 
 def test_run_with_bad_predictions_is_skipped_with_metrics_message(five_runs):
@@ -257,8 +289,7 @@ def test_run_with_bad_predictions_is_skipped_with_metrics_message(five_runs):
 def test_only_skipped_runs_give_an_empty_comparison_and_empty_figures(five_runs):
     comparison = compare_runs(five_runs[:1], "fitzpatrick", bootstrap=0)
     assert comparison.empty and comparison.skipped == ("fundus-vanilla",)
-    for figure in (group_accuracy_figure(comparison), frontier_figure(comparison),
-                   margin_figure(comparison)):
+    for figure in (group_accuracy_figure(comparison), frontier_figure(comparison), margin_figure(comparison)):
         assert len(figure.data) == 0
         assert figure.layout.annotations[0].text.startswith("No runs to show: run 'fundus-vanilla' skipped")
 
@@ -284,15 +315,26 @@ def test_notes_name_groups_without_positives_and_small_groups(tmp_path):
     frame.loc[(frame["race"] == "Asian") & (frame["split"] == "test"), "label"] = 0
     run = read_run(write_run(tmp_path, "no-positives", frame))
     comparison = compare_runs([run], "race+age_group", bootstrap=0)
-    assert engine.UNDEFINED_GROUPS.format(
-        run="no-positives", attribute="race+age_group", what="groups without positive labels",
-        groups="Asian & 0-40, Asian & 40-60, Asian & 60+", metrics="TPR, AUC, ΔTPR and equalized odds",
-    ) in comparison.notes
+    assert (
+        engine.UNDEFINED_GROUPS.format(
+            run="no-positives",
+            attribute="race+age_group",
+            what="groups without positive labels",
+            groups="Asian & 0-40, Asian & 40-60, Asian & 60+",
+            metrics="TPR, AUC, ΔTPR and equalized odds",
+        )
+        in comparison.notes
+    )
     small = comparison.groups[comparison.groups["n"] < 30]
-    assert engine.SMALL_GROUPS.format(
-        run="no-positives", attribute="race+age_group", min_n=30,
-        groups=", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"])),
-    ) in comparison.notes
+    assert (
+        engine.SMALL_GROUPS.format(
+            run="no-positives",
+            attribute="race+age_group",
+            min_n=30,
+            groups=", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"])),
+        )
+        in comparison.notes
+    )
     assert len(small) >= 2 and comparison.groups["small"].sum() == len(small)
 
 
@@ -302,8 +344,11 @@ def test_notes_name_groups_without_positives_and_small_groups(tmp_path):
 
 def test_a_run_that_predicts_one_class_gets_a_note(tmp_path):
     tpr = dict.fromkeys(SKIN_GROUPS, 0.0)
-    run = read_run(write_run(tmp_path, "skin-cmac", skin_predictions(tpr, tnr=1.0), task="skin", method="cmac",
-                             attribute="sex+age_group"))
+    run = read_run(
+        write_run(
+            tmp_path, "skin-cmac", skin_predictions(tpr, tnr=1.0), task="skin", method="cmac", attribute="sex+age_group"
+        )
+    )
     comparison = compare_runs([run], "sex+age_group", bootstrap=0)
     assert comparison.table.iloc[0]["delta_tpr"] == 0.0
     assert comparison.notes[0] == engine.ONE_CLASS.format(run="skin-cmac", label=0, split="test")
@@ -362,7 +407,9 @@ def test_a_run_picked_twice_is_computed_once_and_shown_once(five_runs):
     once = compare_runs([five_runs[0], five_runs[1]], "race", bootstrap=0)
     assert once.notes == () and once.table.equals(comparison.table)  # the same comparison, without the note
     assert [trace.name for trace in group_accuracy_figure(comparison).data] == [
-        "fundus-vanilla · Vanilla", "fundus-fr · FR, λ=0.5"]
+        "fundus-vanilla · Vanilla",
+        "fundus-fr · FR, λ=0.5",
+    ]
 
 
 def test_blas_threads_are_restored_after_a_comparison(five_runs):
@@ -416,8 +463,11 @@ def test_group_accuracy_bars_one_trace_per_run_with_wilson_error_bars(five_runs)
     figure = group_accuracy_figure(comparison)
     assert isinstance(figure, go.Figure) and figure.layout.barmode == "group"
     assert [trace.name for trace in figure.data] == [
-        "fundus-vanilla · Vanilla", "fundus-fr · FR, λ=0.5", "fundus-gr · GR, w_max=10",
-        "fundus-hybrid · Hybrid, λ=0.5, w_max=10", "fundus-cmac · CMAC-MMD, λ=0.5",
+        "fundus-vanilla · Vanilla",
+        "fundus-fr · FR, λ=0.5",
+        "fundus-gr · GR, w_max=10",
+        "fundus-hybrid · Hybrid, λ=0.5, w_max=10",
+        "fundus-cmac · CMAC-MMD, λ=0.5",
     ]
     gr = figure.data[2]
     assert list(gr.x) == ["Asian", "Black", "White"] and list(gr.y) == pytest.approx([0.75, 0.775, 0.80])
@@ -439,8 +489,11 @@ def test_figures_list_methods_in_one_order_whatever_the_selection_order(five_run
 
 
 def test_second_run_of_a_method_is_hatched(five_runs, tmp_path):
-    again = read_run(write_run(tmp_path / "more", "fundus-gr-seed1", fundus_predictions(FIVE_METHODS["gr"], seed=9),
-                               method="gr", seed=1))
+    again = read_run(
+        write_run(
+            tmp_path / "more", "fundus-gr-seed1", fundus_predictions(FIVE_METHODS["gr"], seed=9), method="gr", seed=1
+        )
+    )
     figure = group_accuracy_figure(compare_runs([*five_runs, again], "race", bootstrap=0))
     shapes = {trace.name.split(" ")[0]: trace.marker.pattern.shape for trace in figure.data}
     assert shapes["fundus-gr"] == "" and shapes["fundus-gr-seed1"] == "/"
@@ -485,6 +538,4 @@ def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     assert figure.layout.yaxis.title.text == "AUC (95% bootstrap interval)"
     with pytest.raises(CompareError) as error:
         frontier_figure(comparison, gap="gap")
-    assert str(error.value) == engine.UNKNOWN_CHOICE.format(
-        name="gap", choices=", ".join(metrics.GAPS), value="gap"
-    )
+    assert str(error.value) == engine.UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value="gap")

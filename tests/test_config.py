@@ -3,6 +3,7 @@
 What a user can type wrong (NaN, ±inf, an empty attribute, a number where a name goes) is refused
 with one message naming every problem and no traceback; a run's own config.json trains again.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ import pytest
 
 from tests.conftest import FUNDUS_SPEC, run_cli
 from training import methods
-from training.config import FIELDS, ConfigError, TrainConfig, cli_flag, help_of, parse
+from training.config import FIELDS, ConfigError, TrainConfig, cli_flag, from_args, help_of, parse
 from training.rundir import DEMO_RUNS_DIR
-from training.train import build_parser, main as train_main
-from training.config import from_args
+from training.train import build_parser
+from training.train import main as train_main
 
 DEMO_CONFIGS = sorted(DEMO_RUNS_DIR.glob("*/config.json"))
 
@@ -25,30 +26,53 @@ def cli_config(*argv: str) -> TrainConfig:
     return from_args(build_parser().parse_args(list(argv)))
 
 
-@pytest.mark.parametrize(("argv", "problem"), [
-    (("--lambda", "nan"), "lambda must be a finite number (got nan)"),
-    (("--lambda", "inf"), "lambda must be a finite number (got inf)"),
-    (("--lr", "inf"), "lr must be a positive finite number or 'auto' (got 'inf')"),
-    (("--lr", "0"), "lr must be a positive finite number or 'auto' (got '0')"),
-    (("--w-max", "nan"), "w_max must be a finite number (got nan)"),
-    (("--attribute", ""), "attribute must not be empty (got '')"),
-    (("--attribute", "  "), "attribute must not be empty (got '  ')"),
-    (("--epochs", "2.5"), "epochs must be a whole number ≥ 1 (got 2.5)"),
-    (("--bandwidth", "0"), "bandwidth must be > 0 (got 0)"),
-    (("--eval-threshold", "1.5"), "eval_threshold must be ≤ 1 (got 1.5)"),
-    (("--data", "42"), "dataset folder 42 does not exist; check the path"),
-])
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (("--lambda", "nan"), "lambda must be a finite number (got nan)"),
+        (("--lambda", "inf"), "lambda must be a finite number (got inf)"),
+        (("--lr", "inf"), "lr must be a positive finite number or 'auto' (got 'inf')"),
+        (("--lr", "0"), "lr must be a positive finite number or 'auto' (got '0')"),
+        (("--w-max", "nan"), "w_max must be a finite number (got nan)"),
+        (("--attribute", ""), "attribute must not be empty (got '')"),
+        (("--attribute", "  "), "attribute must not be empty (got '  ')"),
+        (("--epochs", "2.5"), "epochs must be a whole number ≥ 1 (got 2.5)"),
+        (("--bandwidth", "0"), "bandwidth must be > 0 (got 0)"),
+        (("--eval-threshold", "1.5"), "eval_threshold must be ≤ 1 (got 1.5)"),
+        (("--data", "42"), "dataset folder 42 does not exist; check the path"),
+    ],
+)
 def test_bad_values_are_named_in_words(argv, problem):
     with pytest.raises(ConfigError) as caught:
         cli_config(*argv)
-    assert caught.value.problems == [problem + ("; Gu et al. use 0.1, 0.5 or 1.0" if argv[0] == "--lambda" else
-                                                "; it caps the weight of the rarest group, Gu et al. use 10"
-                                                if argv[0] == "--w-max" else "")]
+    assert caught.value.problems == [
+        problem
+        + (
+            "; Gu et al. use 0.1, 0.5 or 1.0"
+            if argv[0] == "--lambda"
+            else "; it caps the weight of the rarest group, Gu et al. use 10"
+            if argv[0] == "--w-max"
+            else ""
+        )
+    ]
 
 
 def test_every_problem_at_once_from_the_cli_with_exit_2_and_no_traceback(tmp_path):
-    proc = run_cli("training.train", "--lambda", "nan", "--lr", "inf", "--w-max", "nan", "--attribute", "",
-                   "--data", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs"))
+    proc = run_cli(
+        "training.train",
+        "--lambda",
+        "nan",
+        "--lr",
+        "inf",
+        "--w-max",
+        "nan",
+        "--attribute",
+        "",
+        "--data",
+        str(tmp_path / "missing"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
     assert proc.returncode == 2
     assert "invalid training configuration (5 problems)" in proc.stderr
     assert "Traceback" not in proc.stderr and "ValidationError" not in proc.stderr
@@ -74,9 +98,18 @@ def test_unknown_keys_and_a_run_record_in_a_config_file():
     with pytest.raises(ConfigError) as caught:
         TrainConfig.from_dict({"lamda": 0.5})
     assert caught.value.problems[0].startswith("config file has unknown keys: lamda; valid keys: method, lam,")
-    record = {**TrainConfig(method="gr").to_dict(), "task": "fundus", "family": "qwen2_5_vl", "run_id": "x",
-              "created": "2026-01-01", "versions": {}, "dataset": {}, "training": {}, "run_name": "x",
-              "runs_dir": "/elsewhere"}
+    record = {
+        **TrainConfig(method="gr").to_dict(),
+        "task": "fundus",
+        "family": "qwen2_5_vl",
+        "run_id": "x",
+        "created": "2026-01-01",
+        "versions": {},
+        "dataset": {},
+        "training": {},
+        "run_name": "x",
+        "runs_dir": "/elsewhere",
+    }
     cfg = TrainConfig.from_dict(record)
     assert (cfg.method, cfg.run_name, cfg.runs_dir) == ("gr", None, "runs")  # where it lived is not the recipe
 
@@ -90,8 +123,25 @@ def test_every_shipped_demo_config_is_a_valid_config_file(path):
 
 def test_a_runs_config_json_trains_the_same_recipe_again(tmp_path):
     demo = DEMO_RUNS_DIR / "fundus-hybrid" / "config.json"
-    code = train_main(["--config", str(demo), "--epochs", "1", "--data", FUNDUS_SPEC, "--max-samples", "32",
-                       "--eval-bootstrap", "0", "--runs-dir", str(tmp_path), "--run-name", "again", "--no-progress"])
+    code = train_main(
+        [
+            "--config",
+            str(demo),
+            "--epochs",
+            "1",
+            "--data",
+            FUNDUS_SPEC,
+            "--max-samples",
+            "32",
+            "--eval-bootstrap",
+            "0",
+            "--runs-dir",
+            str(tmp_path),
+            "--run-name",
+            "again",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     recorded = json.loads(demo.read_text())

@@ -83,8 +83,11 @@ def write_fairvlmed(
         if npz_keys == "male":
             meta |= {"male": np.int64(male), "hispanic": np.int64(ethnicity), "race": np.int64(race)}
         elif npz_keys == "strings":
-            meta |= {"gender": np.array(["Female", "MALE"][male]), "ethnicity": np.array(ETHNICITIES[ethnicity]),
-                     "race": np.array(RACES[race].upper())}
+            meta |= {
+                "gender": np.array(["Female", "MALE"][male]),
+                "ethnicity": np.array(ETHNICITIES[ethnicity]),
+                "race": np.array(RACES[race].upper()),
+            }
         else:
             meta |= {"gender": np.int64(male), "ethnicity": np.int64(ethnicity), "race": np.int64(race)}
         np.savez_compressed(path, slo_fundus=fundus_image(index, rgb=index % 2 == 0), **meta)
@@ -104,8 +107,19 @@ def write_summary(root: Path, rows=FUNDUS_ROWS, *, encoding: str = "strings", us
             else:  # integer codes, as some re-exports have them
                 values = [male, race, ethnicity, glaucoma]
             gender, race_v, ethnicity_v, glaucoma_v = values
-            writer.writerow([f"data_{index:05d}.npz", age, gender, race_v, ethnicity_v, "english",
-                             "multi-line\nnote, with comma", glaucoma_v, use[split]])
+            writer.writerow(
+                [
+                    f"data_{index:05d}.npz",
+                    age,
+                    gender,
+                    race_v,
+                    ethnicity_v,
+                    "english",
+                    "multi-line\nnote, with comma",
+                    glaucoma_v,
+                    use[split],
+                ]
+            )
 
 
 def records(dataset: data.Dataset) -> dict[str, tuple[str, int, dict[str, str]]]:
@@ -140,7 +154,9 @@ def test_fairvlmed_from_summary_integer_codes(tmp_path):
 
 @pytest.mark.parametrize("npz_keys", ["ints", "strings", "male"])
 def test_fairvlmed_from_npz_without_summary(tmp_path, npz_keys):
-    dataset = load_fairvlmed(write_fairvlmed(tmp_path, summary=None, npz_keys=npz_keys, folders=("train", "val", "test")))
+    dataset = load_fairvlmed(
+        write_fairvlmed(tmp_path, summary=None, npz_keys=npz_keys, folders=("train", "val", "test"))
+    )
     assert_expected_fundus(dataset)
     assert dataset.split("val")[0].path == tmp_path / "val" / "data_00009.npz"
 
@@ -195,7 +211,8 @@ def test_folder_wins_over_use_column_with_warning(tmp_path):
     with pytest.warns(UserWarning) as caught:
         dataset = load_fairvlmed(tmp_path)
     assert str(caught[0].message) == data.SPLIT_MISMATCH_WARNING.format(
-        n=2, name="data_00009.npz", folder="Validation", use="test")
+        n=2, name="data_00009.npz", folder="Validation", use="test"
+    )
     assert [s.id for s in dataset.split("val")] == ["data_00009", "data_00010"]
 
 
@@ -266,8 +283,12 @@ def test_group_counts(tmp_path):
     assert dataset.group_counts("race") == {"Asian": 2, "Black": 2, "White": 4}
     assert dataset.group_counts("gender", split="test") == {"Female": 1, "Male": 1}
     assert dataset.group_counts("race+gender") == {
-        "Asian & Female": 1, "Asian & Male": 1, "Black & Female": 1, "Black & Male": 1,
-        "White & Female": 2, "White & Male": 2,
+        "Asian & Female": 1,
+        "Asian & Male": 1,
+        "Black & Female": 1,
+        "Black & Male": 1,
+        "White & Female": 2,
+        "White & Male": 2,
     }
     assert check_groups(dataset, "age_group") == {"0-40": 2, "40-60": 3, "60+": 3}
 
@@ -275,8 +296,11 @@ def test_group_counts(tmp_path):
 def test_unknown_attribute(tmp_path):
     dataset = load_fairvlmed(write_fairvlmed(tmp_path))
     message = "unknown attribute 'rase'; available: race, ethnicity, gender, age_group"
-    for call in (lambda: check_groups(dataset, "rase"), lambda: dataset.group_counts("gender+rase"),
-                 lambda: group_key(dataset.samples[0], "rase")):
+    for call in (
+        lambda: check_groups(dataset, "rase"),
+        lambda: dataset.group_counts("gender+rase"),
+        lambda: group_key(dataset.samples[0], "rase"),
+    ):
         with pytest.raises(DatasetError) as error:
             call()
         assert str(error.value) == message
@@ -288,11 +312,13 @@ def test_group_missing_from_training(tmp_path):
     with pytest.raises(DatasetError) as error:
         check_groups(dataset, "race")
     assert str(error.value) == (
-        "attribute 'race' has a group 'Asian' with 0 training samples; pick another attribute or merge groups")
+        "attribute 'race' has a group 'Asian' with 0 training samples; pick another attribute or merge groups"
+    )
     with pytest.raises(DatasetError) as error:
         check_groups(dataset, "race+gender")
     assert str(error.value) == data.EMPTY_GROUP.format(
-        attribute="race+gender", group="Asian & Female", split="training")
+        attribute="race+gender", group="Asian & Female", split="training"
+    )
 
 
 def test_empty_split_and_unknown_split(tmp_path):
@@ -339,14 +365,16 @@ def test_npz_load_image_errors(tmp_path):
     with pytest.raises(DatasetError) as error:
         Sample("data_00002", no_image, 0, {}, "train").load_image()
     assert str(error.value) == (
-        f"{no_image} has no key slo_fundus; found: age, glaucoma. Re-export the file with this key")
+        f"{no_image} has no key slo_fundus; found: age, glaucoma. Re-export the file with this key"
+    )
 
     floats = tmp_path / "data_00003.npz"
     np.savez(floats, slo_fundus=np.zeros((6, 8), dtype=np.float32))
     with pytest.raises(DatasetError) as error:
         Sample("data_00003", floats, 0, {}, "train").load_image()
     assert str(error.value) == (
-        f"{floats}: key 'slo_fundus' has dtype float32 and shape (6, 8); expected a uint8 array of shape HxW or HxWx3")
+        f"{floats}: key 'slo_fundus' has dtype float32 and shape (6, 8); expected a uint8 array of shape HxW or HxWx3"
+    )
 
     missing = tmp_path / "data_00004.npz"
     with pytest.raises(DatasetError) as error:
@@ -368,23 +396,39 @@ def rewrite_summary_cell(root: Path, row: int, column: str, value: str) -> None:
         csv.writer(handle).writerows(table)
 
 
-@pytest.mark.parametrize(("column", "value", "message"), [
-    ("race", "martian",
-     "data_summary.csv row 17: column 'race' has value 'martian'; expected one of asian, black, white or 0, 1, 2"),
-    ("gender", "3",
-     "data_summary.csv row 17: column 'gender' has value '3'; expected one of female, male or 0, 1"),
-    ("ethnicity", "latino",
-     "data_summary.csv row 17: column 'ethnicity' has value 'latino'; "
-     "expected one of non-hispanic, hispanic, unknown or 0, 1, -1"),
-    ("glaucoma", "maybe",
-     "data_summary.csv row 17: column 'glaucoma' has value 'maybe'; expected one of yes, no or 0, 1"),
-    ("use", "holdout",
-     "data_summary.csv row 17: column 'use' has value 'holdout'; expected one of training, validation, test"),
-    ("age", "old",
-     "data_summary.csv row 17: column 'age' has value 'old'; expected an age in years (a number >= 0)"),
-    ("age", "",
-     "data_summary.csv row 17: column 'age' has value ''; expected an age in years (a number >= 0)"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        (
+            "race",
+            "martian",
+            "data_summary.csv row 17: column 'race' has value 'martian'; expected one of asian, black, white or 0, 1, 2",
+        ),
+        ("gender", "3", "data_summary.csv row 17: column 'gender' has value '3'; expected one of female, male or 0, 1"),
+        (
+            "ethnicity",
+            "latino",
+            "data_summary.csv row 17: column 'ethnicity' has value 'latino'; "
+            "expected one of non-hispanic, hispanic, unknown or 0, 1, -1",
+        ),
+        (
+            "glaucoma",
+            "maybe",
+            "data_summary.csv row 17: column 'glaucoma' has value 'maybe'; expected one of yes, no or 0, 1",
+        ),
+        (
+            "use",
+            "holdout",
+            "data_summary.csv row 17: column 'use' has value 'holdout'; expected one of training, validation, test",
+        ),
+        (
+            "age",
+            "old",
+            "data_summary.csv row 17: column 'age' has value 'old'; expected an age in years (a number >= 0)",
+        ),
+        ("age", "", "data_summary.csv row 17: column 'age' has value ''; expected an age in years (a number >= 0)"),
+    ],
+)
 def test_summary_bad_value(tmp_path, column, value, message):
     rows = [(i, "train", 50.0, i % 2, i % 3, 0, i % 2) for i in range(1, 20)]
     write_fairvlmed(tmp_path, rows, placeholder_npz=True)
@@ -401,14 +445,16 @@ def test_npz_bad_value_and_missing_key(tmp_path):
     with pytest.raises(DatasetError) as error:
         load_fairvlmed(tmp_path)
     assert str(error.value) == (
-        "Training/data_00002.npz: key 'race' has value '7'; expected one of asian, black, white or 0, 1, 2")
+        "Training/data_00002.npz: key 'race' has value '7'; expected one of asian, black, white or 0, 1, 2"
+    )
 
     np.savez(path, slo_fundus=fundus_image(2), race=1, ethnicity=0, age=50.0, glaucoma=0)
     with pytest.raises(DatasetError) as error:
         load_fairvlmed(tmp_path)
     assert str(error.value) == (
         "Training/data_00002.npz has no key 'gender' or 'male'; found: age, ethnicity, glaucoma, race, slo_fundus. "
-        "Re-export the file with this key")
+        "Re-export the file with this key"
+    )
 
 
 def test_npz_unreadable_during_metadata(tmp_path):
@@ -428,7 +474,8 @@ def test_summary_missing_column(tmp_path):
         load_fairvlmed(tmp_path)
     assert str(error.value) == (
         "data_summary.csv has no column 'race'; found: filename, age, gender, ancestry, ethnicity, language, note, "
-        "glaucoma, use. Add or rename the column")
+        "glaucoma, use. Add or rename the column"
+    )
 
 
 def test_summary_lists_missing_files(tmp_path):
@@ -440,7 +487,8 @@ def test_summary_lists_missing_files(tmp_path):
     assert str(error.value) == (
         f"2 file(s) listed in data_summary.csv were not found under {tmp_path} "
         "(first: row 11, 'data_00010.npz', expected in Validation/); "
-        "restore them or delete their rows from data_summary.csv")
+        "restore them or delete their rows from data_summary.csv"
+    )
 
 
 def test_summary_duplicate_row(tmp_path):
@@ -449,7 +497,8 @@ def test_summary_duplicate_row(tmp_path):
     with pytest.raises(DatasetError) as error:
         load_fairvlmed(tmp_path)
     assert str(error.value) == (
-        "data_summary.csv row 5: filename 'data_00001.npz' already appears in row 2; remove the duplicate row")
+        "data_summary.csv row 5: filename 'data_00001.npz' already appears in row 2; remove the duplicate row"
+    )
 
 
 def test_missing_split_folders(tmp_path):
@@ -458,7 +507,8 @@ def test_missing_split_folders(tmp_path):
         load_fairvlmed(tmp_path)
     assert str(error.value) == (
         f"no split folders in {tmp_path}: expected Training/, Validation/ and Test/ (or train/, val/, test/) "
-        "holding data_XXXXX.npz files")
+        "holding data_XXXXX.npz files"
+    )
 
 
 def test_two_folders_for_one_split(tmp_path):
@@ -492,14 +542,29 @@ def ham_rows(n_lesions: int = 40) -> list[dict[str, str]]:
         age = "" if lesion % 13 == 5 else str(float(15 + (lesion * 7) % 70))
         sex = ("male", "female", "unknown")[lesion % 3] if lesion % 11 else "Male"
         for _ in range(1 + lesion % 3):
-            rows.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": f"ISIC_{image:07d}", "dx": dx,
-                         "dx_type": "histo", "age": age, "sex": sex, "localization": "back"})
+            rows.append(
+                {
+                    "lesion_id": f"HAM_{lesion:07d}",
+                    "image_id": f"ISIC_{image:07d}",
+                    "dx": dx,
+                    "dx_type": "histo",
+                    "age": age,
+                    "sex": sex,
+                    "localization": "back",
+                }
+            )
             image += 1
     return rows
 
 
-def write_ham(root: Path, rows=None, *, folders=("HAM10000_images_part_1", "HAM10000_images_part_2"),
-              metadata: str = "HAM10000_metadata.csv", extra_columns=()) -> Path:
+def write_ham(
+    root: Path,
+    rows=None,
+    *,
+    folders=("HAM10000_images_part_1", "HAM10000_images_part_2"),
+    metadata: str = "HAM10000_metadata.csv",
+    extra_columns=(),
+) -> Path:
     rows = ham_rows() if rows is None else rows
     root.mkdir(parents=True, exist_ok=True)
     columns = HAM_COLUMNS + [c for c in extra_columns]
@@ -543,8 +608,7 @@ def test_ham_records(tmp_path):
     assert {s.attributes["age_group"] for s in lesion5} == {"Unknown"}  # empty age
     labels = {r["image_id"]: int(r["dx"] in ("mel", "bcc", "akiec")) for r in rows}
     assert {s.id: s.label for s in dataset.samples} == labels
-    assert Counter(s.attributes["sex"] for s in dataset.samples) == Counter(
-        {"Male": 19, "Female": 24, "Unknown": 36})
+    assert Counter(s.attributes["sex"] for s in dataset.samples) == Counter({"Male": 19, "Female": 24, "Unknown": 36})
     assert Counter(s.attributes["sex"] for s in dataset.samples) == Counter(r["sex"].capitalize() for r in rows)
 
 
@@ -552,8 +616,9 @@ def test_ham_tab_single_folder_and_fitzpatrick(tmp_path):
     rows = ham_rows(12)
     for i, row in enumerate(rows):
         row["fitzpatrick"] = ("1", "II", "iii", "4", "V", "6", "")[i % 7]
-    dataset = load_ham10000(write_ham(tmp_path, rows, folders=("images",), metadata="HAM10000_metadata.tab",
-                                      extra_columns=("fitzpatrick",)))
+    dataset = load_ham10000(
+        write_ham(tmp_path, rows, folders=("images",), metadata="HAM10000_metadata.tab", extra_columns=("fitzpatrick",))
+    )
     assert dataset.attributes == ("sex", "age_group", "fitzpatrick")
     assert [s.attributes["fitzpatrick"] for s in dataset.samples[:7]] == ["I", "II", "III", "IV", "V", "VI", "Unknown"]
     assert "localization" not in dataset.samples[0].attributes
@@ -565,7 +630,9 @@ def test_ham_malignant_set_is_configurable(tmp_path):
     assert {s.id: s.label for s in dataset.samples} == {r["image_id"]: int(r["dx"] == "mel") for r in rows}
     with pytest.raises(DatasetError) as error:
         load_ham10000(tmp_path, malignant=("mel", "melanoma"))
-    assert str(error.value) == "unknown dx code 'melanoma' in malignant; valid codes: akiec, bcc, bkl, df, mel, nv, vasc"
+    assert (
+        str(error.value) == "unknown dx code 'melanoma' in malignant; valid codes: akiec, bcc, bkl, df, mel, nv, vasc"
+    )
 
 
 def test_ham_split_by_lesion(tmp_path):
@@ -577,8 +644,10 @@ def test_ham_split_by_lesion(tmp_path):
     assert per_split == {"train": 140, "val": 20, "test": 40}
     # stratified by label: malignant lesions are 30 % of every split
     malignant = {r["lesion_id"] for r in rows if r["dx"] in ("mel", "bcc", "akiec")}
-    share = {split: sum(1 for les, s in splits.items() if split in s and les in malignant) / per_split[split]
-             for split in per_split}
+    share = {
+        split: sum(1 for les, s in splits.items() if split in s and les in malignant) / per_split[split]
+        for split in per_split
+    }
     assert share == pytest.approx({"train": 0.3, "val": 0.3, "test": 0.3})
 
 
@@ -614,7 +683,8 @@ def test_ham_split_column_wins(tmp_path):
     with pytest.raises(DatasetError) as error:
         load_ham10000(tmp_path)
     assert str(error.value) == (
-        "HAM10000_metadata.csv row 6: column 'split' has value 'holdout'; expected one of train, val, test")
+        "HAM10000_metadata.csv row 6: column 'split' has value 'holdout'; expected one of train, val, test"
+    )
 
 
 def test_ham_duplicate_image_folders_pick_first_sorted(tmp_path):
@@ -663,17 +733,29 @@ def test_ham_missing_images(tmp_path):
         load_ham10000(tmp_path)
     assert str(error.value) == (
         f"2 file(s) listed in HAM10000_metadata.csv were not found under {tmp_path} "
-        "(first: row 5, 'ISIC_0027003', as .jpg/.jpeg/.png); restore them or delete their rows from HAM10000_metadata.csv")
+        "(first: row 5, 'ISIC_0027003', as .jpg/.jpeg/.png); restore them or delete their rows from HAM10000_metadata.csv"
+    )
 
 
-@pytest.mark.parametrize(("column", "value", "message"), [
-    ("dx", "melanoma", "HAM10000_metadata.csv row 4: column 'dx' has value 'melanoma'; "
-                       "expected one of akiec, bcc, bkl, df, mel, nv, vasc"),
-    ("sex", "x", "HAM10000_metadata.csv row 4: column 'sex' has value 'x'; expected one of female, male, unknown"),
-    ("age", "-3", "HAM10000_metadata.csv row 4: column 'age' has value '-3'; "
-                  "expected an age in years (a number >= 0) or an empty cell"),
-    ("lesion_id", "", "HAM10000_metadata.csv row 4: column 'lesion_id' has value ''; expected a non-empty id"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        (
+            "dx",
+            "melanoma",
+            "HAM10000_metadata.csv row 4: column 'dx' has value 'melanoma'; "
+            "expected one of akiec, bcc, bkl, df, mel, nv, vasc",
+        ),
+        ("sex", "x", "HAM10000_metadata.csv row 4: column 'sex' has value 'x'; expected one of female, male, unknown"),
+        (
+            "age",
+            "-3",
+            "HAM10000_metadata.csv row 4: column 'age' has value '-3'; "
+            "expected an age in years (a number >= 0) or an empty cell",
+        ),
+        ("lesion_id", "", "HAM10000_metadata.csv row 4: column 'lesion_id' has value ''; expected a non-empty id"),
+    ],
+)
 def test_ham_bad_value(tmp_path, column, value, message):
     rows = ham_rows(5)
     rows[2][column] = value
@@ -691,13 +773,15 @@ def test_ham_missing_column_and_duplicate(tmp_path):
         load_ham10000(tmp_path)
     assert str(error.value) == (
         "HAM10000_metadata.csv has no column 'lesion_id'; found: lesion, image_id, dx, dx_type, age, sex, "
-        "localization. Add or rename the column")
+        "localization. Add or rename the column"
+    )
     rows[3]["image_id"] = rows[0]["image_id"]
     write_ham(tmp_path, rows)
     with pytest.raises(DatasetError) as error:
         load_ham10000(tmp_path)
     assert str(error.value) == (
-        "HAM10000_metadata.csv row 5: image_id 'ISIC_0027000' already appears in row 2; remove the duplicate row")
+        "HAM10000_metadata.csv row 5: image_id 'ISIC_0027000' already appears in row 2; remove the duplicate row"
+    )
 
 
 @pytest.mark.parametrize("fractions", [(0.7, 0.2, 0.2), (0.5, 0.5), (1.2, -0.1, -0.1), ("a", 0, 1)])
@@ -714,7 +798,8 @@ def test_ham_two_metadata_files(tmp_path):
     with pytest.raises(DatasetError) as error:
         load_ham10000(tmp_path)
     assert str(error.value) == (
-        f"{tmp_path} holds several HAM10000 metadata files (HAM10000_metadata.csv, HAM10000_metadata.tab); keep one")
+        f"{tmp_path} holds several HAM10000 metadata files (HAM10000_metadata.csv, HAM10000_metadata.tab); keep one"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -735,7 +820,8 @@ def test_load_dataset_errors(tmp_path):
         load_dataset(tmp_path / "empty")
     assert str(error.value) == (
         f"no dataset found in {tmp_path / 'empty'}: expected data_summary.csv + Training/Validation/Test folders "
-        "(Harvard-FairVLMed) or HAM10000_metadata.csv + image folders (HAM10000)")
+        "(Harvard-FairVLMed) or HAM10000_metadata.csv + image folders (HAM10000)"
+    )
     with pytest.raises(DatasetError) as error:
         load_dataset(tmp_path / "nowhere")
     assert str(error.value) == f"dataset folder {tmp_path / 'nowhere'} does not exist; check the path"

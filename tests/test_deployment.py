@@ -1,4 +1,5 @@
 """Deployment details found by trying to break the app (issue 12): Space detection and a light settings import."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 UNSET = object()
 
 
-@pytest.mark.parametrize(("system", "space"), list(itertools.product([UNSET, "spaces", "docker", ""],
-                                                                      [UNSET, "someone/fairdx", ""])))
+@pytest.mark.parametrize(
+    ("system", "space"), list(itertools.product([UNSET, "spaces", "docker", ""], [UNSET, "someone/fairdx", ""]))
+)
 def test_a_space_is_what_gradio_calls_a_space(monkeypatch, system, space):
     """Gradio attaches real OAuth only on what get_space() calls a Space, and mocked OAuth (which needs a local
     Hugging Face login) wherever a LoginButton appears elsewhere; the Studio shows one exactly on a Space."""
@@ -46,8 +48,15 @@ def test_a_stray_space_id_does_not_stop_the_app_from_starting(monkeypatch, tmp_p
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no saved token either
     monkeypatch.setenv("SPACE_ID", "someone/fairdx")
-    settings = Settings.from_env({"SPACE_ID": "someone/fairdx", "FAIRDX_RUNS_DIR": str(tmp_path / "runs"),
-                                  "FAIRDX_STUDIO": "on", "FAIRDX_WARMUP": "off", "FAIRDX_DATASETS": DATASETS})
+    settings = Settings.from_env(
+        {
+            "SPACE_ID": "someone/fairdx",
+            "FAIRDX_RUNS_DIR": str(tmp_path / "runs"),
+            "FAIRDX_STUDIO": "on",
+            "FAIRDX_WARMUP": "off",
+            "FAIRDX_DATASETS": DATASETS,
+        }
+    )
     assert not settings.on_space
     demo = fairdx_app.build_app(settings)
     try:
@@ -62,10 +71,13 @@ def test_a_stray_space_id_does_not_stop_the_app_from_starting(monkeypatch, tmp_p
 
 
 def test_settings_import_without_torch_transformers_or_peft():
-    code = ("import sys, json, studio.settings; "
-            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          check=True)
+    code = (
+        "import sys, json, studio.settings; "
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
     assert json.loads(proc.stdout) == []
 
 

@@ -1,4 +1,5 @@
 """The cross-rank group statistics: two CPU processes (gloo) give the single-device gradient."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def _model():
 
 
 def _loss(method, logits, labels, groups):
-    return compute_loss(method, logits, labels, groups, lam=1.0, group_weight=torch.tensor([1.0, 2.0, 3.0]),
-                        bandwidth=None).total
+    return compute_loss(
+        method, logits, labels, groups, lam=1.0, group_weight=torch.tensor([1.0, 2.0, 3.0]), bandwidth=None
+    ).total
 
 
 def _worker(rank: int, world: int, port: int, method: str, out: dict) -> None:
@@ -68,8 +70,7 @@ def test_two_ranks_give_the_single_device_gradient():
         loss.backward()
         with ctx.Manager() as manager:
             out = manager.dict()
-            mp.start_processes(_worker, args=(2, _free_port(), method, out), nprocs=2, join=True,
-                               start_method="spawn")
+            mp.start_processes(_worker, args=(2, _free_port(), method, out), nprocs=2, join=True, start_method="spawn")
             results = dict(out)
         for rank in (0, 1):
             rank_loss, grad = results[rank]
@@ -79,8 +80,25 @@ def test_two_ranks_give_the_single_device_gradient():
 
 # ----------------------------------------------------------------------------- the trainer on two processes
 # 33 samples in steps of 4 + 4: the 5th step has one sample, so rank 1 has none (it pads its share)
-TWO_STEPS = ["--method", "fr", "--lambda", "0.5", "--epochs", "1", "--max-samples", "33", "--batch-size", "4",
-             "--warmup-steps", "2", "--lr", "0.001", "--eval-bootstrap", "0", "--no-progress"]
+TWO_STEPS = [
+    "--method",
+    "fr",
+    "--lambda",
+    "0.5",
+    "--epochs",
+    "1",
+    "--max-samples",
+    "33",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "2",
+    "--lr",
+    "0.001",
+    "--eval-bootstrap",
+    "0",
+    "--no-progress",
+]
 STEPS = 5
 
 
@@ -95,10 +113,32 @@ def launch_two(runs, name: str, *extra: str, wait: bool = True):
     from training import data_spec
 
     data_spec.materialize(FUNDUS_SPEC, progress=False)  # generated once, not by both ranks
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "training.train",
-           "--data", FUNDUS_SPEC, "--runs-dir", str(runs), "--run-name", name, *TWO_STEPS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "training.train",
+        "--data",
+        FUNDUS_SPEC,
+        "--runs-dir",
+        str(runs),
+        "--run-name",
+        name,
+        *TWO_STEPS,
+        *extra,
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -135,8 +175,11 @@ def test_two_processes_under_accelerate_launch_write_one_clean_run(tmp_path):
     assert [r["event"] for r in records if "event" in r] == ["start", "end"]
 
 
-@pytest.mark.skipif(not os.environ.get("FAIRDX_SLOW_TESTS"), reason="three 2-process launches (~80 s of CPU); "
-                    "set FAIRDX_SLOW_TESTS=1. tests/test_train.py and test_checkpoints.py resume on one process")
+@pytest.mark.skipif(
+    not os.environ.get("FAIRDX_SLOW_TESTS"),
+    reason="three 2-process launches (~80 s of CPU); "
+    "set FAIRDX_SLOW_TESTS=1. tests/test_train.py and test_checkpoints.py resume on one process",
+)
 def test_two_processes_stopped_on_one_rank_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
     """SIGTERM to rank 1 only: both ranks stop at the same step and save (each its own RNG states);
     ``--resume`` on two processes then ends with the weights of a run that was never stopped."""

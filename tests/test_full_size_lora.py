@@ -113,9 +113,13 @@ def qwen7b():
     config, model = build_on_meta(QWEN_CONFIG)
     cls = FAMILIES[family]
     clf = cls(
-        model, base_model_id=QWEN_ID, task=get_task("fundus"), tokenizer=qwen_tokenizer_with_published_special_ids(),
+        model,
+        base_model_id=QWEN_ID,
+        task=get_task("fundus"),
+        tokenizer=qwen_tokenizer_with_published_special_ids(),
         # The published preprocessor_config.json: min_pixels 3136, max_pixels 12845056.
-        image_processor=Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056), seed=0,
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056),
+        seed=0,
     )
     return config, wrap(clf)
 
@@ -126,7 +130,9 @@ def clip_b16():
     config, model = build_on_meta(CLIP_CONFIG)
     cls = FAMILIES[family]
     clf = cls(
-        model, base_model_id=CLIP_ID, task=get_task("skin"),
+        model,
+        base_model_id=CLIP_ID,
+        task=get_task("skin"),
         tokenizer=AutoTokenizer.from_pretrained(ASSETS / "tiny-clip"),
         image_processor=CLIPImageProcessorPil(),  # defaults = the published one: resize 224, crop 224x224
         image_size=config.vision_config.image_size,
@@ -141,15 +147,37 @@ def test_run_defaults_are_the_papers_lora():
 def test_fixtures_hold_the_published_architectures():
     qwen, clip = AutoConfig.from_pretrained(QWEN_CONFIG), AutoConfig.from_pretrained(CLIP_CONFIG)
     text, vision = qwen.get_text_config(), qwen.vision_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
-            text.intermediate_size, text.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
-    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size, vision.out_hidden_size,
-            vision.patch_size, vision.spatial_merge_size) == (32, 1280, 16, 3420, 3584, 14, 2)
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.intermediate_size,
+        text.vocab_size,
+    ) == (3584, 28, 28, 4, 18944, 152064)
+    assert (
+        vision.depth,
+        vision.hidden_size,
+        vision.num_heads,
+        vision.intermediate_size,
+        vision.out_hidden_size,
+        vision.patch_size,
+        vision.spatial_merge_size,
+    ) == (32, 1280, 16, 3420, 3584, 14, 2)
     assert qwen.image_token_id == 151655
-    assert (clip.vision_config.hidden_size, clip.vision_config.num_hidden_layers, clip.vision_config.patch_size,
-            clip.vision_config.image_size, clip.vision_config.intermediate_size) == (768, 12, 16, 224, 3072)
-    assert (clip.text_config.hidden_size, clip.text_config.num_hidden_layers, clip.text_config.intermediate_size,
-            clip.projection_dim) == (512, 12, 2048, 512)
+    assert (
+        clip.vision_config.hidden_size,
+        clip.vision_config.num_hidden_layers,
+        clip.vision_config.patch_size,
+        clip.vision_config.image_size,
+        clip.vision_config.intermediate_size,
+    ) == (768, 12, 16, 224, 3072)
+    assert (
+        clip.text_config.hidden_size,
+        clip.text_config.num_hidden_layers,
+        clip.text_config.intermediate_size,
+        clip.projection_dim,
+    ) == (512, 12, 2048, 512)
 
 
 # ============================================================================= Qwen2.5-VL-7B-Instruct
@@ -230,14 +258,23 @@ def test_clip_b16_is_full_size_and_never_materialised(clip_b16):
 
 def test_clip_b16_lora_wraps_exactly_its_target_list(clip_b16):
     config, clf = clip_b16
-    per_layer = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "out_proj": "self_attn",
-                 "fc1": "mlp", "fc2": "mlp"}
+    per_layer = {
+        "q_proj": "self_attn",
+        "k_proj": "self_attn",
+        "v_proj": "self_attn",
+        "out_proj": "self_attn",
+        "fc1": "mlp",
+        "fc2": "mlp",
+    }
     assert set(ClipClassifier.lora_target_modules) == {*per_layer, "visual_projection", "text_projection"}
     assert len(per_layer) == ClipClassifier.LORA_PER_LAYER
     expected = {"visual_projection", "text_projection"}
     for tower, tower_config in (("text_model", config.text_config), ("vision_model", config.vision_config)):
-        expected |= {f"{tower}.encoder.layers.{i}.{block}.{name}"
-                     for i in range(tower_config.num_hidden_layers) for name, block in per_layer.items()}
+        expected |= {
+            f"{tower}.encoder.layers.{i}.{block}.{name}"
+            for i in range(tower_config.num_hidden_layers)
+            for name, block in per_layer.items()
+        }
     wrapped = lora_module_names(clf)
     assert len(wrapped) == len(expected) == 2 * 12 * 6 + 2 == 146
     assert set(wrapped) == expected
@@ -253,10 +290,14 @@ def test_clip_b16_trainable_parameters(clip_b16):
         h, m = c.hidden_size, c.intermediate_size
         return [(h, h)] * 4 + [(h, m), (m, h)]  # q, k, v, out; fc1, fc2
 
-    shapes = (tower(config.vision_config) * config.vision_config.num_hidden_layers
-              + tower(config.text_config) * config.text_config.num_hidden_layers
-              + [(config.vision_config.hidden_size, config.projection_dim),  # visual_projection
-                 (config.text_config.hidden_size, config.projection_dim)])  # text_projection
+    shapes = (
+        tower(config.vision_config) * config.vision_config.num_hidden_layers
+        + tower(config.text_config) * config.text_config.num_hidden_layers
+        + [
+            (config.vision_config.hidden_size, config.projection_dim),  # visual_projection
+            (config.text_config.hidden_size, config.projection_dim),
+        ]
+    )  # text_projection
     expected = lora_params(PAPER_R, shapes)
     assert expected == 12 * 442_368 + 12 * 294_912 + 40_960 + 32_768 == 8_921_088
 

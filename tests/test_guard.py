@@ -1,4 +1,5 @@
 """training.guard: a useless model is flagged, a sound one is not; the flag reaches card, Diagnose and Compare."""
+
 from __future__ import annotations
 
 import json
@@ -32,15 +33,20 @@ def test_a_collapsed_model_is_flagged_for_every_reason_it_has():
     verdict = guard.check(label, prob, 0.5)
     assert verdict["degenerate"] is True
     assert [r.split(" (")[0].split(" is ")[0] for r in verdict["reasons"]] == [
-        "near-constant probabilities", "predicts one class for 100.0% of the test samples",
-        f"AUC {verdict['auc']:.3f}"]
+        "near-constant probabilities",
+        "predicts one class for 100.0% of the test samples",
+        f"AUC {verdict['auc']:.3f}",
+    ]
     assert "indistinguishable from chance" in verdict["reasons"][2]
 
 
 def test_chance_auc_alone_is_flagged_and_a_real_but_weak_model_is_not():
     label, prob = _predictions(3, separation=0.0)  # spread-out probabilities, no signal
-    assert guard.check(label, prob, 0.5)["reasons"] == [guard.REASONS["chance_auc"].format(
-        auc=guard.check(label, prob, 0.5)["auc"], p=guard.check(label, prob, 0.5)["auc_p_value"])]
+    assert guard.check(label, prob, 0.5)["reasons"] == [
+        guard.REASONS["chance_auc"].format(
+            auc=guard.check(label, prob, 0.5)["auc"], p=guard.check(label, prob, 0.5)["auc_p_value"]
+        )
+    ]
     weak_label, weak_prob = _predictions(4, n=2000, separation=0.3)
     assert guard.check(weak_label, weak_prob, 0.5)["degenerate"] is False
 
@@ -56,8 +62,14 @@ def test_evaluate_run_stores_threshold_rule_and_guard():
     label, prob = _predictions(6)
     import pandas as pd
 
-    frame = pd.DataFrame({"label": label, "prob": prob, "split": ["val"] * 200 + ["test"] * 200,
-                          "group": np.where(np.arange(400) % 3 == 0, "a", "b")})
+    frame = pd.DataFrame(
+        {
+            "label": label,
+            "prob": prob,
+            "split": ["val"] * 200 + ["test"] * 200,
+            "group": np.where(np.arange(400) % 3 == 0, "a", "b"),
+        }
+    )
     report = metrics.evaluate_run(frame, ["group"])
     val = frame[frame["split"] == "val"]
     assert report["threshold"] == metrics.youden_threshold(val["label"], val["prob"])
@@ -94,6 +106,9 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
 
     assert f"{broken.label()} ⚠ degenerate" in summary_table(comparison)["Run"].tolist()
     assert any("This adapter is flagged as degenerate" in note for note in comparison.notes)
-    points = [(text, symbol) for trace in frontier_figure(comparison).data
-              for text, symbol in zip(trace.text, trace.marker.symbol)]
+    points = [
+        (text, symbol)
+        for trace in frontier_figure(comparison).data
+        for text, symbol in zip(trace.text, trace.marker.symbol)
+    ]
     assert (f"⚠ {broken.label()} (degenerate)", "x") in points and (demo.label(), "circle") in points

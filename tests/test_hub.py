@@ -6,6 +6,7 @@ without a network. A pull is exercised end to end with one substitution, clearly
 folder that plays the remote repository, honouring the same ``allow_patterns``. The round trip
 against the real Hub runs only when FAIRDX_HUB_TEST_REPO names a repository to write to.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ from training.rundir import list_runs, read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {
-    "README.md", "config.json", "eval.json", "metrics.jsonl", "predictions.csv",
-    "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/head.safetensors",
+    "README.md",
+    "config.json",
+    "eval.json",
+    "metrics.jsonl",
+    "predictions.csv",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "adapter/head.safetensors",
 }
 
 
@@ -219,16 +226,22 @@ def _http_error(status: int) -> HfHubHTTPError:
     ("error", "expected"),
     [
         (OfflineModeIsEnabled("offline"), hub.OFFLINE),
-        (httpx2.ConnectError("[Errno -2] Name or service not known"),
-         hub.UNREACHABLE.format(reason="[Errno -2] Name or service not known")),
-        (LocalEntryNotFoundError("Got: ConnectError: timed out\nAn error happened"),
-         hub.UNREACHABLE.format(reason="ConnectError: timed out")),
+        (
+            httpx2.ConnectError("[Errno -2] Name or service not known"),
+            hub.UNREACHABLE.format(reason="[Errno -2] Name or service not known"),
+        ),
+        (
+            LocalEntryNotFoundError("Got: ConnectError: timed out\nAn error happened"),
+            hub.UNREACHABLE.format(reason="ConnectError: timed out"),
+        ),
         (_http_error(401), hub.REFUSED.format(repo_id="alice/x", status=401)),
         (_http_error(403), hub.REFUSED.format(repo_id="alice/x", status=403)),
         (_http_error(500), hub.HUB_ERROR.format(repo_id="alice/x", status=500, reason="500 Client Error")),
         (HFValidationError("bad"), hub.BAD_REPO_ID.format(repo_id="alice/x")),
-        (OSError(28, "No space left on device"),
-         hub.TRANSFER_FAILED.format(repo_id="alice/x", reason="OSError: [Errno 28] No space left on device")),
+        (
+            OSError(28, "No space left on device"),
+            hub.TRANSFER_FAILED.format(repo_id="alice/x", reason="OSError: [Errno 28] No space left on device"),
+        ),
     ],
 )
 def test_hub_errors_become_one_line(error, expected):

@@ -163,8 +163,7 @@ def test_caps_are_inclusive_and_adjustable():
     assert load_image(data, max_pixels=64 * 64, max_bytes=len(data)).size == (64, 64)
     with pytest.raises(ImageRejected) as info:
         load_image(data, max_pixels=64 * 64 - 1)
-    assert str(info.value) == images.TOO_MANY_PIXELS.format(width=64, height=64, megapixels=0.004096,
-                                                             limit_mp=0.004095)
+    assert str(info.value) == images.TOO_MANY_PIXELS.format(width=64, height=64, megapixels=0.004096, limit_mp=0.004095)
     with pytest.raises(ImageRejected) as info:
         load_image(data, max_bytes=len(data) - 1)
     assert str(info.value) == TOO_MANY_BYTES.format(size_mb=len(data) / 2**20, limit_mb=(len(data) - 1) / 2**20)
@@ -285,8 +284,17 @@ def test_a_huge_data_url_is_refused_from_its_length_without_a_copy(b64_calls):
     assert b64_calls == [] and peak < 2**20  # decoding it would have cost 48 MB more, plus a copy of the URL
 
 
-@pytest.mark.parametrize("url", ["data:image/png;base64,", "data:,", "data:image/png;base64,not*base64",
-                                 "data:image/png;base64,AAA", "data:image/png;base64,ÄÄÄÄ", "nodata"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png;base64,",
+        "data:,",
+        "data:image/png;base64,not*base64",
+        "data:image/png;base64,AAA",
+        "data:image/png;base64,ÄÄÄÄ",
+        "nodata",
+    ],
+)
 def test_empty_or_broken_data_urls_get_the_usual_messages(url):
     with pytest.raises(ImageRejected) as info:
         images.decode_data_url(url)

@@ -5,6 +5,7 @@ metrics.jsonl the way the trainer does and then behaves as its run name says (pu
 released, fail, crash, ignore SIGTERM). It stands in for a *process*, not for the model. The tests
 marked "real CLI" at the bottom run ``python -m training.train`` on the embedded tiny backbone.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,38 @@ import pytest
 
 from studio import jobs as jobs_module
 from studio.jobs import (
-    CANCELLED, ERR_BAD_LIMIT, ERR_OWNER_LIMIT, ERR_QUEUE_FULL, ERR_RUN_TAKEN, ERR_SWEEP_DUPLICATES, ERR_SWEEP_EMPTY,
-    ERR_SWEEP_METHOD, ERR_UNKNOWN_JOB, FAILED, QUEUED, ERR_NO_CHECKPOINT, ERR_NOT_RESUMABLE, ERR_RESUMING,
-    ERR_RUN_COMPLETE, NotResumableError, REASON_CANCELLED_CHECKPOINT, REASON_CANCELLED_KILLED,
-    REASON_CANCELLED_QUEUED, REASON_CRASH, REASON_DISAPPEARED, REASON_SIGNAL, RUNNING, SUCCEEDED, Job, JobStore,
-    OwnerLimitError, QueueFullError, UnknownJobError, process_alive, process_start_time, training_command,
+    CANCELLED,
+    ERR_BAD_LIMIT,
+    ERR_NO_CHECKPOINT,
+    ERR_NOT_RESUMABLE,
+    ERR_OWNER_LIMIT,
+    ERR_QUEUE_FULL,
+    ERR_RESUMING,
+    ERR_RUN_COMPLETE,
+    ERR_RUN_TAKEN,
+    ERR_SWEEP_DUPLICATES,
+    ERR_SWEEP_EMPTY,
+    ERR_SWEEP_METHOD,
+    ERR_UNKNOWN_JOB,
+    FAILED,
+    QUEUED,
+    REASON_CANCELLED_CHECKPOINT,
+    REASON_CANCELLED_KILLED,
+    REASON_CANCELLED_QUEUED,
+    REASON_CRASH,
+    REASON_DISAPPEARED,
+    REASON_SIGNAL,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    JobStore,
+    NotResumableError,
+    OwnerLimitError,
+    QueueFullError,
+    UnknownJobError,
+    process_alive,
+    process_start_time,
+    training_command,
 )
 from studio.progress import TAIL_BLOCK, read_metrics, read_progress, summarize, tail_lines
 from tests.conftest import run_cli
@@ -40,7 +68,7 @@ RUN_ID = re.compile(r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)-l(?P<lam>[\d.]+)-
 WAIT_S = 20.0
 REAL_WAIT_S = 180.0
 
-FAKE_TRAINER = r'''
+FAKE_TRAINER = r"""
 import argparse, json, os, signal, sys, time
 from pathlib import Path
 
@@ -87,7 +115,7 @@ for name in REQUIRED:
         (staging / name).write_text(json.dumps({"task": "fundus", "method": "vanilla", "backbone": "fake"}))
 os.replace(staging, runs / args.run_name)
 print("run complete", flush=True)
-'''.replace("REQUIRED", repr(rundir.REQUIRED))
+""".replace("REQUIRED", repr(rundir.REQUIRED))
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
@@ -163,6 +191,7 @@ def wait_until(store: JobStore, predicate, timeout: float = WAIT_S):
     def ticked():
         store.tick()
         return predicate()
+
     return poll(ticked, timeout)
 
 
@@ -182,7 +211,11 @@ def test_submitted_job_runs_succeeds_and_its_run_is_listed(stores):
     assert job.pid > 0 and job.started >= job.created
     saved = json.loads(job.config_path.read_text())
     assert (saved["run_name"], saved["runs_dir"], saved["max_samples"], saved["data"]) == (
-        "publish-a", str(store.runs_dir), 64, SYNTH)
+        "publish-a",
+        str(store.runs_dir),
+        64,
+        SYNTH,
+    )
     assert job.config_path == store.runs_dir / ".jobs" / f"{job.id}.json"
 
     done = store.wait(job.id, WAIT_S)
@@ -191,8 +224,9 @@ def test_submitted_job_runs_succeeds_and_its_run_is_listed(stores):
     assert listed(store) == ["publish-a"]
     assert not store.is_active()
     log = done.log_path.read_text().splitlines()
-    assert log[0].startswith("$ ") and log[0].endswith("--run-name publish-a --runs-dir "
-                                                       f"{store.runs_dir} --no-progress")
+    assert log[0].startswith("$ ") and log[0].endswith(
+        f"--run-name publish-a --runs-dir {store.runs_dir} --no-progress"
+    )
     assert log[-1] == "run complete"
     # progress comes from the published run's metrics.jsonl now
     progress = store.progress(job.id)
@@ -280,7 +314,11 @@ def test_cancel_queued_job_is_immediate_and_it_never_starts(stores):
     second = store.submit(cfg(run_name="sleep-b"))
     cancelled = store.cancel(second.id)
     assert (cancelled.state, cancelled.reason, cancelled.pid, cancelled.started) == (
-        CANCELLED, REASON_CANCELLED_QUEUED, None, None)
+        CANCELLED,
+        REASON_CANCELLED_QUEUED,
+        None,
+        None,
+    )
     release(store, first)
     store.wait(first.id, WAIT_S)
     store.tick()
@@ -380,7 +418,7 @@ def test_threads_sharing_a_store_never_exceed_the_concurrency_limit(stores):
     assert sorted(j.state for j in store.list_jobs()) == [QUEUED, QUEUED, QUEUED, RUNNING]
 
 
-APP = r'''
+APP = r"""
 import json, sys, time
 sys.path.insert(0, REPO)
 from studio.jobs import JobStore, training_command
@@ -390,14 +428,15 @@ cfg = dict(data="synth:fundus:n=200,test_min=0", max_samples=64, epochs=1, eval_
 jobs = [store.submit(TrainConfig(run_name=name, **cfg)) for name in ("sleep-dies", "sleep-lives", "sleep-waits")]
 print(json.dumps([[j.id, j.state, j.pid] for j in jobs]), flush=True)
 time.sleep(600)
-'''
+"""
 
 
 def test_store_reopened_after_the_app_died_settles_its_jobs(tmp_path, stores, fake_trainer):
     """The app is SIGKILLed; one worker dies with it, one goes on: reopening marks only the dead one failed."""
     runs = tmp_path / "runs"
-    script = APP.replace("REPO", repr(str(REPO))).replace("RUNS", repr(str(runs))).replace(
-        "FAKE", repr(str(fake_trainer)))
+    script = (
+        APP.replace("REPO", repr(str(REPO))).replace("RUNS", repr(str(runs))).replace("FAKE", repr(str(fake_trainer)))
+    )
     app = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = app.stdout.readline()
@@ -413,7 +452,10 @@ def test_store_reopened_after_the_app_died_settles_its_jobs(tmp_path, stores, fa
 
     store = stores(max_concurrent=1)  # opening recovers
     assert (store.get(dies).state, store.get(dies).reason, store.get(dies).exit_code) == (
-        FAILED, REASON_DISAPPEARED, None)
+        FAILED,
+        REASON_DISAPPEARED,
+        None,
+    )
     assert store.get(lives).state == RUNNING and process_alive(lives_pid, None)
     assert store.get(waits).state == QUEUED
     assert store.progress(lives).step == 4  # a restart loses nothing
@@ -432,9 +474,11 @@ def test_reopen_fails_a_running_job_whose_pid_was_reused(stores):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     con = sqlite3.connect(store.db_path)  # pretend 'second' ran under a pid now held by another process
     with con:
-        con.execute("UPDATE jobs SET state = 'running', started = created, pid = ?, pid_start = ?, "
-                    "supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
-                    (os.getpid(), process_start_time(os.getpid()) + 60, int(gone.stdout), second.id))
+        con.execute(
+            "UPDATE jobs SET state = 'running', started = created, pid = ?, pid_start = ?, "
+            "supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
+            (os.getpid(), process_start_time(os.getpid()) + 60, int(gone.stdout), second.id),
+        )
     con.close()
     reopened = stores(max_concurrent=1)
     assert (reopened.get(second.id).state, reopened.get(second.id).reason) == (FAILED, REASON_DISAPPEARED)
@@ -461,7 +505,7 @@ def test_start_times_stored_as_clock_ticks_by_older_versions_still_identify_the_
     """Rows written before psutil hold /proc/<pid>/stat field 22: a worker that outlives the upgrade is
     still recognised (not failed as disappeared), and a reused pid is still rejected."""
     text = Path("/proc/self/stat").read_text()
-    ticks = int(text[text.rindex(")") + 2:].split()[19])
+    ticks = int(text[text.rindex(")") + 2 :].split()[19])
     me = os.getpid()
     assert process_alive(me, ticks)
     assert not process_alive(me, ticks + 60 * os.sysconf("SC_CLK_TCK"))
@@ -475,11 +519,13 @@ def test_a_job_whose_pid_start_holds_clock_ticks_keeps_running_and_can_be_cancel
     job = store.submit(cfg(run_name="sleep-old"))
     wait_steps(store, job, 4)
     text = Path(f"/proc/{job.pid}/stat").read_text()
-    ticks = int(text[text.rindex(")") + 2:].split()[19])
+    ticks = int(text[text.rindex(")") + 2 :].split()[19])
     con = sqlite3.connect(store.db_path)  # as an older app stored it, supervised by a process now gone
     with con:
-        con.execute("UPDATE jobs SET pid_start = ?, supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
-                    (ticks, 2 ** 22 + 1, job.id))
+        con.execute(
+            "UPDATE jobs SET pid_start = ?, supervisor_pid = ?, supervisor_start = 1 WHERE id = ?",
+            (ticks, 2**22 + 1, job.id),
+        )
     con.close()
     other = JobStore(store.runs_dir, command_for=store.command_for)  # another app process's view
     try:
@@ -572,8 +618,10 @@ def test_a_store_of_schema_1_keeps_its_jobs_and_can_resume_them(tmp_path, stores
     con = sqlite3.connect(runs / jobs_module.DB_NAME)
     with con:
         con.execute(jobs_module.SCHEMA[0].replace(",\n        resume_of        TEXT", ""))
-        con.execute("INSERT INTO jobs (id, run_id, owner, state, created, finished, reason) "
-                    "VALUES ('old1', 'sleep-old', 'local', 'cancelled', 1.0, 2.0, 'cancelled while running')")
+        con.execute(
+            "INSERT INTO jobs (id, run_id, owner, state, created, finished, reason) "
+            "VALUES ('old1', 'sleep-old', 'local', 'cancelled', 1.0, 2.0, 'cancelled while running')"
+        )
         con.execute("PRAGMA user_version = 1")
     con.close()
     store = stores()
@@ -667,8 +715,7 @@ def test_queue_bound_raises_and_queues_nothing(stores):
     with pytest.raises(QueueFullError):
         store.submit_sweep(cfg(method="fr", run_name="sleep-sw"), lambdas=[0.1, 0.5])
     assert sorted(j.run_id for j in store.list_jobs()) == ["sleep-a", "sleep-b"]
-    assert sorted(p.name for p in store.jobs_dir.glob("*.json")) == sorted(
-        f"{j.id}.json" for j in store.list_jobs())
+    assert sorted(p.name for p in store.jobs_dir.glob("*.json")) == sorted(f"{j.id}.json" for j in store.list_jobs())
 
 
 def test_owner_limit_raises_for_that_owner_only(stores):
@@ -700,10 +747,12 @@ def test_bad_store_settings_and_unknown_jobs_raise(stores):
 def test_metrics_reader_tolerates_partial_and_bad_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     assert read_metrics(path) == [] and read_progress(path).fraction == 0.0
-    path.write_text('{"event": "start", "step": 0, "total_steps": 4}\nnot json\n'
-                    '{"step": 1, "total_steps": 4, "loss": 0.5, "elapsed_s": 1.0}\n'
-                    '{"step": 2, "total_steps": 4, "loss": 0.25, "ce": 0.2, "fairness": 0.05, "elapsed_s": 3.0}\n'
-                    '{"step": 3, "tota')
+    path.write_text(
+        '{"event": "start", "step": 0, "total_steps": 4}\nnot json\n'
+        '{"step": 1, "total_steps": 4, "loss": 0.5, "elapsed_s": 1.0}\n'
+        '{"step": 2, "total_steps": 4, "loss": 0.25, "ce": 0.2, "fairness": 0.05, "elapsed_s": 3.0}\n'
+        '{"step": 3, "tota'
+    )
     progress = summarize(read_metrics(path))
     assert (progress.step, progress.total_steps, progress.fraction, progress.eta_s) == (2, 4, 0.5, 3.0)
     assert progress.curve == [(1, 0.5, None, None), (2, 0.25, 0.2, 0.05)]
@@ -763,7 +812,8 @@ def test_real_cancel_saves_a_checkpoint_lists_no_run_and_frees_the_slot(real_sto
     failed = real_store.wait(nxt.id, REAL_WAIT_S)
     assert (failed.state, failed.exit_code) == (FAILED, 2)
     assert failed.reason == "invalid training configuration (1 problem):\n  - " + rundir.RUN_EXISTS.format(
-        name="next", runs_dir=real_store.runs_dir)
+        name="next", runs_dir=real_store.runs_dir
+    )
 
 
 def test_real_sigkilled_worker_fails_and_leaves_no_listed_run(real_store):

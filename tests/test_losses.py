@@ -100,7 +100,7 @@ def ref_cmac(margins, subgroups, h):
 
 
 def ref_median_bandwidth(values, floor=0.5):
-    distances = [abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]]
+    distances = [abs(a - b) for i, a in enumerate(values) for b in values[i + 1 :]]
     return max(statistics.median_low(distances), floor)
 
 
@@ -216,9 +216,7 @@ def test_cmac_mmd_matches_mean_over_pairs(seed):
     n = 41
     margins = torch.randn(n, generator=gen, dtype=torch.float64)
     # subgroups 0..5 with unequal sizes; 5 has exactly one sample (ineligible); 6 absent.
-    subgroups = torch.multinomial(
-        torch.tensor([0.4, 0.25, 0.15, 0.12, 0.08]), n, replacement=True, generator=gen
-    )
+    subgroups = torch.multinomial(torch.tensor([0.4, 0.25, 0.15, 0.12, 0.08]), n, replacement=True, generator=gen)
     subgroups[:5] = torch.arange(5)
     subgroups[5] = 5
     margins = margins + 0.5 * subgroups  # shift so subgroups really differ
@@ -243,6 +241,7 @@ def test_median_bandwidth_and_cmac_with_it(seed):
     x, y = margins[:9], margins[9:]
     want = ref_mmd(x.tolist(), y.tolist(), ref_median_bandwidth(margins.tolist()))
     assert mmd_rbf(x, y, None).item() == pytest.approx(want, abs=TOL)
+
     # Not scale-free any more: margins shrunk 100x (a collapsing model) fall under the floor, so the
     # penalty shrinks with them instead of staying put while its gradient grows 100x.
     def grad_norm(values, bandwidth):
@@ -294,8 +293,14 @@ def test_compute_loss_all_methods_match_references(seed):
     }
     for method in METHODS:
         parts = compute_loss(
-            method, logits, labels, groups,
-            lam=lam, group_weight=weights, bandwidth=1.3, subgroups=subgroups,
+            method,
+            logits,
+            labels,
+            groups,
+            lam=lam,
+            group_weight=weights,
+            bandwidth=1.3,
+            subgroups=subgroups,
         )
         got = (parts.total.item(), parts.ce.item(), parts.fairness.item())
         assert got == pytest.approx(want[method], abs=TOL), method
@@ -336,9 +341,7 @@ def test_low_precision_logits_are_promoted():
 
 def test_fr_gap_gradient_follows_eq7():
     # Three groups: 0 best (mean .8), 1 intermediate (.5), 2 worst (.2); sizes 3, 2, 4.
-    p_true = torch.tensor(
-        [0.9, 0.8, 0.7, 0.6, 0.4, 0.1, 0.3, 0.2, 0.2], dtype=torch.float64, requires_grad=True
-    )
+    p_true = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.4, 0.1, 0.3, 0.2, 0.2], dtype=torch.float64, requires_grad=True)
     groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     soft_accuracy_gap(p_true, groups).backward()
     want = [1 / 3] * 3 + [0.0] * 2 + [-1 / 4] * 4
@@ -366,8 +369,7 @@ def test_fr_gap_gradient_moves_logits_the_right_way():
 def test_gr_minority_gradient_is_weight_ratio_times_majority():
     weights = group_weights([9030, 430, 540], w_max=10).double()
     row = [0.3, -0.4]
-    logits = torch.tensor([row, row, row, [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64,
-                          requires_grad=True)
+    logits = torch.tensor([row, row, row, [1.0, 0.2], [0.5, 0.5]], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([1, 1, 1, 0, 1])
     groups = torch.tensor([0, 1, 2, 0, 0])  # samples 0, 1, 2 identical, groups differ
     compute_loss("gr", logits, labels, groups, group_weight=weights).total.backward()
@@ -379,8 +381,7 @@ def test_gr_minority_gradient_is_weight_ratio_times_majority():
 
 
 def test_cmac_gradient_only_reaches_subgroups_with_two_samples():
-    margins = torch.tensor([0.1, 0.5, 1.5, 2.0, 2.2, -1.0, 3.0], dtype=torch.float64,
-                           requires_grad=True)
+    margins = torch.tensor([0.1, 0.5, 1.5, 2.0, 2.2, -1.0, 3.0], dtype=torch.float64, requires_grad=True)
     subgroups = torch.tensor([0, 0, 1, 1, 1, 2, 3])  # 2 and 3 have one sample each
     cmac_mmd(margins, subgroups, 1.0).backward()
     assert (margins.grad[:5] != 0).all()
@@ -400,8 +401,7 @@ def test_mmd_gradient_step_pulls_distributions_together():
 
 
 def test_cmac_gradient_step_reduces_penalty():
-    margins = torch.tensor([0.0, 0.2, 0.1, 1.0, 1.3, 0.9, 2.0, 2.4], dtype=torch.float64,
-                           requires_grad=True)
+    margins = torch.tensor([0.0, 0.2, 0.1, 1.0, 1.3, 0.9, 2.0, 2.4], dtype=torch.float64, requires_grad=True)
     subgroups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
     before = cmac_mmd(margins, subgroups, 1.0)
     before.backward()
@@ -459,9 +459,7 @@ def test_group_weights_reject_empty_groups(counts, index, count):
 def test_group_weights_reject_w_max_below_one(w_max):
     with pytest.raises(ValueError) as err:
         group_weights([10, 5], w_max)
-    assert str(err.value) == (
-        f"w_max must be >= 1 (w_max = 1 weights every group equally), got {float(w_max)!r}"
-    )
+    assert str(err.value) == (f"w_max must be >= 1 (w_max = 1 weights every group equally), got {float(w_max)!r}")
 
 
 def test_unknown_method_message():
@@ -511,9 +509,7 @@ def test_bandwidth_must_be_positive(bandwidth):
     x = torch.zeros(3)
     with pytest.raises(ValueError) as err:
         mmd_rbf(x, x, bandwidth)
-    assert str(err.value) == (
-        f"bandwidth must be > 0 (or None for the median heuristic), got {bandwidth!r}"
-    )
+    assert str(err.value) == (f"bandwidth must be > 0 (or None for the median heuristic), got {bandwidth!r}")
 
 
 def test_shape_errors():
@@ -528,9 +524,7 @@ def test_shape_errors():
     assert str(err.value) == "p_true is empty; a loss needs at least one sample"
     with pytest.raises(ValueError) as err:
         certainty_margin(torch.rand(4, 1), torch.zeros(4, dtype=torch.long))
-    assert str(err.value) == (
-        "logits must have shape (batch, classes) with at least 2 classes, got shape (4, 1)"
-    )
+    assert str(err.value) == ("logits must have shape (batch, classes) with at least 2 classes, got shape (4, 1)")
 
 
 def test_messages_are_module_constants():

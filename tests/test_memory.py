@@ -5,6 +5,7 @@ Measured on a 2-core machine from a warm 0.49 GiB: before the fix the peak was 5
 stayed at 2.0 GiB; after it, the peak is 1.0-1.2 GiB and the idle process is back within 0.07 GiB of the
 start (decodes bounded and reduced at decode time, freed heap returned: inference.images, inference.memory).
 """
+
 from __future__ import annotations
 
 import json

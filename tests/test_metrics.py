@@ -1,8 +1,8 @@
 """training.metrics: every figure checked against sklearn on each group's mask and against fairlearn."""
+
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,8 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from training import metrics
-from training.metrics.__main__ import main as metrics_main
 from training.metrics import MetricsError, UndefinedMetricWarning, evaluate, group_metrics
+from training.metrics.__main__ import main as metrics_main
 
 REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTES = ["race", "gender", "gender+age_group"]
@@ -486,11 +486,13 @@ def test_group_labels_match_the_loaders_spelling():
 
 
 def test_groups_below_gap_min_n_are_reported_but_left_out_of_the_gaps():
-    df = pd.DataFrame({
-        "label": [1, 0] * 20 + [1, 0],
-        "prob": [0.9, 0.1] * 20 + [0.1, 0.9],  # the two-sample group is always wrong
-        "sex": ["Female"] * 20 + ["Male"] * 20 + ["Unknown"] * 2,
-    })
+    df = pd.DataFrame(
+        {
+            "label": [1, 0] * 20 + [1, 0],
+            "prob": [0.9, 0.1] * 20 + [0.1, 0.9],  # the two-sample group is always wrong
+            "sex": ["Female"] * 20 + ["Male"] * 20 + ["Unknown"] * 2,
+        }
+    )
     everyone = evaluate(df, ["sex"], gap_min_n=1)["attributes"]["sex"]
     assert everyone["max_acc_gap"] == 1.0
     assert evaluate(df, ["sex"])["gap_min_n"] == metrics.GAP_MIN_N == 30  # the one default: groups of 20 are out
@@ -534,8 +536,12 @@ def test_reweighted_overall_figures_are_the_population_mix():
     again = report["overall"]["reweighted"]
     assert again["accuracy"] == pytest.approx(0.8 * by_group["a"]["accuracy"] + 0.2 * by_group["b"]["accuracy"])
     assert again["tpr"] == pytest.approx(
-        (0.8 * by_group["a"]["tpr"] * by_group["a"]["n_pos"] / 500 + 0.2 * by_group["b"]["tpr"] * by_group["b"]["n_pos"] / 500)
-        / (0.8 * by_group["a"]["n_pos"] / 500 + 0.2 * by_group["b"]["n_pos"] / 500))
+        (
+            0.8 * by_group["a"]["tpr"] * by_group["a"]["n_pos"] / 500
+            + 0.2 * by_group["b"]["tpr"] * by_group["b"]["n_pos"] / 500
+        )
+        / (0.8 * by_group["a"]["n_pos"] / 500 + 0.2 * by_group["b"]["n_pos"] / 500)
+    )
     from sklearn.metrics import roc_auc_score
 
     weights = metrics.population_weights(frame, "g", {"a": 800, "b": 200})

@@ -1,6 +1,7 @@
 """Packaging: the README is a valid Space card whose quick start is the two scripts, the scripts
 are valid bash and idempotent, CI runs the test script, the Dockerfile lints clean, and pyproject.toml
 agrees with the requirements files and installs a working `fairdx` command."""
+
 from __future__ import annotations
 
 import ast
@@ -29,7 +30,9 @@ QUICK_START = ["bash scripts/app.sh", "bash scripts/test.sh"]
 
 def pinned(package: str) -> str:
     """The version requirements.txt pins ``package`` to."""
-    match = re.search(rf"^{re.escape(package)}(?:\[[^\]]*\])?==(\S+)\s*$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    match = re.search(
+        rf"^{re.escape(package)}(?:\[[^\]]*\])?==(\S+)\s*$", (ROOT / "requirements.txt").read_text(), re.MULTILINE
+    )
     assert match, f"requirements.txt does not pin {package}"
     return match.group(1)
 
@@ -111,8 +114,9 @@ def test_setup_installs_once_and_again_when_requirements_change(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# nothing to install\n")
     # A pre-made environment that borrows the interpreter's pip (creating one with pip takes ~6 s).
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", tmp_path / ".venv"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", tmp_path / ".venv"], check=True
+    )
     if subprocess.run([tmp_path / ".venv/bin/python", "-m", "pip", "--version"], capture_output=True).returncode:
         pytest.skip("the base interpreter has no pip to borrow")
 
@@ -146,8 +150,10 @@ def test_setup_installs_the_project_and_again_when_pyproject_changes(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# nothing to install\n")
     project = tmp_path / "pyproject.toml"
-    project.write_text('[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
-                       '[project]\nname = "probe"\nversion = "1"\n[tool.setuptools]\npy-modules = ["probe"]\n')
+    project.write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "probe"\nversion = "1"\n[tool.setuptools]\npy-modules = ["probe"]\n'
+    )
     (tmp_path / "probe.py").write_text("WHERE = __file__\n")
     venv = tmp_path / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv], check=True)
@@ -164,8 +170,9 @@ def test_setup_installs_the_project_and_again_when_pyproject_changes(tmp_path):
     assert "setup: installing FairDx (pyproject.toml, editable) into .venv" in first.stdout
     stamp = venv / ".fairdx-app.sha256"
     assert stamp.read_text().strip() == hashlib.sha256(requirements.read_bytes() + project.read_bytes()).hexdigest()
-    where = subprocess.run([venv / "bin/python", "-c", "import probe; print(probe.WHERE)"], cwd=venv,
-                           capture_output=True, text=True)
+    where = subprocess.run(
+        [venv / "bin/python", "-c", "import probe; print(probe.WHERE)"], cwd=venv, capture_output=True, text=True
+    )
     assert where.stdout.strip() == str(tmp_path / "probe.py"), where.stderr  # editable: the checkout's file
 
     assert setup().stdout == "setup: app requirements already installed in .venv\n"
@@ -191,8 +198,9 @@ def test_pyproject_pins_what_requirements_txt_pins():
     """The Space installs requirements.txt and `pip install .` reads pyproject.toml: one set of pins."""
     project = pyproject()["project"]
     assert sorted(str(Requirement(r)) for r in project["dependencies"]) == requirement_lines(ROOT / "requirements.txt")
-    assert all(Requirement(r).specifier and str(Requirement(r).specifier).startswith("==")
-               for r in project["dependencies"])
+    assert all(
+        Requirement(r).specifier and str(Requirement(r).specifier).startswith("==") for r in project["dependencies"]
+    )
     assert "-r requirements.txt" in code_lines(ROOT / "requirements-test.txt")
     test_extra = sorted(str(Requirement(r)) for r in project["optional-dependencies"]["test"])
     assert test_extra == requirement_lines(ROOT / "requirements-test.txt")
@@ -200,10 +208,14 @@ def test_pyproject_pins_what_requirements_txt_pins():
 
 def test_pyproject_version_is_the_one_runs_record():
     """Every run's card records training.train.FAIRDX_VERSION; the package metadata says the same."""
-    versions = [node.value.value for path in sorted((ROOT / "training").rglob("*.py"))
-                for node in ast.parse(path.read_text()).body
-                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                and any(isinstance(t, ast.Name) and t.id == "FAIRDX_VERSION" for t in node.targets)]
+    versions = [
+        node.value.value
+        for path in sorted((ROOT / "training").rglob("*.py"))
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and any(isinstance(t, ast.Name) and t.id == "FAIRDX_VERSION" for t in node.targets)
+    ]
     assert versions == [pyproject()["project"]["version"]]
 
 
@@ -229,8 +241,9 @@ def fairdx(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_fairdx_help_lists_every_subcommand_with_one_line(tmp_path):
     result = fairdx("--help", cwd=tmp_path)  # from anywhere, not only the checkout
     assert (result.returncode, result.stderr) == (0, "")
-    listed = re.findall(r"^  (\S+) +(\S.*)$", result.stdout.split("commands:\n", 1)[1].split("\n\n", 1)[0],
-                        re.MULTILINE)
+    listed = re.findall(
+        r"^  (\S+) +(\S.*)$", result.stdout.split("commands:\n", 1)[1].split("\n\n", 1)[0], re.MULTILINE
+    )
     assert [name for name, _ in listed] == SUBCOMMANDS
     assert dict(listed) == {name: summary for name, (_, summary) in cli.COMMANDS.items()}
     assert fairdx("--version").stdout == f"fairdx {pyproject()['project']['version']}\n"
@@ -299,8 +312,17 @@ def dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile_passes_hadolint_with_no_findings(tmp_path):
     config = tmp_path / "hadolint.yaml"
     config.write_text("ignored: []\n")  # no rule is waived, whatever configuration the machine has
-    command = [tool("hadolint"), "--config", str(config), "--disable-ignore-pragma",
-               "--failure-threshold", "info", "--format", "json", "Dockerfile"]
+    command = [
+        tool("hadolint"),
+        "--config",
+        str(config),
+        "--disable-ignore-pragma",
+        "--failure-threshold",
+        "info",
+        "--format",
+        "json",
+        "Dockerfile",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     assert json.loads(result.stdout) == []

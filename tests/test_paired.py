@@ -4,6 +4,7 @@ Each simulation draws a test set of two groups of 300 samples and two "runs" who
 depends only on the group; the runs' errors are independent given the labels, as two models trained
 with different objectives would be.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from training.metrics.__main__ import main as metrics_main
 N_PER_GROUP = 300
 
 
-def simulated_run(rng: np.random.Generator, labels: np.ndarray, groups: np.ndarray,
-                  accuracy: dict[str, float]) -> np.ndarray:
+def simulated_run(
+    rng: np.random.Generator, labels: np.ndarray, groups: np.ndarray, accuracy: dict[str, float]
+) -> np.ndarray:
     """Probabilities of class 1 that are right (on the right side of 0.5) with each group's accuracy."""
     correct = rng.random(len(labels)) < np.vectorize(accuracy.get)(groups)
     confidence = 0.5 + 0.5 * rng.random(len(labels))
@@ -31,14 +33,21 @@ def simulated_run(rng: np.random.Generator, labels: np.ndarray, groups: np.ndarr
 
 def make_test_set(rng: np.random.Generator, clusters_of: int = 1) -> pd.DataFrame:
     groups = np.repeat(["A", "B"], N_PER_GROUP)
-    return pd.DataFrame({"id": [f"s{i}" for i in range(len(groups))], "label": rng.integers(0, 2, len(groups)),
-                         "group": groups, "lesion": [f"l{i // clusters_of}" for i in range(len(groups))]})
+    return pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(len(groups))],
+            "label": rng.integers(0, 2, len(groups)),
+            "group": groups,
+            "lesion": [f"l{i // clusters_of}" for i in range(len(groups))],
+        }
+    )
 
 
 def pair(rng, base, run_accuracy, reference_accuracy):
     run = base.assign(prob=simulated_run(rng, base["label"].to_numpy(), base["group"].to_numpy(), run_accuracy))
-    reference = base.assign(prob=simulated_run(rng, base["label"].to_numpy(), base["group"].to_numpy(),
-                                               reference_accuracy))
+    reference = base.assign(
+        prob=simulated_run(rng, base["label"].to_numpy(), base["group"].to_numpy(), reference_accuracy)
+    )
     return run, reference
 
 
@@ -67,8 +76,11 @@ def test_the_noise_floor_p_value_is_uniform_when_groups_do_not_differ():
     rng = np.random.default_rng(2)
     p_values, expected = [], []
     for draw in range(200):
-        frame = make_test_set(rng).pipe(lambda f: f.assign(prob=simulated_run(
-            rng, f["label"].to_numpy(), f["group"].to_numpy(), {"A": 0.8, "B": 0.8})))
+        frame = make_test_set(rng).pipe(
+            lambda f: f.assign(
+                prob=simulated_run(rng, f["label"].to_numpy(), f["group"].to_numpy(), {"A": 0.8, "B": 0.8})
+            )
+        )
         floor = paired.noise_floor(frame, "group", permutations=99, seed=draw)["max_acc_gap"]
         p_values.append(floor["p_value"])
         expected.append(floor["expected"])
@@ -86,10 +98,12 @@ def test_cluster_resampling_widens_intervals_when_images_repeat_a_lesion():
     lesion_label = rng.integers(0, 2, base["lesion"].nunique())
     codes = pd.factorize(base["lesion"])[0]
     base = base.assign(label=lesion_label[codes])
-    lesion_prob = simulated_run(rng, lesion_label, base.groupby(codes)["group"].first().to_numpy(),
-                                {"A": 0.85, "B": 0.7})
-    other_prob = simulated_run(rng, lesion_label, base.groupby(codes)["group"].first().to_numpy(),
-                               {"A": 0.85, "B": 0.7})
+    lesion_prob = simulated_run(
+        rng, lesion_label, base.groupby(codes)["group"].first().to_numpy(), {"A": 0.85, "B": 0.7}
+    )
+    other_prob = simulated_run(
+        rng, lesion_label, base.groupby(codes)["group"].first().to_numpy(), {"A": 0.85, "B": 0.7}
+    )
     run, reference = base.assign(prob=lesion_prob[codes]), base.assign(prob=other_prob[codes])
     rows = paired.paired_comparison(run, reference, ["group"], bootstrap=400, seed=0)
     lesions = paired.paired_comparison(run, reference, ["group"], bootstrap=400, seed=0, cluster_column="lesion")
@@ -116,8 +130,22 @@ def test_join_by_id_and_the_cli_json(tmp_path):
     reference.assign(split="test").sample(frac=1, random_state=0).iloc[:500].to_csv(tmp_path / "ref.csv", index=False)
     joined, ref = paired.join_runs(pd.read_csv(tmp_path / "run.csv"), pd.read_csv(tmp_path / "ref.csv"))
     assert len(joined) == len(ref) == 500 and (joined["id"] == ref["id"]).all()
-    code = metrics_main([str(tmp_path / "run.csv"), "--attribute", "group", "--reference", str(tmp_path / "ref.csv"),
-                         "--bootstrap", "200", "--permutations", "50", "--split", "test", "--json"])
+    code = metrics_main(
+        [
+            str(tmp_path / "run.csv"),
+            "--attribute",
+            "group",
+            "--reference",
+            str(tmp_path / "ref.csv"),
+            "--bootstrap",
+            "200",
+            "--permutations",
+            "50",
+            "--split",
+            "test",
+            "--json",
+        ]
+    )
     assert code == 0
 
 
@@ -126,14 +154,30 @@ def test_cli_json_holds_paired_and_noise_floor(tmp_path, capsys):
     run, reference = pair(rng, make_test_set(rng), {"A": 0.85, "B": 0.75}, {"A": 0.90, "B": 0.60})
     run.to_csv(tmp_path / "run.csv", index=False)
     reference.to_csv(tmp_path / "ref.csv", index=False)
-    assert metrics_main([str(tmp_path / "run.csv"), "--attribute", "group", "--reference", str(tmp_path / "ref.csv"),
-                         "--bootstrap", "200", "--permutations", "50", "--json"]) == 0
+    assert (
+        metrics_main(
+            [
+                str(tmp_path / "run.csv"),
+                "--attribute",
+                "group",
+                "--reference",
+                str(tmp_path / "ref.csv"),
+                "--bootstrap",
+                "200",
+                "--permutations",
+                "50",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     group = report["attributes"]["group"]
     assert set(group["paired"]) == set(metrics.GAPS)
     assert set(group["paired"]["max_acc_gap"]) == {"difference", "ci", "p_value", "n_failed"}
     assert group["paired"]["max_acc_gap"]["difference"] == pytest.approx(
-        group["max_acc_gap"] - metrics.evaluate(reference, ["group"])["attributes"]["group"]["max_acc_gap"])
+        group["max_acc_gap"] - metrics.evaluate(reference, ["group"])["attributes"]["group"]["max_acc_gap"]
+    )
     assert set(group["noise_floor"]["max_acc_gap"]) >= {"expected", "p_value"}
     assert report["paired"]["n_shared"] == 2 * N_PER_GROUP and "accuracy" in report["paired"]
 

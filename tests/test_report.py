@@ -1,4 +1,5 @@
 """inference.report: tables carry metrics.evaluate's numbers and each verdict follows the data."""
+
 from __future__ import annotations
 
 import warnings
@@ -31,8 +32,14 @@ def write_fundus(root, accuracies=FIVE_METHODS):
 
 def write_skin(root, cmac_tpr=CMAC_TPR, **cmac):
     write_run(root, "skin-vanilla", skin_predictions(VANILLA_TPR, seed=1), task="skin", attribute="sex+age_group")
-    write_run(root, "skin-cmac", skin_predictions(cmac_tpr, seed=2, **cmac), task="skin", method="cmac",
-              attribute="sex+age_group")
+    write_run(
+        root,
+        "skin-cmac",
+        skin_predictions(cmac_tpr, seed=2, **cmac),
+        task="skin",
+        method="cmac",
+        attribute="sex+age_group",
+    )
 
 
 def claim(root, starts: str) -> report.Claim:
@@ -45,17 +52,18 @@ def claim(root, starts: str) -> report.Claim:
 def evaluated(path, attribute):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        return metrics.evaluate(metrics.read_predictions(path / "predictions.csv"), [attribute], bootstrap=BOOTSTRAP,
-                                split="test")
+        return metrics.evaluate(
+            metrics.read_predictions(path / "predictions.csv"), [attribute], bootstrap=BOOTSTRAP, split="test"
+        )
 
 
 def percent_cell(value: float, interval: list[float]) -> str:
-    return "{:.2f} [{:.2f}, {:.2f}]".format(100 * value, 100 * interval[0], 100 * interval[1])
+    return f"{100 * value:.2f} [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def row_of(text: str, heading: str, first_cell: str) -> list[str]:
     """Cells of the table row starting with ``first_cell`` in the section under ``heading``."""
-    section = text[text.index(heading):]
+    section = text[text.index(heading) :]
     line = next(line for line in section.splitlines() if line.startswith(f"| {first_cell} |"))
     return [cell.strip() for cell in line.strip("|").split(" | ")]
 
@@ -67,8 +75,11 @@ def row_of(text: str, heading: str, first_cell: str) -> list[str]:
 def test_table1_cells_are_metrics_evaluate_figures_with_intervals(tmp_path):
     write_fundus(tmp_path)
     text = build_report(list_runs(tmp_path), bootstrap=BOOTSTRAP)
-    for method, caption in (("vanilla", "Vanilla"), ("gr", "GR (w_max=10, on race)"),
-                            ("hybrid", "Hybrid (λ=0.5, w_max=10, on race)")):
+    for method, caption in (
+        ("vanilla", "Vanilla"),
+        ("gr", "GR (w_max=10, on race)"),
+        ("hybrid", "Hybrid (λ=0.5, w_max=10, on race)"),
+    ):
         race = evaluated(tmp_path / f"fundus-{method}", "race")
         ethnicity = evaluated(tmp_path / f"fundus-{method}", "ethnicity")
         cells = row_of(text, "### Table 1", caption)
@@ -97,10 +108,20 @@ def test_table3_per_group_accuracy_with_n_and_wilson_interval(tmp_path):
 
 def test_several_seeds_give_mean_and_spread(tmp_path):
     write_fundus(tmp_path, {"vanilla": FIVE_METHODS["vanilla"]})
-    write_run(tmp_path, "fundus-gr-s1", fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": 0.75}, seed=5),
-              method="gr", seed=1)
-    write_run(tmp_path, "fundus-gr-s2", fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": 0.70}, seed=6),
-              method="gr", seed=2)
+    write_run(
+        tmp_path,
+        "fundus-gr-s1",
+        fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": 0.75}, seed=5),
+        method="gr",
+        seed=1,
+    )
+    write_run(
+        tmp_path,
+        "fundus-gr-s2",
+        fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": 0.70}, seed=6),
+        method="gr",
+        seed=2,
+    )
     text = build_report(list_runs(tmp_path), bootstrap=BOOTSTRAP)
     cells = row_of(text, "### Table 1", "GR (w_max=10, on race)")
     assert cells[1] == "fundus-gr-s1, fundus-gr-s2"
@@ -116,8 +137,13 @@ def test_lambda_ablation_not_run_then_run(tmp_path):
     assert "FR: not run (needs runs at two or more λ; found λ: 0.5)." in text
     assert claim(tmp_path, "FR-LoRA's MaxAccGap").verdict == NOT_TESTABLE
     for lam, asian in ((0.1, 0.75), (1.0, 0.775)):
-        write_run(tmp_path, f"fundus-fr-{lam:g}", fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": asian},
-                                                                     seed=7), method="fr", lam=lam)
+        write_run(
+            tmp_path,
+            f"fundus-fr-{lam:g}",
+            fundus_predictions({"White": 0.80, "Black": 0.775, "Asian": asian}, seed=7),
+            method="fr",
+            lam=lam,
+        )
     clear_cache()
     text = build_report(list_runs(tmp_path), bootstrap=BOOTSTRAP)
     assert row_of(text, "### Table 2", "0.1")[2].startswith("5.00 [")
@@ -231,8 +257,10 @@ def test_claims_without_runs_are_not_testable(tmp_path):
     fundus = [c for c in claims.values() if "dermatology" not in c.title]
     assert {c.verdict for c in fundus} == {NOT_TESTABLE}
     gr = next(c for c in fundus if c.title.startswith("GR-LoRA"))
-    assert gr.text == ("Not testable here: no GR run on task fundus gives race figures; train one "
-                       "(`python -m training.train --data synth:fundus --method gr`).")
+    assert gr.text == (
+        "Not testable here: no GR run on task fundus gives race figures; train one "
+        "(`python -m training.train --data synth:fundus --method gr`)."
+    )
     skin = [c for c in claims.values() if "dermatology" in c.title]
     assert all(c.verdict != NOT_TESTABLE for c in skin)
     dtpr = next(c for c in skin if "ΔTPR" in c.title)
@@ -263,7 +291,8 @@ def test_cli_writes_the_report(tmp_path):
     assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50"]) == 0
     text = out.read_text()
     assert text.startswith("# FairDx reproduction report")
-    assert ("### 1. GR-LoRA cuts MaxAccGap on the attribute it balances by ≥ 69 % relative to Vanilla LoRA — "
-            "reproduced") in text
+    assert (
+        "### 1. GR-LoRA cuts MaxAccGap on the attribute it balances by ≥ 69 % relative to Vanilla LoRA — reproduced"
+    ) in text
     assert "Here GR was trained and measured on race, the paper's run on ethnicity." in text
     assert "| fundus-gr | fundus | GR | – | 10 | race | 42 | synth:fundus |" in text

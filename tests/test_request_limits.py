@@ -3,6 +3,7 @@
 Unit tests drive `BodySizeLimit` on a tiny ASGI app; the app tests send the requests that broke the
 server (issue 12) to the real FairDx app, served in-process with its own launch arguments.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,8 +67,9 @@ def drive(app, path: str, chunks: list[bytes], *, declared: int | None = None):
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_read():
     inner = Echo()
-    status, body, asked = drive(BodySizeLimit(inner, max_bytes=1000), "/gradio_api/call/diagnose", [b"x" * 10],
-                                declared=200 * 2**20)
+    status, body, asked = drive(
+        BodySizeLimit(inner, max_bytes=1000), "/gradio_api/call/diagnose", [b"x" * 10], declared=200 * 2**20
+    )
     assert (status, asked, inner.calls) == (413, 0, 0)
     assert json.loads(body)["detail"] == BODY_TOO_LARGE.format(size_mb=200.0, limit_mb=1000 / 2**20, file_mb=FILE_MB)
 
@@ -84,8 +86,9 @@ def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_cap():
 def test_a_body_within_the_cap_reaches_the_app_unchanged(declared):
     inner = Echo()
     chunks = [b"a" * 500, b"b" * 500]
-    status, body, _ = drive(BodySizeLimit(inner, max_bytes=1000), "/gradio_api/call/diagnose", chunks,
-                            declared=declared)
+    status, body, _ = drive(
+        BodySizeLimit(inner, max_bytes=1000), "/gradio_api/call/diagnose", chunks, declared=declared
+    )
     assert (status, body, inner.calls) == (200, b"a" * 500 + b"b" * 500, 1)
 
 
@@ -110,14 +113,14 @@ def served(tmp_path_factory):
     from studio.settings import Settings
     from tests.app_runs import free_port
 
-    settings = Settings.from_env({"FAIRDX_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), "FAIRDX_STUDIO": "off",
-                                  "FAIRDX_WARMUP": "off"})
+    settings = Settings.from_env(
+        {"FAIRDX_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), "FAIRDX_STUDIO": "off", "FAIRDX_WARMUP": "off"}
+    )
     demo = fairdx_app.build_app(settings)
     kwargs = fairdx_app.launch_kwargs(settings)
     kwargs.pop("theme")
     port = free_port()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                            **kwargs)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **kwargs)
     adapter = diagnose_view.default_adapter(catalog.available_runs(settings.run_dirs), "fundus")
     yield port, url, adapter
     demo.close()
@@ -172,8 +175,13 @@ def test_a_chunked_body_over_the_cap_is_refused(served):
     try:
         # The server may close before the last chunks are written; its answer is still there.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            con.request("POST", "/gradio_api/call/diagnose", body=chunks(), encode_chunked=True,
-                        headers={"Content-Type": "application/json"})
+            con.request(
+                "POST",
+                "/gradio_api/call/diagnose",
+                body=chunks(),
+                encode_chunked=True,
+                headers={"Content-Type": "application/json"},
+            )
         response = con.getresponse()
         status, detail = response.status, json.loads(response.read())["detail"]
     finally:

@@ -99,8 +99,26 @@ def test_pool_reproduces_a_real_training_run(tmp_path_factory):
     from training.train import main as train_main  # the CLI's main, in-process (no interpreter start-up)
 
     runs_dir = tmp_path_factory.mktemp("trained")
-    assert train_main(["--data", FUNDUS_SPEC, "--max-samples", "64", "--epochs", "1", "--eval-bootstrap", "0",
-                       "--runs-dir", str(runs_dir), "--run-name", "r1", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                FUNDUS_SPEC,
+                "--max-samples",
+                "64",
+                "--epochs",
+                "1",
+                "--eval-bootstrap",
+                "0",
+                "--runs-dir",
+                str(runs_dir),
+                "--run-name",
+                "r1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = rundir.read_run(runs_dir / "r1")
     expected = _csv_probs(run).query("split == 'test'").head(16).set_index("id")
     samples = {s.id: s for s in data_spec.load(FUNDUS_SPEC, progress=False).samples}
@@ -139,13 +157,20 @@ def test_diagnosis_fields_follow_the_logits_and_the_run(runs, images):
 
 def test_certainty_thresholds_on_distance_from_a_coin_flip():
     assert [certainty_level(p) for p in (0.5, 0.64, 0.65, 0.84, 0.85, 0.999)] == [
-        "low", "low", "moderate", "moderate", "high", "high"]
+        "low",
+        "low",
+        "moderate",
+        "moderate",
+        "high",
+        "high",
+    ]
     assert [certainty_level(p) for p in (0.36, 0.35, 0.16, 0.15)] == ["low", "moderate", "moderate", "high"]
     assert margin_for_probability(0.65) == pytest.approx(0.6190, abs=1e-4)
     assert margin_for_probability(0.85) == pytest.approx(1.7346, abs=1e-4)
     assert diagnosis.reading("glaucoma", 0.55) == "low certainty: borderline case — consider a second opinion"
     assert diagnosis.reading("benign", 0.7) == (
-        "moderate certainty: leans towards benign — read it together with the clinical findings")
+        "moderate certainty: leans towards benign — read it together with the clinical findings"
+    )
     assert diagnosis.reading("malignant", 0.95) == "high certainty: malignant — a decision aid, not a diagnosis"
 
 
@@ -208,9 +233,11 @@ def test_a_clip_run_with_a_pixel_budget_is_refused(runs, images, tmp_path):
     with pytest.raises(serving.ServingError) as caught:
         pool.predict(images[0], run.path)
     assert str(caught.value) == serving.BAD_IMAGE_BUDGET.format(
-        run_id="skin-c", budget=(None, 4096), reason="a clip model has no pixel budget")
+        run_id="skin-c", budget=(None, 4096), reason="a clip model has no pixel budget"
+    )
     assert pool.predict(images[0], runs["skin-c"]).prob_positive == pytest.approx(
-        _csv_probs(runs["skin-c"])["prob"].iloc[0], abs=1e-5)
+        _csv_probs(runs["skin-c"])["prob"].iloc[0], abs=1e-5
+    )
 
 
 def test_concurrent_predictions_equal_sequential_ones(runs, images):
@@ -227,7 +254,7 @@ def test_concurrent_predictions_equal_sequential_ones(runs, images):
             for k in range(6):  # each thread alternates adapters, threads start on different ones
                 run = (a, b)[(thread + k) % 2]
                 results[thread, k] = pool.predict(images[k % 3], run).prob_positive
-        except BaseException as err:  # noqa: BLE001 — surfaced below
+        except BaseException as err:
             errors.append(err)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
@@ -308,10 +335,14 @@ def _truncated(adapter: Path) -> str:
 
 
 def _head_wrong_shape(adapter: Path) -> str:
-    save_file({"weight": torch.zeros(3, 64), "bias": torch.zeros(3)}, adapter / "head.safetensors",
-              metadata={"task": "fundus"})
-    return serving.HEAD_SHAPE.format(run_id="bad", found="bias [3], weight [3, 64]", backbone=QWEN,
-                                     expected="bias [2], weight [2, 64]")
+    save_file(
+        {"weight": torch.zeros(3, 64), "bias": torch.zeros(3)},
+        adapter / "head.safetensors",
+        metadata={"task": "fundus"},
+    )
+    return serving.HEAD_SHAPE.format(
+        run_id="bad", found="bias [3], weight [3, 64]", backbone=QWEN, expected="bias [2], weight [2, 64]"
+    )
 
 
 def _head_missing(adapter: Path) -> str:
@@ -329,8 +360,9 @@ def _module_missing(adapter: Path) -> str:
     weights = load_file(adapter / "adapter_model.safetensors")
     del weights["base_model.model.language_model.layers.1.self_attn.v_proj.lora_B.weight"]
     save_file(weights, adapter / "adapter_model.safetensors")
-    return serving.ADAPTER_INCOMPLETE.format(run_id="bad", n=1, total=8,
-                                             module="language_model.layers.1.self_attn.v_proj")
+    return serving.ADAPTER_INCOMPLETE.format(
+        run_id="bad", n=1, total=8, module="language_model.layers.1.self_attn.v_proj"
+    )
 
 
 def _foreign_tensor(adapter: Path) -> str:
@@ -338,7 +370,8 @@ def _foreign_tensor(adapter: Path) -> str:
     weights["base_model.model.visual.blocks.0.attn.qkv.lora_A.weight"] = torch.zeros(32, 32)
     save_file(weights, adapter / "adapter_model.safetensors")
     return serving.ADAPTER_UNEXPECTED_TENSOR.format(
-        run_id="bad", name="base_model.model.visual.blocks.0.attn.qkv.lora_A.weight", backbone=QWEN)
+        run_id="bad", name="base_model.model.visual.blocks.0.attn.qkv.lora_A.weight", backbone=QWEN
+    )
 
 
 def _other_targets(adapter: Path) -> str:
@@ -361,9 +394,21 @@ def _not_lora(adapter: Path) -> str:
     return serving.ADAPTER_NOT_LORA.format(run_id="bad", peft_type="PROMPT_TUNING")
 
 
-BREAKAGES = [_remove_weights, _pickle_instead, _other_base_recorded, _other_base_shapes, _truncated, _head_wrong_shape,
-             _head_missing, _head_other_task, _module_missing, _foreign_tensor, _other_targets, _config_not_json,
-             _not_lora]
+BREAKAGES = [
+    _remove_weights,
+    _pickle_instead,
+    _other_base_recorded,
+    _other_base_shapes,
+    _truncated,
+    _head_wrong_shape,
+    _head_missing,
+    _head_other_task,
+    _module_missing,
+    _foreign_tensor,
+    _other_targets,
+    _config_not_json,
+    _not_lora,
+]
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__.strip("_"))
@@ -412,18 +457,23 @@ def test_a_failure_inside_peft_is_rolled_back(runs, images, tmp_path, monkeypatc
     monkeypatch.setattr(QwenVLClassifier, "check_lora", failing)
     with pytest.raises(AdapterError) as caught:
         pool.predict(images[0], other)
-    assert str(caught.value) == serving.ADAPTER_LOAD_FAILED.format(run_id="fundus-b", reason="AssertionError: simulated")
+    assert str(caught.value) == serving.ADAPTER_LOAD_FAILED.format(
+        run_id="fundus-b", reason="AssertionError: simulated"
+    )
     clf = pool.classifier(good)
     assert set(clf.model.peft_config) == {"fundus-a"} and pool.base_loads == 1
     assert torch.equal(pool.logits(images, good), before)
     monkeypatch.setattr(QwenVLClassifier, "check_lora", original)
     assert [d.prob_positive for d in pool.predict_batch(images, other)] == pytest.approx(
-        _csv_probs(other)["prob"].tolist(), abs=1e-5)
+        _csv_probs(other)["prob"].tolist(), abs=1e-5
+    )
 
 
 def test_a_failure_inside_peft_on_the_first_adapter_drops_the_base(runs, images, monkeypatch):
     pool = ModelPool()
-    monkeypatch.setattr(QwenVLClassifier, "check_lora", lambda self, wrapped: (_ for _ in ()).throw(AssertionError("x")))
+    monkeypatch.setattr(
+        QwenVLClassifier, "check_lora", lambda self, wrapped: (_ for _ in ()).throw(AssertionError("x"))
+    )
     with pytest.raises(AdapterError):
         pool.predict(images[0], runs["fundus-a"])
     assert pool.classifier(runs["fundus-a"]) is None  # never served half-wrapped

@@ -25,7 +25,8 @@ DEFAULT = BiasConfig()
 def digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -71,7 +72,12 @@ def test_npz_is_written_with_a_fixed_timestamp(fundus_dir):
 
 def test_fundus_layout_matches_harvard_fairvlmed(fundus_dir):
     assert sorted(p.name for p in fundus_dir.iterdir()) == [
-        "Test", "Training", "Validation", "data_summary.csv", "synth_config.json"]
+        "Test",
+        "Training",
+        "Validation",
+        "data_summary.csv",
+        "synth_config.json",
+    ]
     counts = {s: len(list((fundus_dir / s).glob("data_*.npz"))) for s in synth.FUNDUS_SPLITS}
     assert counts == {"Training": 140, "Validation": 20, "Test": 40}
     names = sorted(p.name for p in fundus_dir.rglob("data_*.npz"))
@@ -79,8 +85,18 @@ def test_fundus_layout_matches_harvard_fairvlmed(fundus_dir):
     assert sorted(p.name for p in (fundus_dir / "Training").iterdir())[0] == "data_00001.npz"
 
     df = pd.read_csv(fundus_dir / "data_summary.csv", keep_default_na=False)
-    assert list(df.columns) == ["filename", "age", "gender", "race", "ethnicity", "language",
-                                "maritalstatus", "note", "use", "glaucoma"]
+    assert list(df.columns) == [
+        "filename",
+        "age",
+        "gender",
+        "race",
+        "ethnicity",
+        "language",
+        "maritalstatus",
+        "note",
+        "use",
+        "glaucoma",
+    ]
     assert set(df["gender"]) == {"female", "male"}
     assert set(df["race"]) == {"asian", "black", "white"}
     assert set(df["ethnicity"]) <= {"non-hispanic", "hispanic", "unknown"}
@@ -120,10 +136,23 @@ def test_fundus_group_mix_is_exact_and_split_is_stratified():
 
 def test_skin_layout_matches_ham10000(skin_dir):
     assert sorted(p.name for p in skin_dir.iterdir()) == [
-        "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_metadata.csv", "synth_config.json"]
+        "HAM10000_images_part_1",
+        "HAM10000_images_part_2",
+        "HAM10000_metadata.csv",
+        "synth_config.json",
+    ]
     df = pd.read_csv(skin_dir / "HAM10000_metadata.csv")
-    assert list(df.columns) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "fitzpatrick",
-                                "split"]
+    assert list(df.columns) == [
+        "lesion_id",
+        "image_id",
+        "dx",
+        "dx_type",
+        "age",
+        "sex",
+        "localization",
+        "fitzpatrick",
+        "split",
+    ]
     assert len(df) == 120 and df["image_id"].is_unique
     assert df["lesion_id"].str.fullmatch(r"HAM_\d{7}").all()
     assert df["image_id"].str.fullmatch(r"ISIC_\d{7}").all()
@@ -149,7 +178,9 @@ def test_skin_plan_mix_lesions_and_class_balance():
     lesions = plan.drop_duplicates("lesion_id")
     assert 7000 <= len(lesions) <= 8000  # HAM10000: 7470 lesions for 10015 images
     counts = lesions["fitzpatrick"].value_counts()
-    assert counts.to_dict() == dict(zip(synth.FITZPATRICK, synth.largest_remainder(len(lesions), synth.FITZPATRICK_SHARES)))
+    assert counts.to_dict() == dict(
+        zip(synth.FITZPATRICK, synth.largest_remainder(len(lesions), synth.FITZPATRICK_SHARES))
+    )
     assert plan["malignant"].mean() == pytest.approx(0.195, abs=0.02)
     assert plan["age"].isna().mean() == pytest.approx(0.006, abs=0.003)
 
@@ -190,9 +221,18 @@ def fundus_evidence(bias: BiasConfig, n: int = 6000) -> pd.DataFrame:
     rows = []
     for i, row in enumerate(plan.to_dict("records")):
         p = synth.fundus_params(row, 2, bias, i + 1)
-        rows.append(dict(race=row["race"], eth=row["ethnicity"], label=row["glaucoma"], cdr=p["cdr"],
-                         level=p["appearance_level"],
-                         agree=p["evidence"] == row["glaucoma"], noise_rate=p["label_noise"], blur=p["blur"]))
+        rows.append(
+            dict(
+                race=row["race"],
+                eth=row["ethnicity"],
+                label=row["glaucoma"],
+                cdr=p["cdr"],
+                level=p["appearance_level"],
+                agree=p["evidence"] == row["glaucoma"],
+                noise_rate=p["label_noise"],
+                blur=p["blur"],
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -206,7 +246,9 @@ def test_fundus_evidence_is_group_blind_without_bias_and_weaker_for_minorities_w
     assert (sep0 - sep0.mean()).abs().max() < 0.03
     assert sep1[2] - sep1[1] > 0.06  # White's cups separate the classes more than Black's
     assert flat.groupby("race")["noise_rate"].mean().to_dict() == pytest.approx({0: 0.04, 1: 0.04, 2: 0.04})
-    assert biased.groupby("race")["noise_rate"].mean().to_dict() == pytest.approx({0: 0.061, 1: 0.07, 2: 0.04}, abs=0.002)
+    assert biased.groupby("race")["noise_rate"].mean().to_dict() == pytest.approx(
+        {0: 0.061, 1: 0.07, 2: 0.04}, abs=0.002
+    )
     assert 1 - flat["agree"].mean() == pytest.approx(0.04, abs=0.008)  # the flips really happen
     assert flat["level"].max() == 0.0
     levels = biased.groupby(["race", "eth"])["level"].mean()
@@ -218,8 +260,10 @@ def test_fundus_evidence_is_group_blind_without_bias_and_weaker_for_minorities_w
 
 def fundus_brightness(bias: BiasConfig, n: int = 240) -> pd.Series:
     plan = synth.plan_fundus(n, seed=5, bias=bias)
-    means = [synth.render_fundus(synth.fundus_params(r, 5, bias, i + 1), 48)[16:32].mean()
-             for i, r in enumerate(plan.to_dict("records"))]
+    means = [
+        synth.render_fundus(synth.fundus_params(r, 5, bias, i + 1), 48)[16:32].mean()
+        for i, r in enumerate(plan.to_dict("records"))
+    ]
     return pd.Series(means).groupby(plan["race"].to_numpy()).mean()
 
 
@@ -265,14 +309,17 @@ def test_malignant_cues_are_subtler_for_young_women_only_with_bias():
 # ----------------------------------------------------------------------------- errors and the CLI
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n=5), "n=5 is too small (use at least 10 samples)"),
-    (dict(bias=BiasConfig(strength=1.5)), "bias strength=1.5 must be in [0, 1]"),
-    (dict(bias=BiasConfig(difficulty=-1.0)), "bias difficulty=-1.0 must be in [0, 2]"),
-    (dict(image_size=8), "image_size=8 must be an integer in [32, 1024]"),
-    (dict(workers=0), "workers=0 must be an integer >= 1"),
-    (dict(seed=-1), "seed=-1 must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n=5), "n=5 is too small (use at least 10 samples)"),
+        (dict(bias=BiasConfig(strength=1.5)), "bias strength=1.5 must be in [0, 1]"),
+        (dict(bias=BiasConfig(difficulty=-1.0)), "bias difficulty=-1.0 must be in [0, 2]"),
+        (dict(image_size=8), "image_size=8 must be an integer in [32, 1024]"),
+        (dict(workers=0), "workers=0 must be an integer >= 1"),
+        (dict(seed=-1), "seed=-1 must be a non-negative integer"),
+    ],
+)
 def test_bad_arguments_raise_a_value_error_naming_the_value(tmp_path, kwargs, message):
     args = dict(n=50, seed=0, image_size=48, workers=1, progress=False) | kwargs
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -308,15 +355,32 @@ def test_cli_prints_the_message_and_exits_2(tmp_path, capsys):
     assert "n=3 is too small" in err and "bias strength=7.0 must be in [0, 1]" in err
     proc = subprocess.run(
         [sys.executable, "-m", "training.synth", "skin", "--out", str(tmp_path / "y"), "--n", "3"],
-        cwd=ROOT, capture_output=True, text=True)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "error: invalid synthetic dataset arguments: n=3 is too small" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_cli_writes_a_self_documenting_dataset(tmp_path):
-    code = synth.main(["skin", "--out", str(tmp_path / "s"), "--n", "12", "--image-size", "32",
-                       "--workers", "1", "--strength", "0.5", "--no-progress"])
+    code = synth.main(
+        [
+            "skin",
+            "--out",
+            str(tmp_path / "s"),
+            "--n",
+            "12",
+            "--image-size",
+            "32",
+            "--workers",
+            "1",
+            "--strength",
+            "0.5",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     cfg = __import__("json").loads((tmp_path / "s" / "synth_config.json").read_text())
     assert cfg["kind"] == "skin" and cfg["n"] == 12 and cfg["version"] == synth.VERSION

@@ -1,4 +1,5 @@
 """The training CLI end to end on the tiny embedded checkpoints and a small synthetic benchmark."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,23 @@ from training.evaluate import load_run_classifier
 from training.train import main as train_main
 from training.train import training_samples
 
-FAST = ["--epochs", "1", "--max-samples", "32", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "20",
-        "--eval-gap-min-n", "1", "--fairness-min-n", "1",
-        "--no-progress"]
+FAST = [
+    "--epochs",
+    "1",
+    "--max-samples",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "2",
+    "--eval-bootstrap",
+    "20",
+    "--eval-gap-min-n",
+    "1",
+    "--fairness-min-n",
+    "1",
+    "--no-progress",
+]
 
 
 def train_run(runs: Path, name: str, *extra: str, data: str = FUNDUS_SPEC) -> Path:
@@ -87,8 +102,9 @@ def test_plain_peft_loads_the_adapter_and_matches_predictions(runs):
     with torch.inference_mode():
         hidden = model(**batch, use_cache=False).last_hidden_state
         logits = pool_last_token(hidden, batch["attention_mask"]) @ head["weight"].T + head["bias"]
-    assert torch.allclose(logits.softmax(-1)[:, 1], torch.tensor(predictions["prob"].values, dtype=torch.float32),
-                          atol=1e-5)
+    assert torch.allclose(
+        logits.softmax(-1)[:, 1], torch.tensor(predictions["prob"].values, dtype=torch.float32), atol=1e-5
+    )
 
 
 def test_same_command_twice_gives_identical_predictions(runs, tmp_path):
@@ -100,8 +116,25 @@ def test_same_command_twice_gives_identical_predictions(runs, tmp_path):
 
 
 def test_interrupted_then_resumed_matches_uninterrupted(tmp_path):
-    args = ["--data", FUNDUS_SPEC, "--runs-dir", str(tmp_path), "--method", "hybrid", "--epochs", "2",
-            "--max-samples", "48", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "0", "--no-progress"]
+    args = [
+        "--data",
+        FUNDUS_SPEC,
+        "--runs-dir",
+        str(tmp_path),
+        "--method",
+        "hybrid",
+        "--epochs",
+        "2",
+        "--max-samples",
+        "48",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--eval-bootstrap",
+        "0",
+        "--no-progress",
+    ]
     assert train_main([*args, "--run-name", "straight"]) == 0
 
     cmd = [sys.executable, "-m", "training.train", *args, "--run-name", "resumed"]
@@ -128,9 +161,27 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path):
 
 def test_effective_batch_statistics_do_not_depend_on_accumulation(tmp_path):
     """FR's group statistics span the whole effective batch: 4 x 2 micro-batches == one batch of 8."""
-    common = ["--method", "fr", "--lambda", "1.0", "--lora-dropout", "0", "--eval-bootstrap", "0", "--epochs", "1",
-              "--max-samples", "32", "--warmup-steps", "2", "--no-progress", "--data", FUNDUS_SPEC,
-              "--runs-dir", str(tmp_path)]
+    common = [
+        "--method",
+        "fr",
+        "--lambda",
+        "1.0",
+        "--lora-dropout",
+        "0",
+        "--eval-bootstrap",
+        "0",
+        "--epochs",
+        "1",
+        "--max-samples",
+        "32",
+        "--warmup-steps",
+        "2",
+        "--no-progress",
+        "--data",
+        FUNDUS_SPEC,
+        "--runs-dir",
+        str(tmp_path),
+    ]
     assert train_main([*common, "--batch-size", "8", "--grad-accum", "1", "--run-name", "one"]) == 0
     assert train_main([*common, "--batch-size", "4", "--grad-accum", "2", "--run-name", "two"]) == 0
     one = pd.read_csv(tmp_path / "one" / "predictions.csv")["prob"]
@@ -156,8 +207,19 @@ def test_clip_cmac_on_skin_intersection(tmp_path):
 
 def test_invalid_config_names_every_problem_and_writes_nothing(tmp_path):
     """Through a real subprocess: the user sees one message, no traceback."""
-    proc = run_cli("training.train", "--data", str(tmp_path / "missing"), "--lambda", "-1", "--w-max", "0.5",
-                   "--epochs", "0", "--runs-dir", str(tmp_path / "runs"))
+    proc = run_cli(
+        "training.train",
+        "--data",
+        str(tmp_path / "missing"),
+        "--lambda",
+        "-1",
+        "--w-max",
+        "0.5",
+        "--epochs",
+        "0",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
     assert proc.returncode == 2
     assert "invalid training configuration (4 problems)" in proc.stderr
     for text in ("lambda must be ≥ 0", "w_max must be ≥ 1", "epochs must be a whole number ≥ 1", "does not exist"):
@@ -195,13 +257,36 @@ def test_max_samples_is_stratified_and_keeps_every_group():
 
 def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_path):
     """A worker killed outright (no chance to save) leaves only its periodic checkpoint; --resume finishes it."""
-    args = ["--data", FUNDUS_SPEC, "--runs-dir", str(tmp_path), "--method", "fr", "--epochs", "2",
-            "--max-samples", "48", "--batch-size", "4", "--warmup-steps", "2", "--eval-bootstrap", "0",
-            "--save-every", "4", "--no-progress"]
+    args = [
+        "--data",
+        FUNDUS_SPEC,
+        "--runs-dir",
+        str(tmp_path),
+        "--method",
+        "fr",
+        "--epochs",
+        "2",
+        "--max-samples",
+        "48",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--eval-bootstrap",
+        "0",
+        "--save-every",
+        "4",
+        "--no-progress",
+    ]
     assert train_main([*args, "--run-name", "straight"]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args, "--run-name", "killed"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args, "--run-name", "killed"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = rundir.staging_dir(tmp_path, "killed") / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and '"step": 6,' not in (log.read_text() if log.exists() else ""):
@@ -221,8 +306,11 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
     straight = pd.read_csv(tmp_path / "straight" / "predictions.csv")
     resumed = pd.read_csv(tmp_path / "killed" / "predictions.csv")
     pd.testing.assert_frame_equal(straight, resumed, rtol=0, atol=1e-6)
-    steps = [json.loads(line).get("step") for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in line]
+    steps = [
+        json.loads(line).get("step")
+        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in line
+    ]
     assert steps == sorted(set(steps)) == list(range(1, 25)), "each step logged once after the resume"
 
 
@@ -238,12 +326,24 @@ def test_a_group_without_training_samples_is_named_when_the_job_starts(tmp_path,
     table = pd.read_csv(folder / "HAM10000_metadata.csv")
     table.loc[(table["sex"] == "male") & (table["age"] >= 60), "split"] = "test"
     table.to_csv(folder / "HAM10000_metadata.csv", index=False)
-    code = train_main(["--data", str(folder), "--attribute", "sex+age_group", "--lambda", "-1",
-                       "--runs-dir", str(tmp_path / "runs")])
+    code = train_main(
+        ["--data", str(folder), "--attribute", "sex+age_group", "--lambda", "-1", "--runs-dir", str(tmp_path / "runs")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "invalid training configuration (1 problem)" in err and "lambda must be ≥ 0" in err
-    code = train_main(["--data", str(folder), "--attribute", "sex+age_group", "--eval-attributes", "sex", "religion",
-                       "--runs-dir", str(tmp_path / "runs")])
+    code = train_main(
+        [
+            "--data",
+            str(folder),
+            "--attribute",
+            "sex+age_group",
+            "--eval-attributes",
+            "sex",
+            "religion",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "invalid training configuration (2 problems)" in err
@@ -263,12 +363,12 @@ def test_stratified_batches_give_every_group_its_share_of_each_effective_batch()
     order = epoch_order(1000, 0, cfg, groups)
     assert sorted(order.tolist()) == list(range(1000)), "one epoch is every sample once"
     for start in range(0, 1000 - 31, 32):  # every full effective batch of 32
-        counts = torch.bincount(groups[order[start:start + 32]], minlength=4).tolist()
+        counts = torch.bincount(groups[order[start : start + 32]], minlength=4).tolist()
         expected = [32 * share for share in (0.7, 0.2, 0.064, 0.036)]
         assert all(abs(c - e) <= 1.5 for c, e in zip(counts, expected)), counts
     assert not torch.equal(order, epoch_order(1000, 1, cfg, groups)), "each epoch its own order"
     plain = epoch_order(1000, 0, TrainConfig(seed=5), groups)
-    worst = min(torch.bincount(groups[plain[s:s + 32]], minlength=4)[3].item() for s in range(0, 992, 32))
+    worst = min(torch.bincount(groups[plain[s : s + 32]], minlength=4)[3].item() for s in range(0, 992, 32))
     assert worst == 0, "without stratification some batches miss the rarest group (why CMAC needs it)"
 
 

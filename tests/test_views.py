@@ -4,6 +4,7 @@ what a diagnosis and a comparison show, the jobs table.
 Run directories are real files written by tests/test_compare.py's `write_run` (predictions with known
 per-group accuracies); a diagnosis is built from real logits; the jobs table reads a real JobStore.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,20 @@ from PIL import Image
 from inference import catalog, compare_view, diagnose_view
 from inference.compare_engine import NO_RUNS, PICKED_TWICE, wilson_interval
 from inference.diagnosis import Diagnosis
-from studio import form, jobs_view, settings as settings_module
+from studio import form, jobs_view
+from studio import settings as settings_module
 from studio.jobs import ERR_SWEEP_METHOD, Job, JobStore
 from studio.progress import Progress
 from studio.settings import (
-    NOT_YOUR_JOB, SIGN_IN_REQUIRED, Settings, SettingsError, StudioAccessError, check_may_control, generate_synthetic,
-    job_owner, synthetic_to_generate,
+    NOT_YOUR_JOB,
+    SIGN_IN_REQUIRED,
+    Settings,
+    SettingsError,
+    StudioAccessError,
+    check_may_control,
+    generate_synthetic,
+    job_owner,
+    synthetic_to_generate,
 )
 from tests.conftest import FUNDUS_SPEC, SKIN_SPEC
 from tests.test_compare import FIVE_METHODS, fundus_predictions, skin_predictions, write_run
@@ -50,8 +59,20 @@ def local_settings(tmp_path: Path, **changes) -> Settings:
 
 def form_input(**changes) -> dict:
     """Valid form values for a tiny fundus job (what the browser sends), with `changes` applied."""
-    values = dict(method="fr", lam=0.5, w_max=10.0, attribute="race", data=FUNDUS_SPEC, backbone="auto", epochs=1,
-                  lr="auto", lora_r=8, balanced_sampling=True, seed=1, max_samples=32)
+    values = dict(
+        method="fr",
+        lam=0.5,
+        w_max=10.0,
+        attribute="race",
+        data=FUNDUS_SPEC,
+        backbone="auto",
+        epochs=1,
+        lr="auto",
+        lora_r=8,
+        balanced_sampling=True,
+        seed=1,
+        max_samples=32,
+    )
     return {**values, **changes}
 
 
@@ -61,8 +82,11 @@ def test_defaults_locally_offer_the_synthetic_data_and_embedded_backbones():
     assert (s.runs_dir, s.studio, s.on_space, s.max_jobs, s.max_queue) == (Path("runs"), True, False, 1, 10)
     assert (s.max_jobs_per_user, s.max_epochs, s.max_samples, s.max_lora_r, s.auth) == (None, None, None, None, ())
     assert s.datasets == {"synth:fundus": "synth:fundus", "synth:skin": "synth:skin"}
-    assert s.backbones == {"auto": None, "tiny-qwen2.5-vl": EMBEDDED_BACKBONES["fundus"],
-                           "tiny-clip": EMBEDDED_BACKBONES["skin"]}
+    assert s.backbones == {
+        "auto": None,
+        "tiny-qwen2.5-vl": EMBEDDED_BACKBONES["fundus"],
+        "tiny-clip": EMBEDDED_BACKBONES["skin"],
+    }
     assert s.run_dirs == (rundir.DEMO_RUNS_DIR, Path("runs"))
     assert not s.multi_user
 
@@ -71,15 +95,22 @@ def test_a_space_keeps_the_studio_off_unless_its_owner_turns_it_on():
     space = Settings.from_env({"SYSTEM": "spaces", "SPACE_ID": "someone/fairdx"})
     assert (space.studio, space.on_space, space.max_jobs_per_user) == (False, True, 1)
     assert (space.max_epochs, space.max_samples, space.max_lora_r) == (3, 2000, 32)
-    enabled = Settings.from_env({"SYSTEM": "spaces", "SPACE_ID": "someone/fairdx", "FAIRDX_STUDIO": "on",
-                                "FAIRDX_MAX_EPOCHS": "none"})
+    enabled = Settings.from_env(
+        {"SYSTEM": "spaces", "SPACE_ID": "someone/fairdx", "FAIRDX_STUDIO": "on", "FAIRDX_MAX_EPOCHS": "none"}
+    )
     assert (enabled.studio, enabled.max_epochs, enabled.multi_user) == (True, None, True)
     assert Settings.from_env({"FAIRDX_STUDIO": "off"}).studio is False
 
 
 def test_every_bad_variable_is_named_at_once():
-    env = {"FAIRDX_STUDIO": "maybe", "FAIRDX_MAX_JOBS": "0", "FAIRDX_MAX_QUEUE": "lots", "FAIRDX_AUTH": "alice",
-           "FAIRDX_DATASETS": "a=synth:fundus; a=synth:skin", "FAIRDX_BACKBONES": " ; "}
+    env = {
+        "FAIRDX_STUDIO": "maybe",
+        "FAIRDX_MAX_JOBS": "0",
+        "FAIRDX_MAX_QUEUE": "lots",
+        "FAIRDX_AUTH": "alice",
+        "FAIRDX_DATASETS": "a=synth:fundus; a=synth:skin",
+        "FAIRDX_BACKBONES": " ; ",
+    }
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert caught.value.problems == [
@@ -95,18 +126,30 @@ def test_every_bad_variable_is_named_at_once():
 def test_allow_lists_show_names_never_folders(tmp_path):
     folder = tmp_path / "ham10000"
     folder.mkdir()
-    s = Settings.from_env({"FAIRDX_DATASETS": f"glaucoma=/srv/fairvlmed; synth:skin:n=2000,seed=0; {folder}",
-                           "FAIRDX_BACKBONES": "auto; Qwen/Qwen2.5-VL-7B-Instruct; clip=/models/clip",
-                           "FAIRDX_AUTH": "alice:s3:cret; bob:pw"})
-    assert s.datasets == {"glaucoma": "/srv/fairvlmed", "synth:skin:n=2000,seed=0": "synth:skin:n=2000,seed=0",
-                          "ham10000": str(folder)}
-    assert s.backbones == {"auto": None, "Qwen/Qwen2.5-VL-7B-Instruct": "Qwen/Qwen2.5-VL-7B-Instruct",
-                           "clip": "/models/clip"}
+    s = Settings.from_env(
+        {
+            "FAIRDX_DATASETS": f"glaucoma=/srv/fairvlmed; synth:skin:n=2000,seed=0; {folder}",
+            "FAIRDX_BACKBONES": "auto; Qwen/Qwen2.5-VL-7B-Instruct; clip=/models/clip",
+            "FAIRDX_AUTH": "alice:s3:cret; bob:pw",
+        }
+    )
+    assert s.datasets == {
+        "glaucoma": "/srv/fairvlmed",
+        "synth:skin:n=2000,seed=0": "synth:skin:n=2000,seed=0",
+        "ham10000": str(folder),
+    }
+    assert s.backbones == {
+        "auto": None,
+        "Qwen/Qwen2.5-VL-7B-Instruct": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "clip": "/models/clip",
+    }
     assert s.auth == (("alice", "s3:cret"), ("bob", "pw")) and s.multi_user
     runs = (tmp_path / "runs").resolve()
     s = dataclasses.replace(s, runs_dir=runs)
-    assert s.redact(f"missing {folder}/meta.csv and /srv/fairvlmed/x; see {runs}/.jobs/1.log") == \
-        "missing ham10000/meta.csv and glaucoma/x; see runs/.jobs/1.log"
+    assert (
+        s.redact(f"missing {folder}/meta.csv and /srv/fairvlmed/x; see {runs}/.jobs/1.log")
+        == "missing ham10000/meta.csv and glaucoma/x; see runs/.jobs/1.log"
+    )
 
 
 def test_job_owner_needs_sign_in_on_a_space_and_cancel_is_owner_only():
@@ -138,10 +181,18 @@ def test_form_is_built_from_train_config_fields_and_their_help(tmp_path):
     by_name = {spec.name: spec for spec in specs}
     assert [value for _, value in by_name["method"].choices] == ["vanilla", "fr", "gr", "hybrid", "cmac"]
     assert {name: (spec.kind, spec.default) for name, spec in by_name.items()} == {
-        "method": ("radio", "vanilla"), "lam": ("number", 0.5), "w_max": ("number", 10.0),
-        "attribute": ("dropdown", "race"), "data": ("dropdown", FUNDUS_SPEC), "backbone": ("dropdown", "auto"),
-        "epochs": ("integer", 3), "lr": ("text", "auto"), "lora_r": ("integer", 32),
-        "balanced_sampling": ("checkbox", False), "seed": ("integer", 42), "max_samples": ("integer", None),
+        "method": ("radio", "vanilla"),
+        "lam": ("number", 0.5),
+        "w_max": ("number", 10.0),
+        "attribute": ("dropdown", "race"),
+        "data": ("dropdown", FUNDUS_SPEC),
+        "backbone": ("dropdown", "auto"),
+        "epochs": ("integer", 3),
+        "lr": ("text", "auto"),
+        "lora_r": ("integer", 32),
+        "balanced_sampling": ("checkbox", False),
+        "seed": ("integer", 42),
+        "max_samples": ("integer", None),
     }
     assert [value for _, value in by_name["data"].choices] == [FUNDUS_SPEC, SKIN_SPEC]
     assert by_name["max_samples"].optional and by_name["attribute"].custom
@@ -158,7 +209,13 @@ def test_caps_set_the_form_defaults_and_maxima(tmp_path):
 def test_attribute_choices_follow_the_dataset(tmp_path):
     s = local_settings(tmp_path)
     assert form.attribute_choices(s, SKIN_SPEC) == [
-        "sex", "age_group", "fitzpatrick", "sex+age_group", "sex+fitzpatrick", "age_group+fitzpatrick"]
+        "sex",
+        "age_group",
+        "fitzpatrick",
+        "sex+age_group",
+        "sex+fitzpatrick",
+        "age_group+fitzpatrick",
+    ]
     assert form.attribute_choices(s, FUNDUS_SPEC)[:4] == ["race", "ethnicity", "gender", "age_group"]
     assert len(form.attribute_choices(s, FUNDUS_SPEC)) == 4 + 6
     assert (form.default_attribute(s, FUNDUS_SPEC), form.default_attribute(s, SKIN_SPEC)) == ("race", "sex+age_group")
@@ -168,10 +225,22 @@ def test_attribute_choices_follow_the_dataset(tmp_path):
 def test_form_values_become_the_config_the_cli_would_run(tmp_path):
     s = local_settings(tmp_path)
     cfg = form.config_from_form(form_input(backbone="tiny-clip", lr="0.002", epochs=2.0), s)
-    assert (cfg.method, cfg.lam, cfg.attribute, cfg.data, cfg.epochs, cfg.lr, cfg.lora_r, cfg.max_samples) == \
-        ("fr", 0.5, "race", FUNDUS_SPEC, 2, 0.002, 8, 32)
-    assert (cfg.backbone, cfg.runs_dir, cfg.balanced_sampling, cfg.seed) == \
-        (EMBEDDED_BACKBONES["skin"], str(s.runs_dir), True, 1)
+    assert (cfg.method, cfg.lam, cfg.attribute, cfg.data, cfg.epochs, cfg.lr, cfg.lora_r, cfg.max_samples) == (
+        "fr",
+        0.5,
+        "race",
+        FUNDUS_SPEC,
+        2,
+        0.002,
+        8,
+        32,
+    )
+    assert (cfg.backbone, cfg.runs_dir, cfg.balanced_sampling, cfg.seed) == (
+        EMBEDDED_BACKBONES["skin"],
+        str(s.runs_dir),
+        True,
+        1,
+    )
     assert isinstance(cfg.epochs, int)
     validate(cfg)  # the CLI accepts what the form accepts
     auto = form.config_from_form(form_input(max_samples=None, lr=" auto "), s)
@@ -184,8 +253,19 @@ def test_every_invalid_value_is_reported_together_with_the_clis_own_messages(tmp
     with pytest.raises(ConfigError) as caught:
         form.config_from_form(values, s)
     with pytest.raises(ConfigError) as from_cli:
-        parse({**form.studio_base().to_dict(), "lam": -1.0, "w_max": 0.5, "attribute": "nope", "data": FUNDUS_SPEC,
-               "lr": "fast", "lora_r": 0, "max_samples": 5, "seed": -3})
+        parse(
+            {
+                **form.studio_base().to_dict(),
+                "lam": -1.0,
+                "w_max": 0.5,
+                "attribute": "nope",
+                "data": FUNDUS_SPEC,
+                "lr": "fast",
+                "lora_r": 0,
+                "max_samples": 5,
+                "seed": -3,
+            }
+        )
     assert caught.value.problems == [
         form.ERR_WHOLE.format(label="Epochs", value=2.5),
         *from_cli.value.problems,
@@ -223,9 +303,15 @@ def test_server_caps_are_enforced(tmp_path):
 def test_lambda_sweep_text_is_parsed_and_checked(tmp_path):
     assert form.parse_lambdas("0.1, 0.5 1.0", 5) == ([0.1, 0.5, 1.0], [])
     assert form.parse_lambdas(" ", 5) == ([], [form.ERR_LAMBDAS_EMPTY])
-    assert form.parse_lambdas("0.1; x, -1, nan", 3) == ([0.1], [
-        form.ERR_LAMBDA_VALUE.format(value="x"), form.ERR_LAMBDA_VALUE.format(value="-1"),
-        form.ERR_LAMBDA_VALUE.format(value="nan"), form.ERR_LAMBDAS_TOO_MANY.format(cap=3, n=4)])
+    assert form.parse_lambdas("0.1; x, -1, nan", 3) == (
+        [0.1],
+        [
+            form.ERR_LAMBDA_VALUE.format(value="x"),
+            form.ERR_LAMBDA_VALUE.format(value="-1"),
+            form.ERR_LAMBDA_VALUE.format(value="nan"),
+            form.ERR_LAMBDAS_TOO_MANY.format(cap=3, n=4),
+        ],
+    )
     s = local_settings(tmp_path, max_jobs_per_user=2)
     cfg, lambdas = form.sweep_from_form(form_input(), "0.1 1.0", s)
     assert (cfg.method, lambdas) == ("fr", [0.1, 1.0])
@@ -247,10 +333,21 @@ def runs_on_disk(tmp_path, monkeypatch) -> tuple[Path, Path]:
     for i, (method, accuracy) in enumerate(FIVE_METHODS.items()):
         write_run(demo, f"fundus-{method}", fundus_predictions(accuracy, seed=i), method=method)
     write_run(user, "fundus-fr", fundus_predictions(FIVE_METHODS["fr"], seed=9), method="fr", lam=1.0)
-    write_run(user, "fundus-mine", fundus_predictions(FIVE_METHODS["gr"], seed=8), method="cmac",
-              attribute="race+gender+age_group")
-    write_run(demo, "skin-cmac", skin_predictions({"Female & 0-40": 0.9, "Male & 60+": 0.6}), task="skin",
-              method="cmac", attribute="sex+age_group")
+    write_run(
+        user,
+        "fundus-mine",
+        fundus_predictions(FIVE_METHODS["gr"], seed=8),
+        method="cmac",
+        attribute="race+gender+age_group",
+    )
+    write_run(
+        demo,
+        "skin-cmac",
+        skin_predictions({"Female & 0-40": 0.9, "Male & 60+": 0.6}),
+        task="skin",
+        method="cmac",
+        attribute="sex+age_group",
+    )
     return demo, user
 
 
@@ -295,8 +392,9 @@ def test_a_diagnosis_shows_both_classes_the_margin_reading_and_the_adapter(runs_
     image = Image.new("RGB", (224, 200))
     image.info = {"source_format": "PNG", "source_mode": "L"}
     view = diagnose_view.show(diagnosis, run, image)
-    assert view.confidences == pytest.approx({"no glaucoma": 1 - diagnosis.prob_positive,
-                                              "glaucoma": diagnosis.prob_positive})
+    assert view.confidences == pytest.approx(
+        {"no glaucoma": 1 - diagnosis.prob_positive, "glaucoma": diagnosis.prob_positive}
+    )
     assert diagnosis.prob_positive == pytest.approx(torch.tensor([0.2, 2.2]).softmax(0)[1].item())
     assert view.summary.splitlines() == [
         "### glaucoma — 88%",
@@ -314,8 +412,10 @@ def test_bundled_examples_are_offered_with_their_task():
     rows, labels = diagnose_view.example_rows()
     assert len(rows) == 8 and all(Path(path).is_file() for path, _ in rows)
     assert sorted(task for _, task in rows) == ["fundus"] * 4 + ["skin"] * 4
-    assert labels[rows.index([str(diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"), "fundus"])] == \
-        "fundus · glaucoma 1"
+    assert (
+        labels[rows.index([str(diagnose_view.EXAMPLES_DIR / "fundus-positive-1.png"), "fundus"])]
+        == "fundus · glaucoma 1"
+    )
     assert labels[rows.index([str(diagnose_view.EXAMPLES_DIR / "skin-negative-2.png"), "skin"])] == "skin · benign 2"
 
 
@@ -326,10 +426,23 @@ def test_compare_defaults_are_the_five_demo_runs_and_their_attribute(runs_on_dis
     assert compare_view.default_attribute(runs, "skin") == "sex+age_group"
     fundus = compare_view.attribute_choices(runs, "fundus")
     assert fundus[:4] == ["race", "ethnicity", "gender", "age_group"]
-    assert fundus[4:] == ["race+ethnicity", "race+gender", "race+age_group", "ethnicity+gender",
-                          "ethnicity+age_group", "gender+age_group", "race+gender+age_group"]
+    assert fundus[4:] == [
+        "race+ethnicity",
+        "race+gender",
+        "race+age_group",
+        "ethnicity+gender",
+        "ethnicity+age_group",
+        "gender+age_group",
+        "race+gender+age_group",
+    ]
     assert compare_view.attribute_choices(runs, "skin") == [
-        "sex", "age_group", "fitzpatrick", "sex+age_group", "sex+fitzpatrick", "age_group+fitzpatrick"]
+        "sex",
+        "age_group",
+        "fitzpatrick",
+        "sex+age_group",
+        "sex+fitzpatrick",
+        "age_group+fitzpatrick",
+    ]
     assert [key for _, key in catalog.run_choices(runs, "fundus")][-2:] == ["fundus-fr", "fundus-mine"]
     assert compare_view.keep_or_default_runs(runs, "fundus", ["fundus-mine", "gone"]) == ["fundus-mine"]
     assert compare_view.keep_or_default_runs(runs, "fundus", ["gone"]) == compare_view.default_runs(runs, "fundus")
@@ -350,8 +463,14 @@ def test_comparison_tables_name_runs_by_key_and_give_group_accuracy_with_n(runs_
     assert view.summary["Run"].tolist() == ["fundus-vanilla (demo)", "fundus-fr"]
     assert view.summary.columns[:4].tolist() == ["Run", "Method", "Trained on", "n"]
     assert view.summary["Method"].tolist() == ["Vanilla", "FR λ=1"]
-    assert list(view.summary.columns[-6:]) == ["Overall accuracy", "AUC", "MaxAccGap", "ΔTPR", "Equalized odds",
-                                              "ES-AUC"]
+    assert list(view.summary.columns[-6:]) == [
+        "Overall accuracy",
+        "AUC",
+        "MaxAccGap",
+        "ΔTPR",
+        "Equalized odds",
+        "ES-AUC",
+    ]
     assert len(compare_view.SUMMARY_COLUMN_WIDTHS) == len(view.summary.columns)
     assert view.groups.columns.tolist() == ["Run", "Asian", "Black", "White"]
     low, high = wilson_interval(320, 400)
@@ -386,10 +505,18 @@ def test_the_export_folder_is_made_once_and_removed_when_the_process_exits():
     folder = compare_view.export_folder()
     assert folder == compare_view.export_folder() and folder.is_dir()
     assert folder.name.startswith(compare_view.EXPORT_PREFIX)
-    code = ("from inference import compare_view; folder = compare_view.export_folder(); "
-            "(folder / 'compare-runs.csv').write_text('run'); print(folder)")
-    child = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                           text=True, timeout=300, check=True)
+    code = (
+        "from inference import compare_view; folder = compare_view.export_folder(); "
+        "(folder / 'compare-runs.csv').write_text('run'); print(folder)"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     theirs = Path(child.stdout.strip().splitlines()[-1])
     assert theirs.name.startswith(compare_view.EXPORT_PREFIX) and theirs != folder
     assert not theirs.exists()  # an app start no longer leaves a fairdx-exports-* folder behind
@@ -397,12 +524,12 @@ def test_the_export_folder_is_made_once_and_removed_when_the_process_exits():
 
 def test_notes_list_small_groups_of_an_intersection(runs_on_disk):
     runs = catalog.available_runs(runs_on_disk)
-    skin = compare_view.show(compare_view.selected_runs(["skin-cmac (demo)"], runs, "skin"), "sex+age_group",
-                             bootstrap=0)
+    skin = compare_view.show(
+        compare_view.selected_runs(["skin-cmac (demo)"], runs, "skin"), "sex+age_group", bootstrap=0
+    )
     assert skin.notes == compare_view.NOTES_NONE
     assert skin.groups.columns.tolist() == ["Run", "Female & 0-40", "Male & 60+"]
-    fundus = compare_view.show(compare_view.selected_runs(["fundus-gr"], runs, "fundus"), "race+ethnicity",
-                               bootstrap=0)
+    fundus = compare_view.show(compare_view.selected_runs(["fundus-gr"], runs, "fundus"), "race+ethnicity", bootstrap=0)
     lines = fundus.notes.splitlines()
     assert lines[0] == compare_view.NOTES_HEADER.format(n=len(fundus.comparison.notes)) and len(lines) > 2
     assert lines[2].startswith("- run 'fundus-gr (demo)'")
@@ -411,19 +538,34 @@ def test_notes_list_small_groups_of_an_intersection(runs_on_disk):
 
 # ---------------------------------------------------------------------- the jobs table
 def _job(tmp_path: Path, **changes) -> Job:
-    values = dict(id="abc123", run_id="fundus-fr-race", state="running", owner="local", created=0.0,
-                  started=time.time() - 65, finished=None, pid=None, exit_code=None, reason=None,
-                  cancel_requested=None, runs_dir=tmp_path, config_path=tmp_path / "c.json", log_path=tmp_path / "l.log")
+    values = dict(
+        id="abc123",
+        run_id="fundus-fr-race",
+        state="running",
+        owner="local",
+        created=0.0,
+        started=time.time() - 65,
+        finished=None,
+        pid=None,
+        exit_code=None,
+        reason=None,
+        cancel_requested=None,
+        runs_dir=tmp_path,
+        config_path=tmp_path / "c.json",
+        log_path=tmp_path / "l.log",
+    )
     return Job(**{**values, **changes})
 
 
 def test_durations_progress_and_loss_curve(tmp_path):
     assert [jobs_view.format_duration(s) for s in (None, 0, 65.4, 3 * 3600 + 5)] == ["–", "0:00", "1:05", "3:00:05"]
-    progress = Progress(step=5, total_steps=20, samples_per_s=12.5, eta_s=75,
-                        curve=[(1, 0.9, 0.7, 0.2), (5, 0.6, 0.5, 0.1)])
+    progress = Progress(
+        step=5, total_steps=20, samples_per_s=12.5, eta_s=75, curve=[(1, 0.9, 0.7, 0.2), (5, 0.6, 0.5, 0.1)]
+    )
     text = jobs_view.status_markdown(_job(tmp_path), progress, Settings())
-    assert text.splitlines()[0].startswith("**running** · run `fundus-fr-race` · owner local · step 5/20 (25%) · "
-                                           "ETA 1:15 · 12.5 samples/s · 1:0")
+    assert text.splitlines()[0].startswith(
+        "**running** · run `fundus-fr-race` · owner local · step 5/20 (25%) · ETA 1:15 · 12.5 samples/s · 1:0"
+    )
     assert text.splitlines()[2] == f"`{'█' * 8}{'░' * 22}` 25%"
     assert jobs_view.state_text(_job(tmp_path, cancel_requested=1.0)) == jobs_view.CANCELLING
     figure = jobs_view.loss_figure(progress, title="x")
@@ -431,8 +573,9 @@ def test_durations_progress_and_loss_curve(tmp_path):
     assert list(figure.data[0].y) == [0.9, 0.6]
     vanilla = Progress(step=1, total_steps=2, curve=[(1, 0.7, 0.7, None)])
     assert [trace.name for trace in jobs_view.loss_figure(vanilla).data] == ["loss"]
-    done = jobs_view.status_markdown(_job(tmp_path, state="failed", reason=f"crashed in {tmp_path}/x"),
-                                     Progress(), Settings(runs_dir=tmp_path))
+    done = jobs_view.status_markdown(
+        _job(tmp_path, state="failed", reason=f"crashed in {tmp_path}/x"), Progress(), Settings(runs_dir=tmp_path)
+    )
     assert "crashed in runs/x" in done
 
 
@@ -457,8 +600,14 @@ def test_jobs_table_reads_the_store(tmp_path):
         job = store.submit(form.config_from_form(form_input(), s), owner="alice")
         table = jobs_view.jobs_table(store)
         assert table.columns.tolist() == jobs_view.JOB_COLUMNS
-        assert table.iloc[0][["Job", "Run", "Owner", "State", "Progress", "ETA"]].tolist() == \
-            [job.id, job.run_id, "alice", "running", "0%", "–"]
+        assert table.iloc[0][["Job", "Run", "Owner", "State", "Progress", "ETA"]].tolist() == [
+            job.id,
+            job.run_id,
+            "alice",
+            "running",
+            "0%",
+            "–",
+        ]
         assert jobs_view.job_choices(store) == [(f"{job.run_id} · running", job.id)]
         assert jobs_view.selected_or_newest(store, "unknown") == job.id
         store.cancel(job.id)
@@ -472,11 +621,13 @@ def test_jobs_table_reads_the_store(tmp_path):
 def test_nan_inf_and_an_empty_attribute_from_the_form_are_refused_before_queueing(tmp_path):
     s = local_settings(tmp_path)
     store = JobStore(tmp_path / "runs")
-    for changes, problem in ((dict(lam="nan"), "lambda must be a finite number (got nan)"),
-                             (dict(lam=float("inf")), "lambda must be a finite number (got inf)"),
-                             (dict(w_max="nan"), "w_max must be a finite number (got nan)"),
-                             (dict(lr="inf"), "lr must be a positive finite number or 'auto'"),
-                             (dict(attribute=""), "attribute must not be empty (got '')")):
+    for changes, problem in (
+        (dict(lam="nan"), "lambda must be a finite number (got nan)"),
+        (dict(lam=float("inf")), "lambda must be a finite number (got inf)"),
+        (dict(w_max="nan"), "w_max must be a finite number (got nan)"),
+        (dict(lr="inf"), "lr must be a positive finite number or 'auto'"),
+        (dict(attribute=""), "attribute must not be empty (got '')"),
+    ):
         with pytest.raises(ConfigError) as caught:
             store.submit(form.config_from_form(form_input(**changes), s))
         assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems

@@ -107,9 +107,20 @@ CLIP_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
 
 # Qwen2.5-VL's special tokens in their published order (ids 151643..151656 there, 400..413 here).
 QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 QWEN_BPE_VOCAB = 400
 # Qwen2.5-VL-Instruct's published chat template.
@@ -251,22 +262,42 @@ def build_tiny_qwen(out_dir: Path, *, seed: int = ARCHITECTURE_SEED) -> Path:
     tok = train_qwen_tokenizer()
     ids = tok.convert_tokens_to_ids
     text = dict(
-        vocab_size=_round_up(len(tok), 64), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        vocab_size=_round_up(len(tok), 64),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
         max_window_layers=2,
         # M-RoPE: temporal/height/width sections must sum to head_dim / 2 = 64 / 4 / 2 = 8.
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
-        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
     )
     vision = dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-        temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], out_hidden_size=64,
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1],
+        out_hidden_size=64,
         tokens_per_second=2,
     )
     config = Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=True,
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=True,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -281,17 +312,26 @@ def build_tiny_clip(out_dir: Path, *, seed: int = ARCHITECTURE_SEED) -> Path:
     """CLIP at toy width (FEASIBILITY §3); text eos_token_id = the tokenizer's eos id (else argmax pooling)."""
     tok = train_clip_tokenizer()
     text = dict(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, projection_dim=CLIP_PROJECTION,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        projection_dim=CLIP_PROJECTION,
     )
     vision = dict(**CLIP_VISION, image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH, projection_dim=CLIP_PROJECTION)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION)
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     processor = CLIPImageProcessorPil(
-        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
-        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
     )
     _save(out_dir, model, tok, processor)
     return out_dir
@@ -333,22 +373,52 @@ def image_statistics(image: Image.Image) -> list[float]:
     edges = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
     dark = grey < 0.6 * np.median(grey)
     return [
-        *x.mean(axis=(0, 1)).tolist(), *x.std(axis=(0, 1)).tolist(), float(centre), float(edges),
+        *x.mean(axis=(0, 1)).tolist(),
+        *x.std(axis=(0, 1)).tolist(),
+        float(centre),
+        float(edges),
         *np.quantile(grey, [0.9, 0.97, 0.99, 0.999]).tolist(),
         *[float((grey > t).mean()) for t in (0.6, 0.7, 0.8)],
-        float(dark.mean()), float(x[dark].std()) if dark.sum() > 5 else 0.0,
+        float(dark.mean()),
+        float(x[dark].std()) if dark.sum() > 5 else 0.0,
     ]
 
 
 FUNDUS_LATENTS = (
-    "cup_to_disc_ratio", "min_rim_thickness", "notch_depth", "cup_radius", "disc_radius", "disc_x", "disc_y",
-    "pigment", "blur", "noise",
+    "cup_to_disc_ratio",
+    "min_rim_thickness",
+    "notch_depth",
+    "cup_radius",
+    "disc_radius",
+    "disc_x",
+    "disc_y",
+    "pigment",
+    "blur",
+    "noise",
 )
 SKIN_LATENTS = (
-    "asymmetry_score", "border_score", "colour_score", "diameter_score", "structure_score", "globules", "streaks",
-    "asymmetry", "border_irregularity",
-    "colour_count", "warning_colours", "diameter", "edge_blur", "pigment_network", "vessels", "lesion_x",
-    "lesion_y", "skin_r", "skin_g", "skin_b", "sun_damage", "lentigines",
+    "asymmetry_score",
+    "border_score",
+    "colour_score",
+    "diameter_score",
+    "structure_score",
+    "globules",
+    "streaks",
+    "asymmetry",
+    "border_irregularity",
+    "colour_count",
+    "warning_colours",
+    "diameter",
+    "edge_blur",
+    "pigment_network",
+    "vessels",
+    "lesion_x",
+    "lesion_y",
+    "skin_r",
+    "skin_g",
+    "skin_b",
+    "sun_damage",
+    "lentigines",
 )
 # What a reader of the image would call the findings: weighted up so the small embedding keeps them.
 KEY_LATENTS = {
@@ -375,7 +445,16 @@ def fundus_latents(n: int, seed: int, bias) -> dict[str, list[float]]:
         cx, cy, rd = p["side"] * rng.uniform(0.32, 0.42), rng.uniform(-0.08, 0.08), rng.uniform(0.13, 0.16)
         cup = min(p["cdr"] * (1.0 + p["notch_depth"]), 0.97)  # the cup's reach at the notch
         out[Path(row["filename"]).stem] = [
-            p["cdr"], 1.0 - cup, p["notch_depth"], p["cdr"] * rd, rd, cx, cy, p["pigment"], p["blur"], p["noise"],
+            p["cdr"],
+            1.0 - cup,
+            p["notch_depth"],
+            p["cdr"] * rd,
+            rd,
+            cx,
+            cy,
+            p["pigment"],
+            p["blur"],
+            p["noise"],
         ]
     return out
 
@@ -399,9 +478,21 @@ def skin_latents(n: int, seed: int, bias) -> dict[str, list[float]]:
         tx, ty = view.uniform(-0.1, 0.1, 2)
         amp, names = p["harm_amp"], [c for c, _ in p["colours"]]
         out[row["image_id"]] = [
-            *scores, float(len(p["globules"])), float(len(p["streaks"])), float(np.sqrt((amp[:2] ** 2).sum())), float(np.sqrt((amp[2:] ** 2).sum())), float(len(names)),
-            float(sum(c in WARNING_COLOURS for c in names)), p["radius"] * zoom, p["edge"], p["network"],
-            float(p["vessels"] is not None), float(tx), float(ty), *p["skin"].tolist(), p["sun"],
+            *scores,
+            float(len(p["globules"])),
+            float(len(p["streaks"])),
+            float(np.sqrt((amp[:2] ** 2).sum())),
+            float(np.sqrt((amp[2:] ** 2).sum())),
+            float(len(names)),
+            float(sum(c in WARNING_COLOURS for c in names)),
+            p["radius"] * zoom,
+            p["edge"],
+            p["network"],
+            float(p["vessels"] is not None),
+            float(tx),
+            float(ty),
+            *p["skin"].tolist(),
+            p["sun"],
             float(p["lentigines"]),
         ]
     return out
@@ -433,11 +524,18 @@ def synthetic_pretraining_data(
     bias = BiasConfig(strength=0.0)
     data = {}
     with tempfile.TemporaryDirectory(prefix="fairdx-pretrain-") as tmp:
-        for task, generate, latents in (("fundus", generate_fundus, fundus_latents),
-                                        ("skin", generate_skin, skin_latents)):
+        for task, generate, latents in (
+            ("fundus", generate_fundus, fundus_latents),
+            ("skin", generate_skin, skin_latents),
+        ):
             root = generate(
-                Path(tmp) / task, n=n_per_task[task], seed=seed, bias=bias,
-                image_size=image_size, workers=2, progress=False,  # same bytes for any number of workers
+                Path(tmp) / task,
+                n=n_per_task[task],
+                seed=seed,
+                bias=bias,
+                image_size=image_size,
+                workers=2,
+                progress=False,  # same bytes for any number of workers
             )
             by_id = latents(n_per_task[task], seed, bias)
             pairs = []
@@ -469,12 +567,12 @@ def pretrain(
     """
     with torch.random.fork_rng(devices=[]):  # seeded here without disturbing the caller's RNG
         torch.manual_seed(seed)
-        return _pretrain(Path(model_dir), data, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                         weights=weights, shares=shares)
+        return _pretrain(
+            Path(model_dir), data, steps=steps, seed=seed, batch_size=batch_size, lr=lr, weights=weights, shares=shares
+        )
 
 
-def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, lr: float, weights,
-              shares) -> dict:
+def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, lr: float, weights, shares) -> dict:
     rng = np.random.default_rng(seed)
     pairs = {task: list(items) for task, items in data.items()}
     targets = {t: torch.tensor([y for _, y in items], dtype=torch.float32) for t, items in pairs.items()}
@@ -489,8 +587,10 @@ def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, 
     probes = nn.ModuleDict({t: nn.Linear(dim, targets[t].shape[1]) for t in tasks})
     params = list(clf.hf_model.parameters()) + list(probes.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / PRETRAIN_WARMUP)
-                                                  * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda s: min(1.0, (s + 1) / PRETRAIN_WARMUP) * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)),
+    )
     losses, errors = [], {t: [] for t in tasks}
     for step in range(steps):
         task = tasks[schedule[step]]
@@ -513,15 +613,23 @@ def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, 
     window = max(1, min(20, steps // 5))
     return {
         "objective": "weighted MSE of a per-task linear probe regressing z-scored latent scene parameters "
-                     "(training.build_assets.fundus_latents / skin_latents) and image statistics",
-        "steps": steps, "batch_size": batch_size, "lr": lr, "schedule": f"{PRETRAIN_WARMUP} warm-up steps, cosine",
-        "optimizer": "AdamW(weight_decay=0)", "max_grad_norm": PRETRAIN_MAX_GRAD_NORM, "seed": seed,
+        "(training.build_assets.fundus_latents / skin_latents) and image statistics",
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "schedule": f"{PRETRAIN_WARMUP} warm-up steps, cosine",
+        "optimizer": "AdamW(weight_decay=0)",
+        "max_grad_norm": PRETRAIN_MAX_GRAD_NORM,
+        "seed": seed,
         "images": {t: len(v) for t, v in pairs.items()},
-        "key_targets": {t: list(KEY_LATENTS[t]) for t in tasks}, "key_target_weight": KEY_TARGET_WEIGHT,
-        "loss_first": round(float(np.mean(losses[:window])), 4), "loss_last": round(float(np.mean(losses[-window:])), 4),
+        "key_targets": {t: list(KEY_LATENTS[t]) for t in tasks},
+        "key_target_weight": KEY_TARGET_WEIGHT,
+        "loss_first": round(float(np.mean(losses[:window])), 4),
+        "loss_last": round(float(np.mean(losses[-window:])), 4),
         # per target, the z-scored squared error over the last 50 steps of its task (1 = not learnt)
-        "target_mse_last": {t: [round(v, 3) for v in torch.stack(errors[t][-50:]).mean(0).tolist()]
-                            for t in tasks if errors[t]},
+        "target_mse_last": {
+            t: [round(v, 3) for v in torch.stack(errors[t][-50:]).mean(0).tolist()] for t in tasks if errors[t]
+        },
     }
 
 
@@ -546,8 +654,9 @@ def _write_build_info(model_dir: Path, info: dict) -> None:
     (model_dir / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def build(out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int | None = None,
-          workers: int = 2) -> dict[str, Path]:
+def build(
+    out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int | None = None, workers: int = 2
+) -> dict[str, Path]:
     """Build both checkpoints into `out` (replacing them), pre-train unless told not to, record how.
 
     The two pretrainings are independent and single-threaded, so with ``workers=2`` they run side by
@@ -561,7 +670,7 @@ def build(out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int | Non
         for name in (QWEN_DIR, CLIP_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         dirs = build_architecture(out)
-        summaries: dict[str, dict | None] = {family: None for family in dirs}
+        summaries: dict[str, dict | None] = dict.fromkeys(dirs)
         if pretraining:
             plans = {family: {**PRETRAIN_PLAN[family], **({"steps": steps} if steps else {})} for family in dirs}
             log.info("pretraining %s on %s synthetic images (seed %d)", plans, PRETRAIN_IMAGES, PRETRAIN_DATA_SEED)
@@ -569,7 +678,9 @@ def build(out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int | Non
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
 
-                with ProcessPoolExecutor(min(workers, len(dirs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                with ProcessPoolExecutor(
+                    min(workers, len(dirs)), mp_context=multiprocessing.get_context("spawn")
+                ) as pool:
                     futures = {f: pool.submit(_pretrain_family, dirs[f], plans[f]) for f in dirs}
                     summaries = {family: future.result() for family, future in futures.items()}
             else:
@@ -580,8 +691,12 @@ def build(out: Path = DEFAULT_OUT, *, pretraining: bool = True, steps: int | Non
                 "built_by": "python -m training.build_assets",
                 "family": family,
                 "architecture_seed": ARCHITECTURE_SEED,
-                "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
-                             "tokenizers": tokenizers.__version__, "peft": peft.__version__},
+                "versions": {
+                    "torch": torch.__version__.split("+")[0],
+                    "transformers": transformers.__version__,
+                    "tokenizers": tokenizers.__version__,
+                    "peft": peft.__version__,
+                },
                 "pretraining": summaries[family],
                 "recommended_lr": RECOMMENDED_LR,
             }
@@ -599,14 +714,17 @@ def _pretrain_family(model_dir: Path, plan: Mapping, data=None) -> dict:
     if data is None:
         data = synthetic_pretraining_data()
     started = time.perf_counter()
-    summary = pretrain(model_dir, data, steps=plan["steps"], shares=plan["shares"],
-                       weights={t: target_weights(t) for t in data})
+    summary = pretrain(
+        model_dir, data, steps=plan["steps"], shares=plan["shares"], weights={t: target_weights(t) for t in data}
+    )
     log.info("pretrained %s in %.1f s", model_dir, time.perf_counter() - started)
     return {
-        **summary, "task_shares": dict(plan["shares"]), "seconds": round(time.perf_counter() - started, 1),
+        **summary,
+        "task_shares": dict(plan["shares"]),
+        "seconds": round(time.perf_counter() - started, 1),
         "targets": {t: target_names(t) for t in data},
         "data": f"training.synth, seed {PRETRAIN_DATA_SEED}, images {PRETRAIN_IMAGES}, BiasConfig(strength=0), "
-                "all splits",
+        "all splits",
     }
 
 
@@ -614,8 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for tiny-qwen2.5-vl/ and tiny-clip/")
     parser.add_argument("--no-pretrain", action="store_true", help="random initialisation only (seconds)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"pretraining steps of every model (default: {PRETRAIN_PLAN})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"pretraining steps of every model (default: {PRETRAIN_PLAN})"
+    )
     parser.add_argument("--workers", type=int, default=2, help="pretrain the two models side by side (1: in turn)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -16,6 +16,7 @@ Inputs are the run's own files: ``config.json`` (a resolved ``TrainConfig`` plus
 dataset and training summaries, see ``training.rundir``) and ``eval.json`` (``{"split", "report":
 training.metrics.evaluate(...)}``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ from huggingface_hub import ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from training.backbones import resolve_backbone
 from training import methods
+from training.backbones import resolve_backbone
 from training.config import FIELDS, TrainConfig, cli_flag, help_of
 from training.data_spec import SYNTH_PREFIX
 from training.rundir import ADAPTER, CARD, CONFIG, EVAL, RunRecord, run_from_config
@@ -156,7 +157,9 @@ def _method(cfg: TrainConfig) -> str:
     if method.uses_cmac_attribute:
         values.append(f"subgroups of `{cfg.fairness_attribute}`")
         bandwidth = cfg.bandwidth
-        values.append("RBF bandwidth: median heuristic per batch" if bandwidth is None else f"RBF bandwidth {bandwidth}")
+        values.append(
+            "RBF bandwidth: median heuristic per batch" if bandwidth is None else f"RBF bandwidth {bandwidth}"
+        )
     if cfg.balanced_sampling:
         values.append("group-balanced batches")
     lines.append("Settings: " + ", ".join(values) + ".")
@@ -177,8 +180,10 @@ def _reweighted(overall: dict[str, Any]) -> str:
     again = overall.get("reweighted")
     if not again:
         return ""
-    return (f" Reweighted to the training split's mix of {again['attribute']} (the test split oversamples small "
-            f"groups): accuracy {_number(again.get('accuracy'))}, AUC {_number(again.get('auc'))}.")
+    return (
+        f" Reweighted to the training split's mix of {again['attribute']} (the test split oversamples small "
+        f"groups): accuracy {_number(again.get('accuracy'))}, AUC {_number(again.get('auc'))}."
+    )
 
 
 def _fairness(report: dict[str, Any], split: str | None) -> str:
@@ -191,7 +196,8 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
         f"AUC {_with_interval(overall.get('auc'), ci.get('auc'))}, ECE {_number(overall.get('ece'))} "
         f"(threshold {_number(report.get('threshold', 0.5))}"
         + (", chosen on the validation split by Youden's J" if report.get("threshold_rule") == "youden_on_val" else "")
-        + ")." + _reweighted(overall),
+        + ")."
+        + _reweighted(overall),
         "",
         _interval_note(report),
         "",
@@ -310,16 +316,18 @@ def _how_to_load(cfg: TrainConfig, record: RunRecord, repo_id: str | None) -> st
         fetch = "In Python, from the FairDx repository:"
         imports = ""
         download = f'adapter_dir = "runs/{record.run_id or "RUN_ID"}/{ADAPTER}"\n'
-    fairdx = "".join([
-        "```python\n",
-        imports,
-        "from training.backbones import load_adapter, load_classifier\n\n",
-        download,
-        f'clf = load_classifier("{backbone}", task="{task}")\n',
-        "load_adapter(clf, adapter_dir)\n",
-        "logits = clf(clf.preprocess([image]))  # [1, 2]: scores of the two classes\n",
-        "```",
-    ])
+    fairdx = "".join(
+        [
+            "```python\n",
+            imports,
+            "from training.backbones import load_adapter, load_classifier\n\n",
+            download,
+            f'clf = load_classifier("{backbone}", task="{task}")\n',
+            "load_adapter(clf, adapter_dir)\n",
+            "logits = clf(clf.preprocess([image]))  # [1, 2]: scores of the two classes\n",
+            "```",
+        ]
+    )
     plain = (
         "Without FairDx the adapter is plain PEFT on the Hugging Face model:\n\n"
         "```python\n"

@@ -20,6 +20,7 @@ batch 8, 3 epochs, seed 42, LoRA r=32 α=64, λ=0.5, w_max=10). ``lr="auto"`` ta
 a checkpoint recommends in its ``fairdx_build.json`` (our embedded checkpoints do) and falls back to
 the paper's 1e-5, so no code branches on the size of the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from training import methods
-from training.methods import DEFAULT_BANDWIDTH
 from training.data_spec import SYNTH_PREFIX, data_problems, parse_synth
+from training.methods import DEFAULT_BANDWIDTH
 
 DType = Literal["float32", "bfloat16"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
@@ -44,8 +45,10 @@ PAPER_LR = 1e-5
 ERR_HEADER = "invalid training configuration ({n} problem{s}):"
 ERR_UNKNOWN_KEYS = "config file has unknown keys: {keys}; valid keys: {valid}"
 ERR_NOT_AN_OBJECT = "config file {path} must hold one JSON object of settings"
-ERR_EXCLUSIVE = ("stratified_batches and balanced_sampling exclude each other: the first keeps each group's "
-                 "share of the data, the second gives every group an equal share; pick one")
+ERR_EXCLUSIVE = (
+    "stratified_batches and balanced_sampling exclude each other: the first keeps each group's "
+    "share of the data, the second gives every group an equal share; pick one"
+)
 ERR_PIXELS = "min_pixels ({low}) is larger than max_pixels ({high})"
 
 RUN_RECORD_KEYS = frozenset({"task", "family", "run_id", "created", "versions", "dataset", "training"})
@@ -76,80 +79,139 @@ def _f(default: Any, help: str, *, cli: str | None = None, hint: str | None = No
 class TrainConfig(BaseModel):
     """Everything that defines a training run; saved resolved as ``config.json`` in the run."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True,
-                              str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True, str_strip_whitespace=True)
 
     # what to optimise
     method: str = _f(methods.BASELINE.name, methods.help_text())
-    lam: float = _f(0.5, "λ, weight of the fairness term (" + ", ".join(methods.LAMBDA_METHODS) + "). "
-                    "Gu et al. test 0.1, 0.5, 1.0.", cli="--lambda", hint="Gu et al. use 0.1, 0.5 or 1.0", ge=0)
-    w_max: float = _f(10.0, "Clip for the inverse-frequency group weights w_s = min(N/N_s, w_max) ("
-                      + ", ".join(methods.WEIGHT_METHODS) + ").",
-                      hint="it caps the weight of the rarest group, Gu et al. use 10", ge=1)
-    attribute: str = _f("race", "Sensitive attribute the objective balances; 'a+b' is the intersection of a and b.",
-                        min_length=1)
-    cmac_attribute: str | None = _f(None, "Attribute whose groups CMAC aligns (default: the same as --attribute; "
-                                          "CMAC-MMD uses an intersection such as sex+age_group).")
-    bandwidth: float | None = _f(DEFAULT_BANDWIDTH, "RBF bandwidth of the CMAC MMD in logit-margin units (log-odds; "
-                                 "CMAC-MMD leaves it unspecified); empty = median heuristic on each batch, "
-                                 "floored at 0.5 so it cannot drive the model to a constant answer.", gt=0)
-    fairness_delay_epochs: float = _f(0.0, "Epochs of plain cross-entropy before the fairness term starts ("
-                                           + ", ".join(methods.LAMBDA_METHODS) + "): a penalty on the margins of a "
-                                           "model still at chance pushes it towards a constant classifier.",
-                                      ge=0, lt=1e6)
-    fairness_ramp_epochs: float = _f(0.0, "After the delay, λ rises linearly from 0 to --lambda over this many "
-                                          "epochs.", ge=0, lt=1e6)
-    fairness_min_n: int = _f(30, "Groups with fewer training samples are left out of the fairness term; they "
-                                 "still count in the cross-entropy. A subgroup of 4 images says nothing about "
-                                 "its distribution.", ge=0)
+    lam: float = _f(
+        0.5,
+        "λ, weight of the fairness term (" + ", ".join(methods.LAMBDA_METHODS) + "). Gu et al. test 0.1, 0.5, 1.0.",
+        cli="--lambda",
+        hint="Gu et al. use 0.1, 0.5 or 1.0",
+        ge=0,
+    )
+    w_max: float = _f(
+        10.0,
+        "Clip for the inverse-frequency group weights w_s = min(N/N_s, w_max) ("
+        + ", ".join(methods.WEIGHT_METHODS)
+        + ").",
+        hint="it caps the weight of the rarest group, Gu et al. use 10",
+        ge=1,
+    )
+    attribute: str = _f(
+        "race", "Sensitive attribute the objective balances; 'a+b' is the intersection of a and b.", min_length=1
+    )
+    cmac_attribute: str | None = _f(
+        None,
+        "Attribute whose groups CMAC aligns (default: the same as --attribute; "
+        "CMAC-MMD uses an intersection such as sex+age_group).",
+    )
+    bandwidth: float | None = _f(
+        DEFAULT_BANDWIDTH,
+        "RBF bandwidth of the CMAC MMD in logit-margin units (log-odds; "
+        "CMAC-MMD leaves it unspecified); empty = median heuristic on each batch, "
+        "floored at 0.5 so it cannot drive the model to a constant answer.",
+        gt=0,
+    )
+    fairness_delay_epochs: float = _f(
+        0.0,
+        "Epochs of plain cross-entropy before the fairness term starts ("
+        + ", ".join(methods.LAMBDA_METHODS)
+        + "): a penalty on the margins of a "
+        "model still at chance pushes it towards a constant classifier.",
+        ge=0,
+        lt=1e6,
+    )
+    fairness_ramp_epochs: float = _f(
+        0.0, "After the delay, λ rises linearly from 0 to --lambda over this many epochs.", ge=0, lt=1e6
+    )
+    fairness_min_n: int = _f(
+        30,
+        "Groups with fewer training samples are left out of the fairness term; they "
+        "still count in the cross-entropy. A subgroup of 4 images says nothing about "
+        "its distribution.",
+        ge=0,
+    )
     # data and model
-    data: str = _f("synth:fundus", "Dataset folder (Harvard-FairVLMed or HAM10000 layout) or a synthetic spec "
-                   "'synth:fundus' / 'synth:skin[:n=2000,seed=0,strength=1.0]' generated on first use.",
-                   min_length=1)
-    backbone: str | None = _f(None, "Base model: a hub id (Qwen/Qwen2.5-VL-7B-Instruct, "
-                                    "openai/clip-vit-base-patch16) or a local folder; empty = the embedded "
-                                    "default for the task.")
+    data: str = _f(
+        "synth:fundus",
+        "Dataset folder (Harvard-FairVLMed or HAM10000 layout) or a synthetic spec "
+        "'synth:fundus' / 'synth:skin[:n=2000,seed=0,strength=1.0]' generated on first use.",
+        min_length=1,
+    )
+    backbone: str | None = _f(
+        None,
+        "Base model: a hub id (Qwen/Qwen2.5-VL-7B-Instruct, "
+        "openai/clip-vit-base-patch16) or a local folder; empty = the embedded "
+        "default for the task.",
+    )
     dtype: DType = _f("float32", "Parameter dtype of the base model (bfloat16 on a GPU).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory (large models).")
-    min_pixels: int | None = _f(None, "Qwen2.5-VL image pixel budget, lower bound (empty = checkpoint default).",
-                                ge=28 * 28)
-    max_pixels: int | None = _f(None, "Qwen2.5-VL image pixel budget, upper bound (empty = checkpoint default).",
-                                ge=28 * 28)
+    min_pixels: int | None = _f(
+        None, "Qwen2.5-VL image pixel budget, lower bound (empty = checkpoint default).", ge=28 * 28
+    )
+    max_pixels: int | None = _f(
+        None, "Qwen2.5-VL image pixel budget, upper bound (empty = checkpoint default).", ge=28 * 28
+    )
     # optimisation
     epochs: int = _f(3, "Passes over the training split.", ge=1)
-    lr: float | Literal["auto"] = _f("auto", "AdamW learning rate; 'auto' = the checkpoint's recommended lr, "
-                                             "else 1e-5 (Gu et al.).")
+    lr: float | Literal["auto"] = _f(
+        "auto", "AdamW learning rate; 'auto' = the checkpoint's recommended lr, else 1e-5 (Gu et al.)."
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA and head parameters.", ge=0)
     batch_size: int = _f(8, "Samples per micro-batch (per device).", ge=1)
-    grad_accum: int = _f(1, "Micro-batches per optimiser step; effective batch = batch_size × grad_accum × "
-                            "devices. Group statistics (" + ", ".join(methods.LAMBDA_METHODS) + ") use the whole effective "
-                            "batch.", ge=1)
+    grad_accum: int = _f(
+        1,
+        "Micro-batches per optimiser step; effective batch = batch_size × grad_accum × "
+        "devices. Group statistics (" + ", ".join(methods.LAMBDA_METHODS) + ") use the whole effective "
+        "batch.",
+        ge=1,
+    )
     warmup_steps: int = _f(100, "Linear learning-rate warm-up, in optimiser steps (then linear decay).", ge=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).", ge=0)
     lora_r: int = _f(32, "LoRA rank r.", ge=1)
     lora_alpha: float = _f(64.0, "LoRA scaling α (update scaled by α/r).", gt=0)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", ge=0, lt=1)
-    stratified_batches: bool = _f(False, "Spread every group of the fairness attribute evenly over the epoch, "
-                                         "so each optimiser step holds each group in its training share "
-                                         "(no re-weighting: the epoch is the same samples in another order).")
-    balanced_sampling: bool = _f(False, "Group-balanced batches: sample each group of --attribute equally "
-                                        "often, so every batch has the groups the fairness terms compare.")
+    stratified_batches: bool = _f(
+        False,
+        "Spread every group of the fairness attribute evenly over the epoch, "
+        "so each optimiser step holds each group in its training share "
+        "(no re-weighting: the epoch is the same samples in another order).",
+    )
+    balanced_sampling: bool = _f(
+        False,
+        "Group-balanced batches: sample each group of --attribute equally "
+        "often, so every batch has the groups the fairness terms compare.",
+    )
     max_samples: int | None = _f(None, "Use at most this many training samples (stratified); empty = all.", ge=10)
     seed: int = _f(42, "Random seed (data order, LoRA init, dropout).", ge=0)
-    num_threads: int | None = _f(None, "CPU threads torch may use (empty = torch's default, all cores). Small "
-                                       "models train fastest on 1; jobs sharing a machine should not "
-                                       "oversubscribe it.", ge=1)
+    num_threads: int | None = _f(
+        None,
+        "CPU threads torch may use (empty = torch's default, all cores). Small "
+        "models train fastest on 1; jobs sharing a machine should not "
+        "oversubscribe it.",
+        ge=1,
+    )
     # bookkeeping
     runs_dir: str = _f("runs", "Folder that holds run directories.", min_length=1)
     run_name: str | None = _f(None, "Run directory name; empty = <task>-<method>-<attribute>-<time>.")
     eval_bootstrap: int = _f(200, "Bootstrap resamples for the confidence intervals in eval.json.", ge=0)
-    eval_gap_min_n: int = _f(30, "Test-set groups with fewer samples are reported in eval.json but left out of "
-                                 "the gaps (a gap to a group of 2 measures noise).", ge=0)
-    eval_threshold: float | None = _f(None, "Decision threshold for eval.json and Diagnose; empty = chosen on the "
-                                            "validation split by Youden's J (TPR − FPR), then applied to test.",
-                                      ge=0, le=1)
-    eval_attributes: list[str] = _f([], "Attributes reported in eval.json besides --attribute (empty = all of "
-                                        "the dataset's attributes).")
+    eval_gap_min_n: int = _f(
+        30,
+        "Test-set groups with fewer samples are reported in eval.json but left out of "
+        "the gaps (a gap to a group of 2 measures noise).",
+        ge=0,
+    )
+    eval_threshold: float | None = _f(
+        None,
+        "Decision threshold for eval.json and Diagnose; empty = chosen on the "
+        "validation split by Youden's J (TPR − FPR), then applied to test.",
+        ge=0,
+        le=1,
+    )
+    eval_attributes: list[str] = _f(
+        [], "Attributes reported in eval.json besides --attribute (empty = all of the dataset's attributes)."
+    )
     log_every: int = _f(1, "Log to metrics.jsonl every N optimiser steps.", ge=1)
     save_every: int = _f(50, "Save a resumable checkpoint every N optimiser steps (0 = only at the end).", ge=0)
     trackers: list[str] = _f([], "Extra experiment trackers through accelerate (" + ", ".join(TRACKERS) + ").")
@@ -394,8 +456,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, with the field's help and default; the config *is* the CLI."""
     for name, info in FIELDS.items():
         default = info.get_default(call_default_factory=True)
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                              "help": f"{info.description} (default: {default!r})"}
+        kw: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": f"{info.description} (default: {default!r})",
+        }
         if info.annotation is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):

@@ -82,8 +82,7 @@ MISSING_FILES = (
 DUPLICATE_ROW = "{where}: {column} '{value}' already appears in row {first_row}; remove the duplicate row"
 UNREADABLE_FILE = "cannot read {path}: {reason}; re-download the file or delete it"
 BAD_IMAGE_ARRAY = (
-    "{path}: key 'slo_fundus' has dtype {dtype} and shape {shape}; expected a uint8 array of shape "
-    "HxW or HxWx3"
+    "{path}: key 'slo_fundus' has dtype {dtype} and shape {shape}; expected a uint8 array of shape HxW or HxWx3"
 )
 UNKNOWN_DX = "unknown dx code '{code}' in malignant; valid codes: {valid}"
 AMBIGUOUS_METADATA = "{root} holds several HAM10000 metadata files ({files}); keep one"
@@ -96,8 +95,7 @@ UNKNOWN_SPLIT = "unknown split '{split}'; expected one of train, val, test"
 UNKNOWN_ATTRIBUTE = "unknown attribute '{attribute}'; available: {available}"
 EMPTY_SPLIT = "split '{split}' has no samples; check the dataset's split folders or split column"
 EMPTY_GROUP = (
-    "attribute '{attribute}' has a group '{group}' with 0 {split} samples; "
-    "pick another attribute or merge groups"
+    "attribute '{attribute}' has a group '{group}' with 0 {split} samples; pick another attribute or merge groups"
 )
 SPLIT_MISMATCH_WARNING = (
     "{n} file(s) sit in a split folder that disagrees with the 'use' column of data_summary.csv "
@@ -279,30 +277,38 @@ class _Choices:
 _EMPTY_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null"})
 _TRUE_FALSE = {"true": "1", "false": "0", "yes": "1", "no": "0"}
 
-RACE = _Choices({"asian": "Asian", "black": "Black", "white": "White"},
-                {"0": "Asian", "1": "Black", "2": "White"})
+RACE = _Choices({"asian": "Asian", "black": "Black", "white": "White"}, {"0": "Asian", "1": "Black", "2": "White"})
 ETHNICITY = _Choices(
     {"non-hispanic": "Non-Hispanic", "hispanic": "Hispanic", "unknown": UNKNOWN},
     {"0": "Non-Hispanic", "1": "Hispanic", "-1": UNKNOWN},
     {"nonhispanic": "Non-Hispanic", "non hispanic": "Non-Hispanic", "not hispanic": "Non-Hispanic"},
 )
-HISPANIC = _Choices({}, {"0": "Non-Hispanic", "1": "Hispanic", "-1": UNKNOWN},
-                    {"false": "Non-Hispanic", "true": "Hispanic", "no": "Non-Hispanic", "yes": "Hispanic"})
-GENDER = _Choices({"female": "Female", "male": "Male"}, {"0": "Female", "1": "Male"},
-                  {"f": "Female", "m": "Male"})
-MALE = _Choices({}, {"0": "Female", "1": "Male"},
-                {"false": "Female", "true": "Male", "no": "Female", "yes": "Male"})
+HISPANIC = _Choices(
+    {},
+    {"0": "Non-Hispanic", "1": "Hispanic", "-1": UNKNOWN},
+    {"false": "Non-Hispanic", "true": "Hispanic", "no": "Non-Hispanic", "yes": "Hispanic"},
+)
+GENDER = _Choices({"female": "Female", "male": "Male"}, {"0": "Female", "1": "Male"}, {"f": "Female", "m": "Male"})
+MALE = _Choices({}, {"0": "Female", "1": "Male"}, {"false": "Female", "true": "Male", "no": "Female", "yes": "Male"})
 GLAUCOMA = _Choices({"yes": "1", "no": "0"}, {"0": "0", "1": "1"}, {"true": "1", "false": "0"})
-USE = _Choices({"training": "train", "validation": "val", "test": "test"}, {},
-               {"train": "train", "val": "val", "valid": "val", "testing": "test"})
-SPLIT = _Choices({"train": "train", "val": "val", "test": "test"}, {},
-                 {"training": "train", "validation": "val", "valid": "val", "testing": "test"})
-SEX = _Choices({"female": "Female", "male": "Male", "unknown": UNKNOWN}, {},
-               {"f": "Female", "m": "Male"}, missing=UNKNOWN)
+USE = _Choices(
+    {"training": "train", "validation": "val", "test": "test"},
+    {},
+    {"train": "train", "val": "val", "valid": "val", "testing": "test"},
+)
+SPLIT = _Choices(
+    {"train": "train", "val": "val", "test": "test"},
+    {},
+    {"training": "train", "validation": "val", "valid": "val", "testing": "test"},
+)
+SEX = _Choices(
+    {"female": "Female", "male": "Male", "unknown": UNKNOWN}, {}, {"f": "Female", "m": "Male"}, missing=UNKNOWN
+)
 DX = _Choices({code: code for code in HAM10000_DX_CODES})
 _ROMAN = ("I", "II", "III", "IV", "V", "VI")
-FITZPATRICK = _Choices({r.lower(): r for r in _ROMAN}, {str(i + 1): r for i, r in enumerate(_ROMAN)},
-                       {"unknown": UNKNOWN}, missing=UNKNOWN)
+FITZPATRICK = _Choices(
+    {r.lower(): r for r in _ROMAN}, {str(i + 1): r for i, r in enumerate(_ROMAN)}, {"unknown": UNKNOWN}, missing=UNKNOWN
+)
 
 
 def _scalar(value: Any) -> Any:
@@ -341,8 +347,15 @@ class _Where:
 def _choice(value: Any, choices: _Choices, where: _Where, column: str) -> str:
     canonical = choices.lookup(_token(value))
     if canonical is None:
-        raise DatasetError(BAD_VALUE.format(where=where.place, field=where.field, column=column,
-                                            value=str(_scalar(value)).strip(), expected=choices.expected))
+        raise DatasetError(
+            BAD_VALUE.format(
+                where=where.place,
+                field=where.field,
+                column=column,
+                value=str(_scalar(value)).strip(),
+                expected=choices.expected,
+            )
+        )
     return canonical
 
 
@@ -359,8 +372,11 @@ def _age(value: Any, where: _Where, *, allow_missing: bool) -> float | None:
             age = math.nan
     if not math.isfinite(age) or age < 0:
         expected = "an age in years (a number >= 0)" + (" or an empty cell" if allow_missing else "")
-        raise DatasetError(BAD_VALUE.format(where=where.place, field=where.field, column="age",
-                                            value=str(_scalar(value)).strip(), expected=expected))
+        raise DatasetError(
+            BAD_VALUE.format(
+                where=where.place, field=where.field, column="age", value=str(_scalar(value)).strip(), expected=expected
+            )
+        )
     return age
 
 
@@ -430,9 +446,13 @@ def _row_place(file: str, index: int) -> str:
 # Harvard-FairVLMed / Harvard-GF (fundus)
 
 _SPLIT_FOLDER_NAMES = {
-    "training": "train", "train": "train",
-    "validation": "val", "val": "val", "valid": "val",
-    "test": "test", "testing": "test",
+    "training": "train",
+    "train": "train",
+    "validation": "val",
+    "val": "val",
+    "valid": "val",
+    "test": "test",
+    "testing": "test",
 }
 
 
@@ -479,8 +499,9 @@ def load_fairvlmed(root: str | os.PathLike[str], *, age_bins: Sequence[float] = 
     return Dataset(task="fundus", root=root, samples=tuple(samples), attributes=FUNDUS_ATTRIBUTES)
 
 
-def _fairvlmed_from_summary(root: Path, summary: Path, folders: dict[str, Path],
-                            edges: tuple[float, ...], labels: tuple[str, ...]) -> list[Sample]:
+def _fairvlmed_from_summary(
+    root: Path, summary: Path, folders: dict[str, Path], edges: tuple[float, ...], labels: tuple[str, ...]
+) -> list[Sample]:
     columns, rows = _read_table(summary)
     col = {
         "filename": _pick_column(columns, SUMMARY_FILE, "filename"),
@@ -502,13 +523,21 @@ def _fairvlmed_from_summary(root: Path, summary: Path, folders: dict[str, Path],
         where = _Where(_row_place(SUMMARY_FILE, index), "column")
         name = Path((row.get(col["filename"]) or "").strip()).name
         if not name:
-            raise DatasetError(BAD_VALUE.format(where=where.place, field="column", column=col["filename"],
-                                                value="", expected="a file name such as data_00001.npz"))
+            raise DatasetError(
+                BAD_VALUE.format(
+                    where=where.place,
+                    field="column",
+                    column=col["filename"],
+                    value="",
+                    expected="a file name such as data_00001.npz",
+                )
+            )
         if not name.lower().endswith(".npz"):
             name += ".npz"
         if name in first_row:
-            raise DatasetError(DUPLICATE_ROW.format(where=where.place, column="filename", value=name,
-                                                    first_row=first_row[name] + 2))
+            raise DatasetError(
+                DUPLICATE_ROW.format(where=where.place, column="filename", value=name, first_row=first_row[name] + 2)
+            )
         first_row[name] = index
         use = _choice(row.get(use_col), USE, where, use_col) if use_col else None
         if name in located:
@@ -532,12 +561,12 @@ def _fairvlmed_from_summary(root: Path, summary: Path, folders: dict[str, Path],
         index, name, use = missing[0]
         folder = folders.get(use)
         hint = f", expected in {folder.name}/" if folder else (f", use={use}" if use else "")
-        raise DatasetError(MISSING_FILES.format(n=len(missing), listing=SUMMARY_FILE, root=root,
-                                                row=index + 2, name=name, hint=hint))
+        raise DatasetError(
+            MISSING_FILES.format(n=len(missing), listing=SUMMARY_FILE, root=root, row=index + 2, name=name, hint=hint)
+        )
     if mismatched:
         name, folder, use = mismatched[0]
-        warnings.warn(SPLIT_MISMATCH_WARNING.format(n=len(mismatched), name=name, folder=folder, use=use),
-                      stacklevel=3)
+        warnings.warn(SPLIT_MISMATCH_WARNING.format(n=len(mismatched), name=name, folder=folder, use=use), stacklevel=3)
     unlisted = sorted(set(located) - set(first_row))
     if unlisted:
         warnings.warn(UNLISTED_FILES_WARNING.format(n=len(unlisted), root=root, name=unlisted[0]), stacklevel=3)
@@ -552,8 +581,9 @@ def _ethnicity_choices(key: str) -> _Choices:
     return HISPANIC if key.lower() == "hispanic" else ETHNICITY
 
 
-def _fairvlmed_from_npz(root: Path, folders: dict[str, Path],
-                        edges: tuple[float, ...], labels: tuple[str, ...]) -> list[Sample]:
+def _fairvlmed_from_npz(
+    root: Path, folders: dict[str, Path], edges: tuple[float, ...], labels: tuple[str, ...]
+) -> list[Sample]:
     samples = []
     for split in SPLITS:
         if split not in folders:
@@ -564,8 +594,7 @@ def _fairvlmed_from_npz(root: Path, folders: dict[str, Path],
     return samples
 
 
-def _fairvlmed_sample(root: Path, path: Path, split: str,
-                      edges: tuple[float, ...], labels: tuple[str, ...]) -> Sample:
+def _fairvlmed_sample(root: Path, path: Path, split: str, edges: tuple[float, ...], labels: tuple[str, ...]) -> Sample:
     """Read one npz's metadata keys; NpzFile decompresses a member only when it is indexed."""
     place = str(path.relative_to(root))
     try:
@@ -695,11 +724,17 @@ def load_ham10000(
         lesion_id = (row.get(col["lesion_id"]) or "").strip()
         for column, value in ((col["image_id"], image_id), (col["lesion_id"], lesion_id)):
             if not value:
-                raise DatasetError(BAD_VALUE.format(where=where.place, field="column", column=column,
-                                                    value="", expected="a non-empty id"))
+                raise DatasetError(
+                    BAD_VALUE.format(
+                        where=where.place, field="column", column=column, value="", expected="a non-empty id"
+                    )
+                )
         if image_id in first_row:
-            raise DatasetError(DUPLICATE_ROW.format(where=where.place, column="image_id", value=image_id,
-                                                    first_row=first_row[image_id] + 2))
+            raise DatasetError(
+                DUPLICATE_ROW.format(
+                    where=where.place, column="image_id", value=image_id, first_row=first_row[image_id] + 2
+                )
+            )
         first_row[image_id] = index
         path = images.get(image_id)
         if path is None:
@@ -716,20 +751,27 @@ def load_ham10000(
         records.append((image_id, path, int(dx in malignant_codes), attributes, lesion_id, split))
     if missing:
         index, image_id = missing[0]
-        raise DatasetError(MISSING_FILES.format(n=len(missing), listing=file, root=root, row=index + 2,
-                                                name=image_id, hint=", as .jpg/.jpeg/.png"))
+        raise DatasetError(
+            MISSING_FILES.format(
+                n=len(missing), listing=file, root=root, row=index + 2, name=image_id, hint=", as .jpg/.jpeg/.png"
+            )
+        )
     if not split_col:
-        lesion_split = _split_lesions({r[4]: 0 for r in records} | {r[4]: 1 for r in records if r[2]},
-                                      fractions, split_seed)
+        lesion_split = _split_lesions(
+            {r[4]: 0 for r in records} | {r[4]: 1 for r in records if r[2]}, fractions, split_seed
+        )
         records = [(*r[:5], lesion_split[r[4]]) for r in records]
-    samples = tuple(Sample(image_id, path, label, MappingProxyType(attrs), split)
-                    for image_id, path, label, attrs, _, split in records)
+    samples = tuple(
+        Sample(image_id, path, label, MappingProxyType(attrs), split)
+        for image_id, path, label, attrs, _, split in records
+    )
     attributes = SKIN_ATTRIBUTES + (("fitzpatrick",) if fitz_col else ())
     return Dataset(task="skin", root=root, samples=samples, attributes=attributes)
 
 
-def _split_lesions(lesion_labels: Mapping[str, int], fractions: tuple[float, float, float],
-                   seed: int) -> dict[str, str]:
+def _split_lesions(
+    lesion_labels: Mapping[str, int], fractions: tuple[float, float, float], seed: int
+) -> dict[str, str]:
     """Assign each lesion to a split: a seeded permutation of the sorted ids of each label.
 
     Sorting first makes the split independent of row order; stratifying by label keeps prevalence

@@ -16,6 +16,7 @@ can call it before it queues a job. `dataset_problems` is the rest, run when the
 loaded metadata: an unknown attribute of a folder, a group with no training samples -- each in words
 a user can act on.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -26,8 +27,15 @@ from pathlib import Path
 
 from training import synth
 from training.data import (
-    FUNDUS_ATTRIBUTES, ROOT_MISSING, SKIN_ATTRIBUTES, UNKNOWN_ATTRIBUTE, ATTRIBUTE_JOINER, Dataset, DatasetError,
-    check_groups, load_dataset,
+    ATTRIBUTE_JOINER,
+    FUNDUS_ATTRIBUTES,
+    ROOT_MISSING,
+    SKIN_ATTRIBUTES,
+    UNKNOWN_ATTRIBUTE,
+    Dataset,
+    DatasetError,
+    check_groups,
+    load_dataset,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +65,10 @@ class SynthSpec:
 
     @property
     def folder_name(self) -> str:
-        return (f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
-                f"-t{self.test_min}-v{synth.VERSION}")
+        return (
+            f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
+            f"-t{self.test_min}-v{synth.VERSION}"
+        )
 
     def __str__(self) -> str:
         return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g},test_min={self.test_min}"
@@ -82,7 +92,9 @@ def parse_synth(spec: str) -> SynthSpec:
         key, _, raw = item.partition("=")
         key = key.strip()
         if key not in SYNTH_KEYS:
-            raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=f"unknown key '{key}' (known: {', '.join(SYNTH_KEYS)})"))
+            raise ValueError(
+                BAD_SYNTH_SPEC.format(spec=spec, reason=f"unknown key '{key}' (known: {', '.join(SYNTH_KEYS)})")
+            )
         try:
             values[key] = SYNTH_KEYS[key](raw)
         except ValueError:
@@ -90,8 +102,14 @@ def parse_synth(spec: str) -> SynthSpec:
     values.setdefault("test_min", TEST_MIN_DEFAULTS[task])
     parsed = SynthSpec(task, **values)  # type: ignore[arg-type]
     try:
-        synth.validate_args(n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
-                            image_size=parsed.image_size, workers=1, test_min=parsed.test_min)
+        synth.validate_args(
+            n=parsed.n,
+            seed=parsed.seed,
+            bias=synth.BiasConfig(parsed.strength),
+            image_size=parsed.image_size,
+            workers=1,
+            test_min=parsed.test_min,
+        )
     except ValueError as err:
         raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=str(err))) from None
     return parsed
@@ -114,8 +132,13 @@ def materialize(spec: str, *, progress: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / synth.CONFIG_NAME).is_file():
             synth.GENERATORS[parsed.task](
-                out, n=parsed.n, seed=parsed.seed, bias=synth.BiasConfig(parsed.strength),
-                image_size=parsed.image_size, workers=min(2, os.cpu_count() or 1), test_min=parsed.test_min,
+                out,
+                n=parsed.n,
+                seed=parsed.seed,
+                bias=synth.BiasConfig(parsed.strength),
+                image_size=parsed.image_size,
+                workers=min(2, os.cpu_count() or 1),
+                test_min=parsed.test_min,
                 progress=progress,
             )
     return out

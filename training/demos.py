@@ -10,6 +10,7 @@ temporary runs folder and moved into assets/runs/<task>-<method> only when compl
 interrupted rebuild never leaves a half-written demo. The settings are the same for every method of
 a task (only the method changes), so the comparison is fair; they are not tuned per method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,20 @@ from training.train import train
 # - one epoch of plain cross-entropy before any fairness term, then λ ramps up over half an epoch: a penalty on
 #   a model still at chance can only push it towards a constant answer;
 # - evaluation at the threshold chosen on the validation split (Youden's J), 1000 bootstrap resamples.
-RECIPE = dict(lam=0.5, w_max=10.0, epochs=4, batch_size=8, grad_accum=4, stratified_batches=True,
-              warmup_steps=15, fairness_delay_epochs=1.0, fairness_ramp_epochs=0.5, eval_bootstrap=1000, seed=42,
-              num_threads=1)
+RECIPE = dict(
+    lam=0.5,
+    w_max=10.0,
+    epochs=4,
+    batch_size=8,
+    grad_accum=4,
+    stratified_batches=True,
+    warmup_steps=15,
+    fairness_delay_epochs=1.0,
+    fairness_ramp_epochs=0.5,
+    eval_bootstrap=1000,
+    seed=42,
+    num_threads=1,
+)
 DEMOS: dict[str, TrainConfig] = {
     "fundus": TrainConfig(data="synth:fundus", attribute="race", **RECIPE),
     "skin": TrainConfig(data="synth:skin", attribute="sex+age_group", **RECIPE),
@@ -47,8 +59,13 @@ def demo_config(task: str, method: str, runs_dir: Path) -> TrainConfig:
     return DEMOS[task].replace(method=method, runs_dir=str(runs_dir), run_name=f"{task}-{method}")
 
 
-def build(out: Path = DEMO_RUNS_DIR, *, tasks: Sequence[str] = tuple(DEMOS), methods: Sequence[str] = METHODS,
-          progress: bool = True) -> dict[str, float]:
+def build(
+    out: Path = DEMO_RUNS_DIR,
+    *,
+    tasks: Sequence[str] = tuple(DEMOS),
+    methods: Sequence[str] = METHODS,
+    progress: bool = True,
+) -> dict[str, float]:
     """Train every demo run and move it into `out`; return the wall time of each run in seconds."""
     out.mkdir(parents=True, exist_ok=True)
     times = {}
@@ -101,16 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", action="append", choices=METHODS, help="only this method (repeatable)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--examples-only", action="store_true", help="only rewrite the bundled example images")
-    parser.add_argument("--no-examples", action="store_true",
-                        help="leave the example images alone (e.g. when two processes rebuild one task each)")
+    parser.add_argument(
+        "--no-examples",
+        action="store_true",
+        help="leave the example images alone (e.g. when two processes rebuild one task each)",
+    )
     args = parser.parse_args(argv)
     if not args.no_examples:
         write_examples()
     if args.examples_only:
         return 0
     start = time.perf_counter()
-    times = build(args.out, tasks=args.task or tuple(DEMOS), methods=args.method or METHODS,
-                  progress=not args.no_progress)
+    times = build(
+        args.out, tasks=args.task or tuple(DEMOS), methods=args.method or METHODS, progress=not args.no_progress
+    )
     total = time.perf_counter() - start
     print(json.dumps({"seconds": times, "total_seconds": round(total, 1)}, indent=2))
     return 0

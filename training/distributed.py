@@ -8,6 +8,7 @@ send it (world · ∂L/∂x_r); DDP then averages parameter gradients over ranks
 again, so every rank ends up with exactly ∂L/∂θ — the gradient a single device would compute on the
 whole effective batch. `tests/test_distributed.py` checks this with two CPU processes (gloo).
 """
+
 from __future__ import annotations
 
 import torch

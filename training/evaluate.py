@@ -6,6 +6,7 @@ and adapter, predicts every val/test sample of that dataset (external validation
 another bias strength, the real Harvard-FairVLMed) and writes ``RUN_DIR/external/<name>/``
 (predictions.csv + eval.json); the run itself is never modified in that case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ TASK_MISMATCH = "run '{run}' was trained for task '{task}' but {data} is a '{oth
 def load_run_classifier(run: rundir.RunInfo) -> Classifier:
     """The run's base model with its adapter (and head) loaded, in eval mode."""
     cfg = run.settings
-    clf = load_classifier(run.backbone, task=run.task, dtype=DTYPES[cfg.dtype],
-                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    clf = load_classifier(
+        run.backbone, task=run.task, dtype=DTYPES[cfg.dtype], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+    )
     load_adapter(clf, run.path / rundir.ADAPTER, adapter_name="default")
     return clf.eval()
 
@@ -51,8 +53,9 @@ def reevaluate(run: rundir.RunInfo, *, attributes: Sequence[str] = (), bootstrap
     return payload
 
 
-def _evaluate(run: rundir.RunInfo, predictions: pd.DataFrame, reported: Sequence[str], bootstrap: int, *,
-              population: bool = True) -> dict:
+def _evaluate(
+    run: rundir.RunInfo, predictions: pd.DataFrame, reported: Sequence[str], bootstrap: int, *, population: bool = True
+) -> dict:
     """The run's own evaluation rule (threshold, small-group rule, population mix) on these predictions.
 
     External data is judged at the threshold the run chose on its own validation split, as a deployed
@@ -63,13 +66,20 @@ def _evaluate(run: rundir.RunInfo, predictions: pd.DataFrame, reported: Sequence
     threshold = cfg.get("eval_threshold")
     if not population:  # external: the run's own operating point, never one tuned on the new data
         threshold = run.eval().get("report", {}).get("threshold", 0.5) if threshold is None else threshold
-    return evaluate_run(predictions, reported, bootstrap=bootstrap, seed=cfg.get("seed", 0),
-                        gap_min_n=cfg.get("eval_gap_min_n", GAP_MIN_N), threshold=threshold,
-                        population=(cfg["attribute"], shares) if shares else None)
+    return evaluate_run(
+        predictions,
+        reported,
+        bootstrap=bootstrap,
+        seed=cfg.get("seed", 0),
+        gap_min_n=cfg.get("eval_gap_min_n", GAP_MIN_N),
+        threshold=threshold,
+        population=(cfg["attribute"], shares) if shares else None,
+    )
 
 
-def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), bootstrap: int = 200,
-             progress: bool = True) -> Path:
+def external(
+    run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), bootstrap: int = 200, progress: bool = True
+) -> Path:
     """Predict another dataset with the run's adapter; write RUN_DIR/external/<name>/."""
     dataset = data_spec.load(spec, progress=progress)
     if dataset.task != run.task:
@@ -82,8 +92,10 @@ def external(run: rundir.RunInfo, spec: str, *, attributes: Sequence[str] = (), 
     predictions.to_csv(out / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = report_attributes(run, predictions.columns, attributes)
     report = _evaluate(run, predictions, reported, bootstrap, population=False)
-    rundir.write_json_atomic(out / rundir.EVAL, {"run_id": run.run_id, "data": spec, "split": "test",
-                                                 "attributes": reported, "report": report})
+    rundir.write_json_atomic(
+        out / rundir.EVAL,
+        {"run_id": run.run_id, "data": spec, "split": "test", "attributes": reported, "report": report},
+    )
     return out
 
 
@@ -98,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run = rundir.read_run(args.run_dir)
         if args.data:
-            out = external(run, args.data, attributes=args.attribute, bootstrap=args.bootstrap,
-                           progress=not args.no_progress)
+            out = external(
+                run, args.data, attributes=args.attribute, bootstrap=args.bootstrap, progress=not args.no_progress
+            )
             payload = pd.read_json(out / rundir.EVAL, typ="series").to_dict()
             print(f"wrote {out}")
         else:

@@ -18,6 +18,7 @@ default adapter. The three checks, each with the figure that decided it:
 Levelling down needs a reference run (did every group get worse than under vanilla?), so it is
 judged where two runs meet: ``inference.compare_engine`` and the reproduction report (``inference.report``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,13 @@ def check(label: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
     if p_value is not None and p_value >= CHANCE_ALPHA:
         reasons.append(REASONS["chance_auc"].format(auc=auc, p=p_value))
     return {
-        "degenerate": bool(reasons), "reasons": reasons, "prob_sd": prob_sd,
-        "positive_share": positive_share, "auc": auc, "auc_p_value": p_value, "threshold": float(threshold),
+        "degenerate": bool(reasons),
+        "reasons": reasons,
+        "prob_sd": prob_sd,
+        "positive_share": positive_share,
+        "auc": auc,
+        "auc_p_value": p_value,
+        "threshold": float(threshold),
         "limits": {"min_prob_sd": MIN_PROB_SD, "min_class_share": MIN_CLASS_SHARE, "chance_alpha": CHANCE_ALPHA},
     }
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from training import methods
-from training.methods import DEFAULT_BANDWIDTH, LAMBDA_METHODS, NAMES as METHODS  # re-exported for callers
+from training.methods import DEFAULT_BANDWIDTH  # re-exported for callers
+from training.methods import NAMES as METHODS
 
 # Error messages: module constants so that callers and tests can match them word for word.
 UNKNOWN_METHOD = "unknown method {method!r}; choose one of: {choices}"
@@ -368,9 +369,7 @@ def compute_loss(
 # helpers
 
 
-def _group_weighted_ce(
-    ce_per_sample: Tensor, groups: Tensor, group_weight: Tensor | None, method: str
-) -> Tensor:
+def _group_weighted_ce(ce_per_sample: Tensor, groups: Tensor, group_weight: Tensor | None, method: str) -> Tensor:
     """Σ_i w_{g_i} CE_i / Σ_i w_{g_i} (Eq. 8, normalisation explained in :func:`compute_loss`)."""
     if group_weight is None:
         raise ValueError(MISSING_GROUP_WEIGHT.format(method=method))

@@ -18,6 +18,7 @@ The two papers:
   Medical Image Disease Classification* (arXiv:2512.15249): CE + λ·MMD between intersectional
   subgroups' certainty-margin distributions, on CLIP.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ GU_FAIR_LORA = Paper(
 )
 CMAC_MMD = Paper(
     short="CMAC-MMD",
-    citation=("Zhang et al., *Intersectional Fairness in Vision-Language Models for Medical Image Disease "
-              "Classification* (CMAC-MMD, [arXiv:2512.15249](https://arxiv.org/abs/2512.15249))"),
+    citation=(
+        "Zhang et al., *Intersectional Fairness in Vision-Language Models for Medical Image Disease "
+        "Classification* (CMAC-MMD, [arXiv:2512.15249](https://arxiv.org/abs/2512.15249))"
+    ),
 )
 
 
@@ -98,48 +101,87 @@ class Method:
     @property
     def hyperparameters(self) -> tuple[str, ...]:
         """The TrainConfig fields only this objective reads (the Studio enables exactly these)."""
-        used = {"lam": self.uses_lambda, "w_max": self.uses_w_max, "bandwidth": self.uses_bandwidth,
-                "cmac_attribute": self.uses_cmac_attribute}
+        used = {
+            "lam": self.uses_lambda,
+            "w_max": self.uses_w_max,
+            "bandwidth": self.uses_bandwidth,
+            "cmac_attribute": self.uses_cmac_attribute,
+        }
         return tuple(name for name, on in used.items() if on)
 
 
 VANILLA = Method(
-    name="vanilla", title="Vanilla", card_title="Vanilla LoRA",
-    objective=(r"mean cross-entropy, $\mathcal{L} = -\frac{1}{N}\sum_{i} \log p_\theta(y_i \mid x_i)$ "
-               f"({GU_FAIR_LORA.citation}, Eq. 3)."),
+    name="vanilla",
+    title="Vanilla",
+    card_title="Vanilla LoRA",
+    objective=(
+        r"mean cross-entropy, $\mathcal{L} = -\frac{1}{N}\sum_{i} \log p_\theta(y_i \mid x_i)$ "
+        f"({GU_FAIR_LORA.citation}, Eq. 3)."
+    ),
     help="cross-entropy only (Gu et al. Eq. 3)",
-    paper=GU_FAIR_LORA, fairness_term=None, group_weighted=False, colour="#636363",
+    paper=GU_FAIR_LORA,
+    fairness_term=None,
+    group_weighted=False,
+    colour="#636363",
 )
 FR = Method(
-    name="fr", title="FR", card_title="FR-LoRA (fairness-regularised)",
-    objective=(r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \left(\max_s \mathrm{Acc}^s_{soft} - \min_s "
-               r"\mathrm{Acc}^s_{soft}\right)$ with $\mathrm{Acc}^s_{soft}$ the mean probability of the true class "
-               f"in group $s$ ({GU_FAIR_LORA.citation}, Eqs. 4-6)."),
+    name="fr",
+    title="FR",
+    card_title="FR-LoRA (fairness-regularised)",
+    objective=(
+        r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \left(\max_s \mathrm{Acc}^s_{soft} - \min_s "
+        r"\mathrm{Acc}^s_{soft}\right)$ with $\mathrm{Acc}^s_{soft}$ the mean probability of the true class "
+        f"in group $s$ ({GU_FAIR_LORA.citation}, Eqs. 4-6)."
+    ),
     help="CE + λ·soft MaxAccGap (Gu et al. Eq. 5)",
-    paper=GU_FAIR_LORA, fairness_term=SOFT_GAP, group_weighted=False, colour="#1f77b4",
+    paper=GU_FAIR_LORA,
+    fairness_term=SOFT_GAP,
+    group_weighted=False,
+    colour="#1f77b4",
 )
 GR = Method(
-    name="gr", title="GR", card_title="GR-LoRA (group-reweighted)",
-    objective=(r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE}$, $w_s = \min(N / N_s, w_{max})$ "
-               f"({GU_FAIR_LORA.citation}, Eq. 8); FairDx weights each sample by $w_s$ and normalises by the "
-               "batch's total weight."),
+    name="gr",
+    title="GR",
+    card_title="GR-LoRA (group-reweighted)",
+    objective=(
+        r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE}$, $w_s = \min(N / N_s, w_{max})$ "
+        f"({GU_FAIR_LORA.citation}, Eq. 8); FairDx weights each sample by $w_s$ and normalises by the "
+        "batch's total weight."
+    ),
     help="inverse-frequency group weights clipped at w_max (Gu et al. Eq. 8)",
-    paper=GU_FAIR_LORA, fairness_term=None, group_weighted=True, colour="#2ca02c",
+    paper=GU_FAIR_LORA,
+    fairness_term=None,
+    group_weighted=True,
+    colour="#2ca02c",
 )
 HYBRID = Method(
-    name="hybrid", title="Hybrid", card_title="Hybrid-LoRA (reweighted + regularised)",
-    objective=(r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE} + \lambda\, \mathrm{MaxAccGap}_{soft}$ "
-               f"({GU_FAIR_LORA.citation}, Eq. 9)."),
+    name="hybrid",
+    title="Hybrid",
+    card_title="Hybrid-LoRA (reweighted + regularised)",
+    objective=(
+        r"$\mathcal{L} = \sum_s w_s \mathcal{L}^s_{CE} + \lambda\, \mathrm{MaxAccGap}_{soft}$ "
+        f"({GU_FAIR_LORA.citation}, Eq. 9)."
+    ),
     help="GR's weights + λ·soft MaxAccGap (Gu et al. Eq. 9)",
-    paper=GU_FAIR_LORA, fairness_term=SOFT_GAP, group_weighted=True, colour="#9467bd",
+    paper=GU_FAIR_LORA,
+    fairness_term=SOFT_GAP,
+    group_weighted=True,
+    colour="#9467bd",
 )
 CMAC = Method(
-    name="cmac", title="CMAC-MMD", card_title="CMAC-MMD",
-    objective=(r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \cdot \mathrm{mean}_{s<t}\, \mathrm{MMD}^2_{RBF}(m_s, m_t)$ "
-               r"over pairs of intersectional subgroups, $m$ the certainty margin (true-class score minus the best "
-               f"other class) ({CMAC_MMD.citation})."),
+    name="cmac",
+    title="CMAC-MMD",
+    card_title="CMAC-MMD",
+    objective=(
+        r"$\mathcal{L} = \mathcal{L}_{CE} + \lambda \cdot \mathrm{mean}_{s<t}\, \mathrm{MMD}^2_{RBF}(m_s, m_t)$ "
+        r"over pairs of intersectional subgroups, $m$ the certainty margin (true-class score minus the best "
+        f"other class) ({CMAC_MMD.citation})."
+    ),
     help="CE + λ·MMD of certainty margins between intersectional subgroups (CMAC-MMD)",
-    paper=CMAC_MMD, fairness_term=MMD, group_weighted=False, colour="#ff7f0e",
+    paper=CMAC_MMD,
+    fairness_term=MMD,
+    group_weighted=False,
+    colour="#ff7f0e",
 )
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (VANILLA, FR, GR, HYBRID, CMAC)}

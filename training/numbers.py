@@ -4,6 +4,7 @@ One rule for every such place (the metrics' figures, Compare's and the report's 
 progress): a real number becomes a ``float``; ``None``, a bool, anything that is not a real number,
 and NaN (a figure that is undefined) become ``None``. Standard library only, so the Studio can use it.
 """
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ listing never shows a half-written run. Hidden folders are never listed.
 While a process trains into a run it holds an exclusive lock on ``runs/.lock-<run_id>`` (``lock_run``),
 so a second trainer or the Studio's cleanup never removes a staging folder that is being written.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -39,8 +40,15 @@ CARD = "README.md"
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = f"{CHECKPOINT}.tmp"  # the next checkpoint while it is written
 CHECKPOINT_OLD = f"{CHECKPOINT}.old"  # the previous one while the new one moves into place
-REQUIRED = (CONFIG, f"{ADAPTER}/adapter_config.json", f"{ADAPTER}/adapter_model.safetensors", METRICS,
-            PREDICTIONS, EVAL, CARD)
+REQUIRED = (
+    CONFIG,
+    f"{ADAPTER}/adapter_config.json",
+    f"{ADAPTER}/adapter_model.safetensors",
+    METRICS,
+    PREDICTIONS,
+    EVAL,
+    CARD,
+)
 STAGING_PREFIX = ".staging-"
 LOCK_PREFIX = ".lock-"  # runs/.lock-<run_id>: held by the process that trains into the run
 
@@ -48,8 +56,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUNS_DIR = REPO_ROOT / "assets" / "runs"
 
 RUN_EXISTS = "run '{name}' already exists in {runs_dir}; pick another --run-name or delete the folder"
-RUN_LOCKED = ("run '{name}' is being trained right now by another process{holder} (it holds {lock}); "
-              "wait for it to finish or cancel it, or pick another --run-name")
+RUN_LOCKED = (
+    "run '{name}' is being trained right now by another process{holder} (it holds {lock}); "
+    "wait for it to finish or cancel it, or pick another --run-name"
+)
 
 
 class RunRecord(BaseModel):
@@ -260,8 +270,7 @@ def lock_holder(runs_dir: str | Path, run_id: str) -> int | None:
 
 def run_locked_message(runs_dir: str | Path, run_id: str) -> str:
     holder = lock_holder(runs_dir, run_id)
-    return RUN_LOCKED.format(name=run_id, holder=f" (pid {holder})" if holder else "",
-                             lock=lock_path(runs_dir, run_id))
+    return RUN_LOCKED.format(name=run_id, holder=f" (pid {holder})" if holder else "", lock=lock_path(runs_dir, run_id))
 
 
 def checkpoint_in(staging: Path) -> Path | None:

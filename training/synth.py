@@ -120,10 +120,10 @@ import signal
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -401,10 +401,13 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: in
 
     enriched = np.zeros(n, bool)
     if test_min:
-        extra = _fundus_test_samples(np.random.default_rng([seed, _STREAM_FUNDUS_EXTRA]),
-                                     race[split == 2], test_min, b0, P)
-        race, eth, gender, age, label = (np.concatenate([a, extra[k]]) for a, k in
-                                         ((race, "race"), (eth, "eth"), (gender, "gender"), (age, "age"), (label, "label")))
+        extra = _fundus_test_samples(
+            np.random.default_rng([seed, _STREAM_FUNDUS_EXTRA]), race[split == 2], test_min, b0, P
+        )
+        race, eth, gender, age, label = (
+            np.concatenate([a, extra[k]])
+            for a, k in ((race, "race"), (eth, "eth"), (gender, "gender"), (age, "age"), (label, "label"))
+        )
         split = np.concatenate([split, np.full(len(extra["race"]), 2)])
         enriched = np.concatenate([enriched, np.ones(len(extra["race"]), bool)])
     total = len(race)
@@ -415,8 +418,18 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: in
     notes = [_fundus_note(rng, a, g) for a, g in zip(age, gender)]
 
     df = pd.DataFrame(
-        dict(race=race, ethnicity=eth, gender=gender, age=age, language=language,
-             maritalstatus=marital, note=notes, split=split, glaucoma=label, enriched=enriched)
+        dict(
+            race=race,
+            ethnicity=eth,
+            gender=gender,
+            age=age,
+            language=language,
+            maritalstatus=marital,
+            note=notes,
+            split=split,
+            glaucoma=label,
+            enriched=enriched,
+        )
     )
     df = df.iloc[np.lexsort((rng.permutation(total), df["split"].to_numpy()))].reset_index(drop=True)
     df.insert(0, "filename", [f"data_{i + 1:05d}.npz" for i in range(total)])
@@ -424,8 +437,9 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: in
     return df
 
 
-def _fundus_test_samples(rng: np.random.Generator, test_race: np.ndarray, test_min: int, b0: float,
-                         P: float) -> dict[str, np.ndarray]:
+def _fundus_test_samples(
+    rng: np.random.Generator, test_race: np.ndarray, test_min: int, b0: float, P: float
+) -> dict[str, np.ndarray]:
     """Demographics and labels of the test-only samples that bring every race group to `test_min`."""
     race = np.concatenate([np.full(max(0, test_min - int((test_race == r).sum())), r) for r in RACE_CODES])
     m = len(race)
@@ -539,10 +553,10 @@ def _vessel_mask(rng, size, cx, cy, rd, side, fx, fy) -> np.ndarray:
     px_per_unit = size / 2.0
     temporal = -side  # direction from disc towards fovea
     starts = [
-        (np.arctan2(-0.55, temporal), 0.028, 1.0),   # superotemporal arcade, curving around fovea
-        (np.arctan2(0.55, temporal), 0.028, -1.0),   # inferotemporal arcade
-        (np.arctan2(-0.8, -temporal), 0.02, 0.0),    # superonasal
-        (np.arctan2(0.8, -temporal), 0.02, 0.0),     # inferonasal
+        (np.arctan2(-0.55, temporal), 0.028, 1.0),  # superotemporal arcade, curving around fovea
+        (np.arctan2(0.55, temporal), 0.028, -1.0),  # inferotemporal arcade
+        (np.arctan2(-0.8, -temporal), 0.02, 0.0),  # superonasal
+        (np.arctan2(0.8, -temporal), 0.02, 0.0),  # inferonasal
         (np.arctan2(rng.uniform(-0.2, 0.2), -temporal), 0.012, 0.0),  # nasal
     ]
     for heading, width, bend in starts:
@@ -564,8 +578,9 @@ def _draw_vessel(rng, draw, start, heading, width, curvature, steps, ppu, size, 
             break
         if depth < 2 and k > 3 and rng.random() < 0.10:
             branch = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.0)
-            _draw_vessel(rng, draw, (x0, y0), branch, width * 0.6, curvature * 0.3,
-                         int(steps * 0.5), ppu, size, depth + 1)
+            _draw_vessel(
+                rng, draw, (x0, y0), branch, width * 0.6, curvature * 0.3, int(steps * 0.5), ppu, size, depth + 1
+            )
     w = max(1, int(round(width * ppu)))
     draw.line(_to_px(np.asarray(pts), size), fill=255, width=w, joint="curve")
 
@@ -618,18 +633,20 @@ def generate_fundus(
             for i, row in enumerate(plan.to_dict("records"))
         ]
         _run_pool(_render_fundus_task, tasks, workers, progress, "fundus")
-        summary = pd.DataFrame({
-            "filename": plan["filename"],
-            "age": plan["age"],
-            "gender": [GENDER_NAMES[g] for g in plan["gender"]],
-            "race": [RACE_NAMES[r] for r in plan["race"]],
-            "ethnicity": [ETH_NAMES[ETH_CODES.index(e)] for e in plan["ethnicity"]],
-            "language": plan["language"],
-            "maritalstatus": plan["maritalstatus"],
-            "note": plan["note"],
-            "use": plan["use"],
-            "glaucoma": np.where(plan["glaucoma"] == 1, "yes", "no"),
-        })
+        summary = pd.DataFrame(
+            {
+                "filename": plan["filename"],
+                "age": plan["age"],
+                "gender": [GENDER_NAMES[g] for g in plan["gender"]],
+                "race": [RACE_NAMES[r] for r in plan["race"]],
+                "ethnicity": [ETH_NAMES[ETH_CODES.index(e)] for e in plan["ethnicity"]],
+                "language": plan["language"],
+                "maritalstatus": plan["maritalstatus"],
+                "note": plan["note"],
+                "use": plan["use"],
+                "glaucoma": np.where(plan["glaucoma"] == 1, "yes", "no"),
+            }
+        )
         summary.to_csv(tmp / "data_summary.csv", index=False, lineterminator="\n")
         _write_json(tmp / CONFIG_NAME, _config("fundus", n, seed, bias, image_size, test_min, plan))
 
@@ -651,19 +668,38 @@ SKIN_DX_TYPES = {
     "vasc": {"histo": 0.60, "consensus": 0.40},
 }
 SKIN_LOCALIZATIONS = {
-    "back": 0.22, "lower extremity": 0.20, "trunk": 0.14, "upper extremity": 0.11, "abdomen": 0.10,
-    "face": 0.07, "chest": 0.04, "foot": 0.03, "unknown": 0.02, "neck": 0.02, "scalp": 0.013,
-    "hand": 0.009, "ear": 0.005, "genital": 0.004, "acral": 0.001,
+    "back": 0.22,
+    "lower extremity": 0.20,
+    "trunk": 0.14,
+    "upper extremity": 0.11,
+    "abdomen": 0.10,
+    "face": 0.07,
+    "chest": 0.04,
+    "foot": 0.03,
+    "unknown": 0.02,
+    "neck": 0.02,
+    "scalp": 0.013,
+    "hand": 0.009,
+    "ear": 0.005,
+    "genital": 0.004,
+    "acral": 0.001,
 }
 SKIN_PREVALENCE = 0.195
 SKIN_SEX_NAMES, SKIN_SEX_SHARES = ("male", "female", "unknown"), (54.0, 45.5, 0.5)
 FITZPATRICK = ("I", "II", "III", "IV", "V", "VI")
 FITZPATRICK_SHARES = (15.0, 30.0, 25.0, 15.0, 9.0, 6.0)
 FITZPATRICK_TONE_WEIGHT = (0.0, 0.0, 0.25, 0.5, 0.85, 1.0)
-SKIN_RGB = np.array([
-    (0.95, 0.80, 0.74), (0.91, 0.73, 0.63), (0.83, 0.63, 0.50),
-    (0.69, 0.49, 0.36), (0.52, 0.35, 0.25), (0.36, 0.24, 0.17),
-], np.float32)
+SKIN_RGB = np.array(
+    [
+        (0.95, 0.80, 0.74),
+        (0.91, 0.73, 0.63),
+        (0.83, 0.63, 0.50),
+        (0.69, 0.49, 0.36),
+        (0.52, 0.35, 0.25),
+        (0.36, 0.24, 0.17),
+    ],
+    np.float32,
+)
 AGE_BINS = ((0, 40, "0-40"), (40, 60, "40-60"), (60, 200, "60+"))
 SKIN_OR_AGE = {"0-40": 0.5, "40-60": 1.0, "60+": 2.0}
 SKIN_OR_SEX = {"male": 1.5, "female": 1.0, "unknown": 1.0}
@@ -675,9 +711,15 @@ MISSING_AGE_FRACTION = 0.006
 FIRST_IMAGE_NUMBER = 24306
 # transmittance palettes (multiplicative on skin, <1 darkens)
 _PAL = {
-    "light": (0.72, 0.58, 0.48), "brown": (0.50, 0.36, 0.28), "dark": (0.30, 0.20, 0.16),
-    "black": (0.16, 0.12, 0.11), "bluegrey": (0.42, 0.47, 0.62), "red": (0.95, 0.50, 0.52),
-    "pink": (1.02, 0.80, 0.80), "white": (1.12, 1.16, 1.2), "purple": (0.55, 0.24, 0.40),
+    "light": (0.72, 0.58, 0.48),
+    "brown": (0.50, 0.36, 0.28),
+    "dark": (0.30, 0.20, 0.16),
+    "black": (0.16, 0.12, 0.11),
+    "bluegrey": (0.42, 0.47, 0.62),
+    "red": (0.95, 0.50, 0.52),
+    "pink": (1.02, 0.80, 0.80),
+    "white": (1.12, 1.16, 1.2),
+    "purple": (0.55, 0.24, 0.40),
     "tan": (0.80, 0.66, 0.52),
 }
 
@@ -727,8 +769,19 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     malignant[order] = _systematic(p[order])
     visible_group = np.where(missing, "unknown", groups)
     split = _stratified_split(rng, list(zip(sex, visible_group, malignant)))
-    lesions = pd.DataFrame(dict(images=per_lesion, fitz=fitz, sex=sex, true_age=true_age, age_group=groups,
-                                missing=missing, malignant=malignant, split=split, enriched=False))
+    lesions = pd.DataFrame(
+        dict(
+            images=per_lesion,
+            fitz=fitz,
+            sex=sex,
+            true_age=true_age,
+            age_group=groups,
+            missing=missing,
+            malignant=malignant,
+            split=split,
+            enriched=False,
+        )
+    )
     if test_min:
         extra = _skin_test_lesions(np.random.default_rng([seed, _STREAM_SKIN_EXTRA]), lesions, test_min, b0, P)
         lesions = pd.concat([lesions, extra], ignore_index=True)
@@ -743,15 +796,27 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     rows, k = [], 0
     for j, lesion in enumerate(lesions.to_dict("records")):
         for v in range(lesion["images"]):
-            rows.append(dict(
-                lesion_id=f"HAM_{lesion_number[j]:07d}", image_id=f"ISIC_{image_number[k]:07d}",
-                dx=dx[j], dx_type=dx_type[j], age=np.nan if lesion["missing"] else float(lesion["true_age"]),
-                sex=lesion["sex"], localization=loc[j], fitzpatrick=FITZPATRICK[lesion["fitz"]],
-                split=SKIN_SPLITS[lesion["split"]], lesion_index=j, view=v, image_index=k,
-                malignant=int(lesion["malignant"]), true_age=float(lesion["true_age"]),
-                age_group=lesion["age_group"], enriched=bool(lesion["enriched"]),
-                part=1 if image_number[k] < FIRST_IMAGE_NUMBER + (n_images + 1) // 2 else 2,
-            ))
+            rows.append(
+                dict(
+                    lesion_id=f"HAM_{lesion_number[j]:07d}",
+                    image_id=f"ISIC_{image_number[k]:07d}",
+                    dx=dx[j],
+                    dx_type=dx_type[j],
+                    age=np.nan if lesion["missing"] else float(lesion["true_age"]),
+                    sex=lesion["sex"],
+                    localization=loc[j],
+                    fitzpatrick=FITZPATRICK[lesion["fitz"]],
+                    split=SKIN_SPLITS[lesion["split"]],
+                    lesion_index=j,
+                    view=v,
+                    image_index=k,
+                    malignant=int(lesion["malignant"]),
+                    true_age=float(lesion["true_age"]),
+                    age_group=lesion["age_group"],
+                    enriched=bool(lesion["enriched"]),
+                    part=1 if image_number[k] < FIRST_IMAGE_NUMBER + (n_images + 1) // 2 else 2,
+                )
+            )
             k += 1
     df = pd.DataFrame(rows)
     return df.sort_values(["lesion_id", "image_id"], kind="stable").reset_index(drop=True)
@@ -779,8 +844,9 @@ def _stratified_split(rng: np.random.Generator, strata: list[tuple]) -> np.ndarr
     return split
 
 
-def _skin_test_lesions(rng: np.random.Generator, lesions: pd.DataFrame, test_min: int, b0: float,
-                       P: float) -> pd.DataFrame:
+def _skin_test_lesions(
+    rng: np.random.Generator, lesions: pd.DataFrame, test_min: int, b0: float, P: float
+) -> pd.DataFrame:
     """Test-only lesions for each known-sex x age-group subgroup until it has `test_min` malignant test images.
 
     Each added lesion is drawn like a population lesion of that subgroup: age from the population's age
@@ -800,9 +866,19 @@ def _skin_test_lesions(rng: np.random.Generator, lesions: pd.DataFrame, test_min
                 for a in age:
                     malignant = int(rng.random() < p)
                     images = _images_of_lesion(rng)
-                    extra.append(dict(images=images, fitz=int(rng.choice(6, p=np.array(FITZPATRICK_SHARES) / 100.0)),
-                                      sex=sex, true_age=float(a), age_group=group, missing=False,
-                                      malignant=malignant, split=2, enriched=True))
+                    extra.append(
+                        dict(
+                            images=images,
+                            fitz=int(rng.choice(6, p=np.array(FITZPATRICK_SHARES) / 100.0)),
+                            sex=sex,
+                            true_age=float(a),
+                            age_group=group,
+                            missing=False,
+                            malignant=malignant,
+                            split=2,
+                            enriched=True,
+                        )
+                    )
                     have += images * malignant
                     if have >= test_min:
                         break
@@ -850,21 +926,36 @@ def skin_lesion_params(row: dict, seed: int, bias: BiasConfig) -> dict:
         network=float(rng.uniform(0.0, 0.12) * (1.0 - cue) if row["dx"] in ("nv", "mel") else 0.0),
         net_freq=float(rng.uniform(28, 40)),
         vessels=rng.uniform(-0.8, 0.8, (int(rng.integers(3, 7)), 2))
-        if row["dx"] == "vasc" or (row["dx"] == "bcc" and rng.random() < 0.3 + 0.5 * colour) else None,
+        if row["dx"] == "vasc" or (row["dx"] == "bcc" and rng.random() < 0.3 + 0.5 * colour)
+        else None,
         seed=rng.integers(2**31),
         # dermoscopic structures (module docstring): globules at (angle, radius / lesion radius, size);
         # streaks at (angle, length), radiating from the border
-        globules=np.stack([rng.uniform(0, 2 * np.pi, k := int(rng.poisson(1.0 + 20.0 * structure**2))),
-                           rng.uniform(0.15, 0.75 + 0.25 * structure, k), rng.uniform(0.03, 0.05, k)], 1),
-        streaks=np.stack([rng.uniform(0, 2 * np.pi, m := int(rng.poisson(14.0 * max(0.0, structure - 0.35)))),
-                          rng.uniform(0.12, 0.3, m)], 1),
+        globules=np.stack(
+            [
+                rng.uniform(0, 2 * np.pi, k := int(rng.poisson(1.0 + 20.0 * structure**2))),
+                rng.uniform(0.15, 0.75 + 0.25 * structure, k),
+                rng.uniform(0.03, 0.05, k),
+            ],
+            1,
+        ),
+        streaks=np.stack(
+            [
+                rng.uniform(0, 2 * np.pi, m := int(rng.poisson(14.0 * max(0.0, structure - 0.35)))),
+                rng.uniform(0.12, 0.3, m),
+            ],
+            1,
+        ),
     )
 
 
 _BASE_COLOURS = {
-    "nv": {"brown": 0.55, "light": 0.3, "dark": 0.15}, "bkl": {"tan": 0.5, "light": 0.3, "brown": 0.2},
-    "df": {"light": 0.6, "brown": 0.4}, "vasc": {"red": 0.6, "purple": 0.4},
-    "mel": {"brown": 0.5, "dark": 0.3, "light": 0.2}, "bcc": {"pink": 0.4, "light": 0.3, "brown": 0.3},
+    "nv": {"brown": 0.55, "light": 0.3, "dark": 0.15},
+    "bkl": {"tan": 0.5, "light": 0.3, "brown": 0.2},
+    "df": {"light": 0.6, "brown": 0.4},
+    "vasc": {"red": 0.6, "purple": 0.4},
+    "mel": {"brown": 0.5, "dark": 0.3, "light": 0.2},
+    "bcc": {"pink": 0.4, "light": 0.3, "brown": 0.3},
     "akiec": {"red": 0.4, "pink": 0.3, "tan": 0.3},
 }
 _EXTRA_COLOURS = ("dark", "light", "black", "bluegrey", "red", "white")
@@ -954,11 +1045,12 @@ def _structure_mask(lesion, size, zoom, phi, tx, ty) -> np.ndarray | None:
 
     def to_image(points: np.ndarray) -> list[tuple[float, float]]:
         points = np.asarray(points) * zoom
-        return _to_px(np.stack([c * points[:, 0] - s * points[:, 1] + tx, s * points[:, 0] + c * points[:, 1] + ty], 1),
-                      size)
+        return _to_px(
+            np.stack([c * points[:, 0] - s * points[:, 1] + tx, s * points[:, 0] + c * points[:, 1] + ty], 1), size
+        )
 
     for angle, rel, dot in lesion["globules"]:
-        (px, py), = to_image([[rel * radius * np.cos(angle), rel * radius * np.sin(angle)]])
+        ((px, py),) = to_image([[rel * radius * np.cos(angle), rel * radius * np.sin(angle)]])
         rad = dot * zoom * size / 2
         draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=230)
     for angle, length in lesion["streaks"]:
@@ -977,7 +1069,7 @@ def _lentigo_mask(rng, count, size, zoom, phi, tx, ty) -> np.ndarray:
     for _ in range(count):
         lu, lv = rng.uniform(-1.2, 1.2, 2) * zoom
         rad = rng.uniform(0.02, 0.06) * zoom * size / 2
-        (px, py), = _to_px([(c * lu - s * lv + tx, s * lu + c * lv + ty)], size)
+        ((px, py),) = _to_px([(c * lu - s * lv + tx, s * lu + c * lv + ty)], size)
         draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=255)
     canvas = canvas.filter(ImageFilter.GaussianBlur(size / 80))
     return np.asarray(canvas, np.float32) / 255.0
@@ -986,7 +1078,7 @@ def _lentigo_mask(rng, count, size, zoom, phi, tx, ty) -> np.ndarray:
 def _field(u, v, grid: np.ndarray, radius: float) -> np.ndarray:
     """Smooth random field: a 7x7 normal grid spanning the lesion's box, sampled bicubically at (u, v)."""
     size, step = u.shape[0], 4  # smooth at this scale: evaluate on a 4x coarser grid, then upsample
-    uc, vc = u[step // 2::step, step // 2::step], v[step // 2::step, step // 2::step]
+    uc, vc = u[step // 2 :: step, step // 2 :: step], v[step // 2 :: step, step // 2 :: step]
     m = grid.shape[0] - 1
     cu = (uc / (1.6 * radius) + 1.0) * 0.5 * m
     cv = (vc / (1.6 * radius) + 1.0) * 0.5 * m
@@ -1081,15 +1173,20 @@ def generate_skin(
 # ============================================================================= shared machinery
 
 
-def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, test_min: int,
-            plan: pd.DataFrame) -> dict:
+def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, test_min: int, plan: pd.DataFrame) -> dict:
     """What synth_config.json records: everything that determines the bytes (not `workers`), and how
     many test-only samples the enrichment added."""
     return dict(
-        generator="training.synth", version=VERSION, kind=kind, n=int(n), seed=int(seed),
-        image_size=int(image_size), bias=asdict(bias), effective_bias=bias.effective, test_min=int(test_min),
-        test_enrichment=dict(rule=TEST_ENRICHMENT[kind], added=int(plan["enriched"].sum()),
-                             total=len(plan)),
+        generator="training.synth",
+        version=VERSION,
+        kind=kind,
+        n=int(n),
+        seed=int(seed),
+        image_size=int(image_size),
+        bias=asdict(bias),
+        effective_bias=bias.effective,
+        test_min=int(test_min),
+        test_enrichment=dict(rule=TEST_ENRICHMENT[kind], added=int(plan["enriched"].sum()), total=len(plan)),
     )
 
 
@@ -1141,8 +1238,10 @@ def latent_scores(kind: str, n: int, seed: int, bias: BiasConfig = BiasConfig(),
     one latent perfectly would reach; the visible findings are noisier still."""
     if kind == "fundus":
         plan = plan_fundus(n, seed, bias, test_min)
-        scores = [fundus_params({**row, "index": i + 1}, seed, bias, i + 1)["cdr"]
-                  for i, row in enumerate(plan.to_dict("records"))]
+        scores = [
+            fundus_params({**row, "index": i + 1}, seed, bias, i + 1)["cdr"]
+            for i, row in enumerate(plan.to_dict("records"))
+        ]
         return pd.Series(scores, index=[Path(f).stem for f in plan["filename"]], name="latent")
     plan = plan_skin(n, seed, bias, test_min)
     scores = [skin_lesion_params(row, seed, bias)["cue"] for row in plan.to_dict("records")]
@@ -1152,9 +1251,9 @@ def latent_scores(kind: str, n: int, seed: int, bias: BiasConfig = BiasConfig(),
 GENERATORS = {"fundus": generate_fundus, "skin": generate_skin}
 TEST_ENRICHMENT = {
     "fundus": "test-only samples added to every race group with fewer than test_min test samples, "
-              "drawn like that group's population samples",
+    "drawn like that group's population samples",
     "skin": "test-only lesions added to every known-sex x age-group subgroup with fewer than test_min "
-            "malignant test images, drawn like that subgroup's population lesions",
+    "malignant test images, drawn like that subgroup's population lesions",
 }
 """What ``test_min`` does per task. A test split enriched this way estimates every group's own figures
 from enough samples; its overall figures describe the enriched mix, so `training.metrics` also reports
@@ -1176,9 +1275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appearance", type=float, default=BiasConfig.appearance, help="appearance knob in [0, 2]")
     p.add_argument("--prevalence", type=float, default=BiasConfig.prevalence, help="prevalence knob in [0, 2]")
     p.add_argument("--difficulty", type=float, default=BiasConfig.difficulty, help="difficulty knob in [0, 2]")
-    p.add_argument("--test-min", type=int, default=0,
-                   help="enrich the test split: fundus, at least this many test samples per race group; skin, at "
-                        "least this many malignant test images per sex x age subgroup (default 0 = off)")
+    p.add_argument(
+        "--test-min",
+        type=int,
+        default=0,
+        help="enrich the test split: fundus, at least this many test samples per race group; skin, at "
+        "least this many malignant test images per sex x age subgroup (default 0 = off)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -1192,8 +1295,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         out = GENERATORS[args.kind](
-            args.out, n=args.n, seed=args.seed, bias=bias, image_size=args.image_size,
-            workers=args.workers, test_min=args.test_min, overwrite=args.overwrite, progress=not args.no_progress,
+            args.out,
+            n=args.n,
+            seed=args.seed,
+            bias=bias,
+            image_size=args.image_size,
+            workers=args.workers,
+            test_min=args.test_min,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

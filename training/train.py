@@ -24,6 +24,7 @@ Computing the loss on the concatenated micro-batches keeps every micro-batch's g
 backward: memory grows with ``grad_accum``. That is the price of exact group statistics; on several GPUs
 prefer more devices over more accumulation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,28 @@ from tqdm.auto import tqdm
 
 from training import data_spec, rundir
 from training.backbones import (
-    Classifier, add_lora, certainty_margin, default_backbone, load_classifier, resolve_backbone, save_adapter,
+    Classifier,
+    add_lora,
+    certainty_margin,
+    default_backbone,
+    load_classifier,
+    resolve_backbone,
+    save_adapter,
 )
 from training.config import (
-    ERR_NOT_AN_OBJECT, PAPER_LR, ConfigError, TrainConfig, add_arguments, from_args, validate,
+    ERR_NOT_AN_OBJECT,
+    PAPER_LR,
+    ConfigError,
+    TrainConfig,
+    add_arguments,
+    from_args,
+    validate,
 )
 from training.data import Dataset, DatasetError, Sample, group_key
 from training.distributed import gather_with_grad
 from training.losses import compute_loss, group_weights
-from training.synth import deficit_schedule
 from training.metrics import evaluate_run
+from training.synth import deficit_schedule
 
 EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -75,10 +88,14 @@ STAGING_HAS_CHECKPOINT = (
 )
 NOTHING_TO_RESUME = "--resume: run '{name}' has no checkpoint in {path}; start it without --resume"
 CHECKPOINT_MISMATCH = "--resume: the checkpoint was made with a different config ({fields}); use the same flags"
-PROCESSES_MISMATCH = ("--resume: the checkpoint was made on {saved} process(es), this run has {now}; resume on "
-                      "{saved} (the effective batch, and so every step, depends on it)")
-CHECKPOINT_FORMAT_OLD = ("--resume: {path} was written by an older FairDx and cannot be resumed exactly; delete the "
-                         "run's staging folder and start it again")
+PROCESSES_MISMATCH = (
+    "--resume: the checkpoint was made on {saved} process(es), this run has {now}; resume on "
+    "{saved} (the effective batch, and so every step, depends on it)"
+)
+CHECKPOINT_FORMAT_OLD = (
+    "--resume: {path} was written by an older FairDx and cannot be resumed exactly; delete the "
+    "run's staging folder and start it again"
+)
 RNG_NOT_RESTORED = "--resume: the random number generators were not restored from {path} ({detail})"
 GROUP_LOST = "max_samples={n} leaves group '{group}' of '{attribute}' with no training samples; raise max_samples"
 
@@ -186,16 +203,18 @@ def fairness_attribute(cfg: TrainConfig) -> str:
 
 def lr_lambda(warmup: int, total: int):
     """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (Gu et al., fair LoRA §4.2)."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _from_main_process(processes: PartialState, value: Any) -> Any:
@@ -261,8 +280,15 @@ def save_checkpoint(accelerator: Accelerator, path: Path, step: int, cfg: TrainC
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every rank's RNG file is on disk
     if accelerator.is_main_process:
-        torch.save({"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.to_dict(),
-                    "num_processes": accelerator.num_processes}, tmp / CHECKPOINT_STATE)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": step,
+                "config": cfg.to_dict(),
+                "num_processes": accelerator.num_processes,
+            },
+            tmp / CHECKPOINT_STATE,
+        )
         if path.exists():
             old = path.with_name(rundir.CHECKPOINT_OLD)
             _rmtree(old)  # left by a kill during the last swap's cleanup; `path` is the newer one
@@ -300,6 +326,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> None:
 
 def _checkpoint_weights(accelerator: Accelerator, clf: Classifier) -> None:
     """Make save_state/load_state keep only the trainable parameters (a few MB instead of the backbone)."""
+
     def save(models, weights, output_dir) -> None:
         if accelerator.is_main_process:
             trainable = {n: p.detach().cpu().contiguous() for n, p in clf.named_parameters() if p.requires_grad}
@@ -323,8 +350,11 @@ def _checkpoint_weights(accelerator: Accelerator, clf: Classifier) -> None:
 
 def rng_states() -> dict[str, Any]:
     """Every RNG a training step may draw from (what accelerate saves per process)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002 (the global one)
-              "torch": torch.get_rng_state()}
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global one)
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -343,14 +373,16 @@ def _check_rng_restored(path: Path, rank: int) -> None:
     numpy_now, numpy_saved = now["numpy"], saved["numpy_random_seed"]
     same = {
         "python": now["python"] == saved["random_state"],
-        "numpy": numpy_now[0] == numpy_saved[0] and np.array_equal(numpy_now[1], numpy_saved[1])
+        "numpy": numpy_now[0] == numpy_saved[0]
+        and np.array_equal(numpy_now[1], numpy_saved[1])
         and tuple(numpy_now[2:]) == tuple(numpy_saved[2:]),
         "torch": torch.equal(now["torch"], saved["torch_manual_seed"]),
     }
     if "cuda" in now:
         cuda_saved = saved.get("torch_cuda_manual_seed") or []
         same["cuda"] = len(cuda_saved) == len(now["cuda"]) and all(
-            torch.equal(a, b) for a, b in zip(now["cuda"], cuda_saved, strict=True))
+            torch.equal(a, b) for a, b in zip(now["cuda"], cuda_saved, strict=True)
+        )
     wrong = [name for name, ok in same.items() if not ok]
     if wrong:
         raise ConfigError([RNG_NOT_RESTORED.format(path=file, detail=f"{', '.join(wrong)} not restored")])
@@ -374,8 +406,16 @@ def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str
         probs = logits.softmax(-1)[:, 1]
         margins = certainty_margin(logits, labels)
         for s, p, m in zip(chunk, probs.tolist(), margins.tolist()):
-            rows.append({"id": s.id, "split": s.split, "label": s.label, "prob": p, "margin": m,
-                         **{a: s.attributes[a] for a in attributes}})
+            rows.append(
+                {
+                    "id": s.id,
+                    "split": s.split,
+                    "label": s.label,
+                    "prob": p,
+                    "margin": m,
+                    **{a: s.attributes[a] for a in attributes},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -434,9 +474,12 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     # step_scheduler_with_optimizer=False: accelerate would step the scheduler once per process each step;
     # broadcast_buffers=False: the models' buffers are constants (rotary frequencies, position ids), and
     # DDP's broadcast of them before every forward is one more collective the ranks must keep in step
-    accelerator = Accelerator(log_with=cfg.trackers or None, project_dir=str(staging / "trackers"),
-                              step_scheduler_with_optimizer=False,
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator = Accelerator(
+        log_with=cfg.trackers or None,
+        project_dir=str(staging / "trackers"),
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
 
@@ -452,8 +495,15 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     labels = torch.tensor([s.label for s in samples])
 
     # model: frozen backbone + LoRA (+ the Qwen head)
-    clf = load_classifier(cfg.backbone, task=dataset.task, dtype=DTYPES[cfg.dtype], min_pixels=cfg.min_pixels,
-                          max_pixels=cfg.max_pixels, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    clf = load_classifier(
+        cfg.backbone,
+        task=dataset.task,
+        dtype=DTYPES[cfg.dtype],
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+    )
     add_lora(clf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
     clf.to(accelerator.device)
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -471,12 +521,19 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     if cfg.trackers:
         accelerator.init_trackers(cfg.run_name, config={k: str(v) for k, v in cfg.to_dict().items()})
     if main_process:
-        print(f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
-              f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective} on {world} process(es)",
-              file=sys.stderr)
+        print(
+            f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
+            f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective} on {world} process(es)",
+            file=sys.stderr,
+        )
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
-               disable=not (progress and main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=f"train {cfg.method}",
+        unit="step",
+        disable=not (progress and main_process),
+    )
     started, step_times, loss, done, active, stopped = time.perf_counter(), [], float("nan"), start_step, 0, False
     order, order_epoch = None, -1
     model.train()
@@ -490,20 +547,29 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(samples), epoch, cfg, fair_groups), epoch
-        window = order[position * effective:(position + 1) * effective]
+        window = order[position * effective : (position + 1) * effective]
         index = window[rank::world]
         # The last step of an epoch may give the ranks unequal shares (or none): a short share is
         # padded with samples whose logits are dropped, so every rank runs the same forwards and takes
         # part in DDP's backward (a rank with fewer forwards would hang the others' collectives).
-        padded = torch.cat([index, window[:math.ceil(len(window) / world) - len(index)]])
-        logits = torch.cat([model(clf.preprocess([samples[i].load_image() for i in micro]))
-                            for micro in batches(padded.tolist(), cfg.batch_size)])[:len(index)]
+        padded = torch.cat([index, window[: math.ceil(len(window) / world) - len(index)]])
+        logits = torch.cat(
+            [
+                model(clf.preprocess([samples[i].load_image() for i in micro]))
+                for micro in batches(padded.tolist(), cfg.batch_size)
+            ]
+        )[: len(index)]
         # every rank computes the loss of the whole effective batch (differentiable all-gather)
         lam = fairness_weight(cfg, step, steps_per_epoch)
         parts = compute_loss(
-            cfg.method, gather_with_grad(logits), gather_with_grad(labels[index].to(logits.device)),
-            gather_with_grad(groups[index].to(logits.device)), lam=lam, group_weight=weights.to(logits.device),
-            bandwidth=cfg.bandwidth, subgroups=gather_with_grad(subgroups[index].to(logits.device)),
+            cfg.method,
+            gather_with_grad(logits),
+            gather_with_grad(labels[index].to(logits.device)),
+            gather_with_grad(groups[index].to(logits.device)),
+            lam=lam,
+            group_weight=weights.to(logits.device),
+            bandwidth=cfg.bandwidth,
+            subgroups=gather_with_grad(subgroups[index].to(logits.device)),
             fairness_mask=gather_with_grad(in_fairness[index].long().to(logits.device)).bool(),
         )
         accelerator.backward(parts.total)
@@ -517,10 +583,18 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         loss = parts.total.item()
         active += bool(lam > 0 and parts.fairness.item() != 0)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-            record = {"step": step + 1, "total_steps": total_steps, "epoch": round((step + 1) / steps_per_epoch, 4),
-                      "loss": loss, "ce": parts.ce.item(), "fairness": parts.fairness.item(), "lam": lam,
-                      "lr": scheduler.get_last_lr()[0], "samples_per_s": len(window) / step_times[-1],
-                      "elapsed_s": round(time.perf_counter() - started, 3)}
+            record = {
+                "step": step + 1,
+                "total_steps": total_steps,
+                "epoch": round((step + 1) / steps_per_epoch, 4),
+                "loss": loss,
+                "ce": parts.ce.item(),
+                "fairness": parts.fairness.item(),
+                "lam": lam,
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": len(window) / step_times[-1],
+                "elapsed_s": round(time.perf_counter() - started, 3),
+            }
             _write_line(log, record)
             accelerator.log({k: v for k, v in record.items() if k != "total_steps"}, step=step + 1)
         done = step + 1
@@ -541,20 +615,43 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     accelerator.end_training()
 
     if main_process:
-        publish(cfg, dataset, accelerator.unwrap_model(model), staging, final, counts, group_names, {
-            "steps": total_steps - start_step, "total_steps": total_steps, "seconds": round(seconds, 3),
-            "seconds_per_step": round(float(np.median(step_times)), 5) if step_times else None,
-            "samples_per_s": round(effective / float(np.median(step_times)), 2) if step_times else None,
-            "effective_batch": effective, "train_samples": len(samples), "final_loss": loss,
-            "resumed_from_step": start_step or None,
-            # share of steps whose batch let the fairness term act (FR needs 2 groups, CMAC 2 subgroups of >= 2)
-            "fairness_active_fraction": round(active / max(1, total_steps - start_step), 4),
-        }, progress)
+        publish(
+            cfg,
+            dataset,
+            accelerator.unwrap_model(model),
+            staging,
+            final,
+            counts,
+            group_names,
+            {
+                "steps": total_steps - start_step,
+                "total_steps": total_steps,
+                "seconds": round(seconds, 3),
+                "seconds_per_step": round(float(np.median(step_times)), 5) if step_times else None,
+                "samples_per_s": round(effective / float(np.median(step_times)), 2) if step_times else None,
+                "effective_batch": effective,
+                "train_samples": len(samples),
+                "final_loss": loss,
+                "resumed_from_step": start_step or None,
+                # share of steps whose batch let the fairness term act (FR needs 2 groups, CMAC 2 subgroups of >= 2)
+                "fairness_active_fraction": round(active / max(1, total_steps - start_step), 4),
+            },
+            progress,
+        )
     return final
 
 
-def publish(cfg: TrainConfig, dataset: Dataset, clf: Classifier, staging: Path, final: Path, counts: Tensor,
-            group_names: list[str], summary: dict, progress: bool) -> None:
+def publish(
+    cfg: TrainConfig,
+    dataset: Dataset,
+    clf: Classifier,
+    staging: Path,
+    final: Path,
+    counts: Tensor,
+    group_names: list[str],
+    summary: dict,
+    progress: bool,
+) -> None:
     """Evaluate, write every run file into the staging folder, then rename it into place."""
     from training.card import write_card
 
@@ -563,21 +660,37 @@ def publish(cfg: TrainConfig, dataset: Dataset, clf: Classifier, staging: Path, 
     predictions = predict(clf, dataset.split("val") + dataset.split("test"), attributes, progress)
     predictions.to_csv(staging / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
     reported = eval_attributes(cfg, dataset)
-    report = evaluate_run(predictions, reported, bootstrap=cfg.eval_bootstrap, seed=cfg.seed,
-                          gap_min_n=cfg.eval_gap_min_n, threshold=cfg.eval_threshold,
-                          population=(cfg.attribute, dataset.group_counts(cfg.attribute, "train")))
-    rundir.write_json_atomic(staging / rundir.EVAL, {"run_id": cfg.run_name, "split": "test",
-                                                     "attributes": reported, "report": report})
+    report = evaluate_run(
+        predictions,
+        reported,
+        bootstrap=cfg.eval_bootstrap,
+        seed=cfg.seed,
+        gap_min_n=cfg.eval_gap_min_n,
+        threshold=cfg.eval_threshold,
+        population=(cfg.attribute, dataset.group_counts(cfg.attribute, "train")),
+    )
+    rundir.write_json_atomic(
+        staging / rundir.EVAL, {"run_id": cfg.run_name, "split": "test", "attributes": reported, "report": report}
+    )
     import peft
     import transformers
 
     config = {
-        **cfg.to_dict(), "task": dataset.task, "family": clf.family, "run_id": cfg.run_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "fairdx": FAIRDX_VERSION},
+        **cfg.to_dict(),
+        "task": dataset.task,
+        "family": clf.family,
+        "run_id": cfg.run_name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "fairdx": FAIRDX_VERSION,
+        },
         "dataset": {
-            "spec": cfg.data, "root": str(dataset.root), "attributes": attributes,
+            "spec": cfg.data,
+            "root": str(dataset.root),
+            "attributes": attributes,
             "n": {split: len(dataset.split(split)) for split in ("train", "val", "test")},
             "group_counts": {a: dataset.group_counts(a, "train") for a in reported},
             "trained_groups": dict(zip(group_names, counts.tolist())),
@@ -620,8 +733,15 @@ def _open_log(path: Path, start_step: int, total_steps: int):
                 kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
     log = path.open("a")
-    _write_line(log, {"event": "resume" if start_step else "start", "step": start_step,
-                      "total_steps": total_steps, "time": time.time()})
+    _write_line(
+        log,
+        {
+            "event": "resume" if start_step else "start",
+            "step": start_step,
+            "total_steps": total_steps,
+            "time": time.time(),
+        },
+    )
     return log
 
 
@@ -650,12 +770,17 @@ def _stop_everywhere(accelerator: Accelerator, stop: _StopFlag) -> bool:
 
 # ------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="JSON config file (e.g. from --save-config); flags override it")
     parser.add_argument("--save-config", type=Path, help="write the validated config to this file and exit")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (logs still go to metrics.jsonl)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide progress bars (logs still go to metrics.jsonl)"
+    )
     add_arguments(parser)
     return parser
 

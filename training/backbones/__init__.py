@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from training.backbones.base import Classifier, ParameterCount, certainty_margin, lora_module_names, trainable_parameters
+from training.backbones.base import (
+    Classifier,
+    ParameterCount,
+    certainty_margin,
+    lora_module_names,
+    trainable_parameters,
+)
 from training.backbones.clip import ClipClassifier
 from training.backbones.lora import add_lora, load_adapter, save_adapter, set_adapter
 from training.backbones.qwen2_5_vl import QwenVLClassifier, pool_last_token
@@ -44,10 +50,26 @@ def resolve_backbone(name_or_path: str) -> str:
         return str(REPO_ROOT / path)
     return name_or_path
 
+
 __all__ = [
-    "EMBEDDED_BACKBONES", "FAMILIES", "Classifier", "default_backbone", "resolve_backbone", "ClipClassifier", "ParameterCount", "QwenVLClassifier", "add_lora",
-    "certainty_margin", "detect_family", "load_adapter", "load_classifier", "lora_module_names",
-    "pool_last_token", "save_adapter", "set_adapter", "trainable_parameters",
+    "EMBEDDED_BACKBONES",
+    "FAMILIES",
+    "Classifier",
+    "ClipClassifier",
+    "ParameterCount",
+    "QwenVLClassifier",
+    "add_lora",
+    "certainty_margin",
+    "default_backbone",
+    "detect_family",
+    "load_adapter",
+    "load_classifier",
+    "lora_module_names",
+    "pool_last_token",
+    "resolve_backbone",
+    "save_adapter",
+    "set_adapter",
+    "trainable_parameters",
 ]
 
 
@@ -55,9 +77,7 @@ def detect_family(name_or_path: str) -> str:
     """The backbone family of a checkpoint, from its config.json `model_type`."""
     model_type = AutoConfig.from_pretrained(name_or_path).model_type
     if model_type not in FAMILIES:
-        raise ValueError(
-            f"{name_or_path!r} is a {model_type!r} model; FairDx supports: {', '.join(FAMILIES)}"
-        )
+        raise ValueError(f"{name_or_path!r} is a {model_type!r} model; FairDx supports: {', '.join(FAMILIES)}")
     return model_type
 
 

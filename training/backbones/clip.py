@@ -20,8 +20,16 @@ class ClipClassifier(Classifier):
     family = "clip"
     # Attention and MLP of both towers plus the two projections into the joint space: CMAC-MMD fine-tunes
     # CLIP as a whole, and attention alone (LoRA's usual targets) left the tiny CLIP unable to learn skin.
-    lora_target_modules = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "visual_projection",
-                           "text_projection"]
+    lora_target_modules = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
+        "visual_projection",
+        "text_projection",
+    ]
     LORA_PER_LAYER = 6
 
     def __init__(self, model, *, base_model_id: str, task: Task, tokenizer, image_processor, image_size: int):
@@ -50,8 +58,12 @@ class ClipClassifier(Classifier):
             name_or_path, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **resize
         )
         return cls(
-            model, base_model_id=str(name_or_path), task=task, tokenizer=tokenizer,
-            image_processor=image_processor, image_size=image_processor.crop_size["height"],
+            model,
+            base_model_id=str(name_or_path),
+            task=task,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            image_size=image_processor.crop_size["height"],
         )
 
     def set_task(self, task: str | Task) -> None:

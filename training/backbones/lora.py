@@ -126,9 +126,7 @@ def _read_head(clf: Classifier, adapter_dir: Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         task = (f.metadata() or {}).get("task")
     if task is not None and task != clf.task.name:
-        raise ValueError(
-            f"adapter {adapter_dir} was trained for task {task!r}; load the classifier with task={task!r}"
-        )
+        raise ValueError(f"adapter {adapter_dir} was trained for task {task!r}; load the classifier with task={task!r}")
     return load_file(str(path), device=str(clf.device))
 
 

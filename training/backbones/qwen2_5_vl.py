@@ -39,8 +39,17 @@ class QwenVLClassifier(Classifier):
     # `check_lora` asserts it.
     lora_target_modules = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj)"
 
-    def __init__(self, model, *, base_model_id: str, task: Task, tokenizer, image_processor, seed: int = 0,
-                 image_budget: tuple[int | None, int | None] = (None, None)):
+    def __init__(
+        self,
+        model,
+        *,
+        base_model_id: str,
+        task: Task,
+        tokenizer,
+        image_processor,
+        seed: int = 0,
+        image_budget: tuple[int | None, int | None] = (None, None),
+    ):
         super().__init__(model, base_model_id=base_model_id, task=task)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -77,8 +86,13 @@ class QwenVLClassifier(Classifier):
             name_or_path, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **budget
         )
         return cls(
-            model, base_model_id=str(name_or_path), task=task, tokenizer=tokenizer,
-            image_processor=image_processor, seed=seed, image_budget=(min_pixels, max_pixels),
+            model,
+            base_model_id=str(name_or_path),
+            task=task,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            seed=seed,
+            image_budget=(min_pixels, max_pixels),
         )
 
     def set_task(self, task: str | Task) -> None:

@@ -31,6 +31,7 @@ A replicate counts as failed for a gap when a group that defines the gap's metri
 no defining samples in that replicate (e.g. no positives left); failed replicates are left out and
 counted. Percentile intervals of a max − min gap lean upwards when the true gap is near zero.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -61,17 +62,13 @@ NO_ROWS_FOR_SPLIT = "predictions file has no rows with split '{split}'; splits p
 UNREADABLE_FILE = "cannot read predictions file '{path}': {reason}"
 LABEL_NOT_BINARY = "column 'label' must hold only 0 and 1; found {values}"
 PROB_NOT_PROBABILITY = (
-    "column 'prob' must hold probabilities in [0, 1]; {count} row(s) are outside [0, 1] or missing, "
-    "e.g. {values}"
+    "column 'prob' must hold probabilities in [0, 1]; {count} row(s) are outside [0, 1] or missing, e.g. {values}"
 )
 MARGIN_NOT_FINITE = "column 'margin' must hold finite numbers; {count} row(s) are missing or infinite"
 ATTRIBUTE_MISSING_VALUES = (
-    "attribute column '{column}' has {count} missing value(s); fill them (e.g. with 'unknown') "
-    "or drop those rows"
+    "attribute column '{column}' has {count} missing value(s); fill them (e.g. with 'unknown') or drop those rows"
 )
-BAD_ATTRIBUTE_SPEC = (
-    "attribute '{spec}' is not a column name nor column names joined by '+' (e.g. 'gender+age_group')"
-)
+BAD_ATTRIBUTE_SPEC = "attribute '{spec}' is not a column name nor column names joined by '+' (e.g. 'gender+age_group')"
 BAD_ARGUMENT = "{name} must be {rule}; got {value!r}"
 UNDEFINED_GROUP_METRIC = (
     "attribute '{attribute}': group '{group}' has no {missing} labels (n={n}), so its {metrics} are "
@@ -127,8 +124,13 @@ class GroupReport:
         """JSON-able: {"groups": {name: {...}}, <gap>: value, ...}; undefined figures are None."""
         groups = {
             str(name): {
-                key: (bool(value) if key in ("small", "in_gaps") else int(value) if key in ("n", "n_pos")
-                      else as_float(value))
+                key: (
+                    bool(value)
+                    if key in ("small", "in_gaps")
+                    else int(value)
+                    if key in ("n", "n_pos")
+                    else as_float(value)
+                )
                 for key, value in row.items()
             }
             for name, row in self.by_group.iterrows()
@@ -276,7 +278,8 @@ def evaluate(
         weights = population_weights(preds.frame, attribute, shares)
         rates = _rates(everyone.stats(weights[None, :])[:, :, None])
         result["overall"]["reweighted"] = {
-            "attribute": attribute, "shares": {k: float(v) for k, v in shares.items()},
+            "attribute": attribute,
+            "shares": {k: float(v) for k, v in shares.items()},
             **{m: as_float(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
         }
     if bootstrap:
@@ -312,12 +315,21 @@ def evaluate_run(
         val = predictions[predictions[SPLIT] == "val"] if SPLIT in predictions.columns else predictions.iloc[:0]
         threshold = youden_threshold(val[LABEL], val[PROB]) if len(val) else 0.5
         rule = "youden_on_val" if len(val) else "default_0.5"
-    report = evaluate(predictions, attributes, threshold=threshold, split="test", bootstrap=bootstrap, seed=seed,
-                      gap_min_n=gap_min_n, population=population)
+    report = evaluate(
+        predictions,
+        attributes,
+        threshold=threshold,
+        split="test",
+        bootstrap=bootstrap,
+        seed=seed,
+        gap_min_n=gap_min_n,
+        population=population,
+    )
     test = select_split(predictions, "test")
     report["threshold_rule"] = rule
-    report["guard"] = guard.check(pd.to_numeric(test[LABEL]).to_numpy(), pd.to_numeric(test[PROB]).to_numpy(),
-                                  threshold)
+    report["guard"] = guard.check(
+        pd.to_numeric(test[LABEL]).to_numpy(), pd.to_numeric(test[PROB]).to_numpy(), threshold
+    )
     return report
 
 
@@ -538,7 +550,11 @@ def _group_report(preds: _Predictions, part: _Partition, overall: dict, min_n: i
 
 
 def figures_under_weights(
-    df: pd.DataFrame, attributes: Sequence[str], weights: np.ndarray, *, threshold: float = 0.5,
+    df: pd.DataFrame,
+    attributes: Sequence[str],
+    weights: np.ndarray,
+    *,
+    threshold: float = 0.5,
     gap_min_n: int = GAP_MIN_N,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Overall accuracy and AUC, and each attribute's gaps, under each row of `weights`.
@@ -567,7 +583,11 @@ def figures_under_weights(
 
 
 def gaps_under_relabelling(
-    df: pd.DataFrame, attribute: str, orders: Sequence[np.ndarray], *, threshold: float = 0.5,
+    df: pd.DataFrame,
+    attribute: str,
+    orders: Sequence[np.ndarray],
+    *,
+    threshold: float = 0.5,
     gap_min_n: int = GAP_MIN_N,
 ) -> dict[str, np.ndarray]:
     """Each gap of `attribute` once per order: the rows' group labels taken in that order (a permutation).

@@ -4,6 +4,7 @@ Per-group figures and gaps of a predictions.csv (``training.metrics.evaluate``);
 a paired comparison against a second run on the samples both scored, and with ``--permutations`` each
 gap's noise floor (``training.metrics.paired``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from training.metrics import GAP_MIN_N, MetricsError, evaluate, format_report, read_predictions, select_split
-from training.metrics import paired
+from training.metrics import GAP_MIN_N, MetricsError, evaluate, format_report, paired, read_predictions, select_split
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,20 +24,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attribute", action="append", default=[], help="column, or columns joined by '+'; repeatable")
     parser.add_argument("--threshold", type=float, default=0.5, help="predict positive when prob >= threshold")
     parser.add_argument("--min-n", type=int, default=30, help="flag groups with fewer samples as small")
-    parser.add_argument("--gap-min-n", type=int, default=GAP_MIN_N, help="leave groups with fewer samples out of the gaps")
+    parser.add_argument(
+        "--gap-min-n", type=int, default=GAP_MIN_N, help="leave groups with fewer samples out of the gaps"
+    )
     parser.add_argument("--bootstrap", type=int, default=0, help="resamples for the intervals (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
     parser.add_argument("--ci", type=float, default=0.95, help="interval level")
     parser.add_argument("--split", default=None, help="evaluate only rows of this split (e.g. test)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--reference", default=None, help="a second predictions.csv (e.g. the vanilla run's): adds a "
-                        "paired comparison on the samples both scored (joined by id) per attribute")
-    parser.add_argument("--reference-threshold", type=float, default=None,
-                        help="the reference's decision threshold (default: --threshold)")
-    parser.add_argument("--cluster-column", default=None, help="resample and permute whole clusters of this column "
-                        "(e.g. lesion_id: a lesion's images stay together)")
-    parser.add_argument("--permutations", type=int, default=0, help="permutations of the group labels for each "
-                        "gap's noise floor (0: none; 200 is plenty for p-values down to 0.005)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a second predictions.csv (e.g. the vanilla run's): adds a "
+        "paired comparison on the samples both scored (joined by id) per attribute",
+    )
+    parser.add_argument(
+        "--reference-threshold",
+        type=float,
+        default=None,
+        help="the reference's decision threshold (default: --threshold)",
+    )
+    parser.add_argument(
+        "--cluster-column",
+        default=None,
+        help="resample and permute whole clusters of this column (e.g. lesion_id: a lesion's images stay together)",
+    )
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=0,
+        help="permutations of the group labels for each "
+        "gap's noise floor (0: none; 200 is plenty for p-values down to 0.005)",
+    )
     args = parser.parse_args(argv)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -72,14 +90,28 @@ def _add_audit_statistics(report: dict, args: argparse.Namespace) -> None:
     if args.permutations:
         for spec in report["attributes"]:
             report["attributes"][spec]["noise_floor"] = paired.noise_floor(
-                frame, spec, threshold=args.threshold, permutations=args.permutations, seed=args.seed,
-                cluster_column=args.cluster_column, gap_min_n=args.gap_min_n)
+                frame,
+                spec,
+                threshold=args.threshold,
+                permutations=args.permutations,
+                seed=args.seed,
+                cluster_column=args.cluster_column,
+                gap_min_n=args.gap_min_n,
+            )
     if args.reference:
         run, reference = paired.join_runs(frame, read_predictions(args.reference), split=args.split)
         result = paired.paired_comparison(
-            run, reference, list(report["attributes"]), threshold=args.threshold,
-            reference_threshold=args.reference_threshold, bootstrap=args.bootstrap or 1000, seed=args.seed,
-            cluster_column=args.cluster_column, level=args.ci, gap_min_n=args.gap_min_n)
+            run,
+            reference,
+            list(report["attributes"]),
+            threshold=args.threshold,
+            reference_threshold=args.reference_threshold,
+            bootstrap=args.bootstrap or 1000,
+            seed=args.seed,
+            cluster_column=args.cluster_column,
+            level=args.ci,
+            gap_min_n=args.gap_min_n,
+        )
         report["paired"] = {"reference": str(args.reference), "n_shared": len(run), **result.pop("overall")}
         for spec, figures in result.items():
             report["attributes"][spec]["paired"] = figures

@@ -22,6 +22,7 @@ The p-value is uniform when the groups do not differ.
 intervals: two one-sided tests (Schuirmann 1987) at level α, i.e. the (1 − 2α) paired interval of the
 difference lies inside ±margin. :data:`EQUIVALENCE_MARGINS`: 1 accuracy point, 0.01 AUC.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,16 +40,21 @@ HIGHER_IS_FAIRER = frozenset({"es_auc"})  # for the other gaps, larger is less f
 ID = "id"
 
 NO_SHARED_SAMPLES = "the run and the reference share no sample ids{where}; compare runs scored on the same test split"
-LABELS_DIFFER = ("the run and the reference disagree on the label of {n} shared sample(s) (e.g. id {example}); "
-                 "they were not scored on the same data")
+LABELS_DIFFER = (
+    "the run and the reference disagree on the label of {n} shared sample(s) (e.g. id {example}); "
+    "they were not scored on the same data"
+)
 NO_ID_COLUMN = "{which} predictions have no 'id' column; the paired comparison joins the runs by sample id"
 MISSING_CLUSTER = "cluster column '{column}' is not in the predictions; columns are: {columns}"
-CLUSTER_SPANS_GROUPS = ("cluster column '{column}': {n} cluster(s) hold samples of several '{attribute}' groups "
-                        "(e.g. {example}); the permutation keeps a cluster's samples together and needs one group each")
+CLUSTER_SPANS_GROUPS = (
+    "cluster column '{column}': {n} cluster(s) hold samples of several '{attribute}' groups "
+    "(e.g. {example}); the permutation keeps a cluster's samples together and needs one group each"
+)
 
 
-def join_runs(run: pd.DataFrame, reference: pd.DataFrame, *, split: str | None = "test") -> tuple[pd.DataFrame,
-                                                                                                 pd.DataFrame]:
+def join_runs(
+    run: pd.DataFrame, reference: pd.DataFrame, *, split: str | None = "test"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two runs' rows for the samples both scored (inner join on id, in one order).
 
     The attribute columns (and a cluster column) come from `run`; labels must agree. Returns two
@@ -106,12 +112,17 @@ def paired_comparison(
     if len(run) != len(reference):
         raise metrics.MetricsError("run and reference must hold the same rows; join them with join_runs")
     clusters = _clusters(run, cluster_column)
-    weights = np.vstack([np.ones((1, len(run))),
-                         resample_weights(np.random.default_rng(seed), bootstrap, clusters, len(run))])
+    weights = np.vstack(
+        [np.ones((1, len(run))), resample_weights(np.random.default_rng(seed), bootstrap, clusters, len(run))]
+    )
     a = metrics.figures_under_weights(run, attributes, weights, threshold=threshold, gap_min_n=gap_min_n)
-    b = metrics.figures_under_weights(reference, attributes, weights,
-                                      threshold=threshold if reference_threshold is None else reference_threshold,
-                                      gap_min_n=gap_min_n)
+    b = metrics.figures_under_weights(
+        reference,
+        attributes,
+        weights,
+        threshold=threshold if reference_threshold is None else reference_threshold,
+        gap_min_n=gap_min_n,
+    )
     return {owner: {name: _difference(a[owner][name], b[owner][name], level) for name in a[owner]} for owner in a}
 
 
@@ -128,24 +139,46 @@ def _difference(run_values: np.ndarray, reference_values: np.ndarray, level: flo
     return {"difference": float(observed), "ci": [float(low), float(high)], "p_value": float(p), "n_failed": failed}
 
 
-def equivalent(run: pd.DataFrame, reference: pd.DataFrame, *, threshold: float = 0.5,
-               reference_threshold: float | None = None, margins: dict[str, float] | None = None,
-               alpha: float = 0.05, bootstrap: int = 1000, seed: int = 0,
-               cluster_column: str | None = None) -> dict[str, dict[str, Any]]:
+def equivalent(
+    run: pd.DataFrame,
+    reference: pd.DataFrame,
+    *,
+    threshold: float = 0.5,
+    reference_threshold: float | None = None,
+    margins: dict[str, float] | None = None,
+    alpha: float = 0.05,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    cluster_column: str | None = None,
+) -> dict[str, dict[str, Any]]:
     """Is the run's overall accuracy / AUC equivalent to the reference's within ±margin (two one-sided tests)?
 
     Per figure: ``margin``, the (1 − 2α) paired interval ``ci`` and ``equivalent`` (True when the
     interval lies inside ±margin; None when undefined).
     """
     margins = {**EQUIVALENCE_MARGINS, **(margins or {})}
-    paired = paired_comparison(run, reference, [], threshold=threshold, reference_threshold=reference_threshold,
-                               bootstrap=bootstrap, seed=seed, cluster_column=cluster_column, level=1 - 2 * alpha)
+    paired = paired_comparison(
+        run,
+        reference,
+        [],
+        threshold=threshold,
+        reference_threshold=reference_threshold,
+        bootstrap=bootstrap,
+        seed=seed,
+        cluster_column=cluster_column,
+        level=1 - 2 * alpha,
+    )
     result = {}
     for name, margin in margins.items():
         figure = paired["overall"][name]
         ci = figure["ci"]
-        result[name] = {"margin": margin, "difference": figure["difference"], "ci": ci, "alpha": alpha,
-                        "equivalent": None if ci is None else bool(-margin < ci[0] and ci[1] < margin)}
+        result[name] = {
+            "margin": margin,
+            "difference": figure["difference"],
+            "ci": ci,
+            "alpha": alpha,
+            "equivalent": None if ci is None else bool(-margin < ci[0] and ci[1] < margin),
+        }
     return result
 
 
@@ -169,8 +202,9 @@ def noise_floor(
     else:
         codes, _ = pd.factorize(clusters)
         first = pd.Series(np.arange(len(df))).groupby(codes).first().to_numpy()  # one row per cluster
-        _check_one_group_per_cluster(df, codes, metrics.attribute_columns(attribute, df.columns), cluster_column,
-                                     attribute)
+        _check_one_group_per_cluster(
+            df, codes, metrics.attribute_columns(attribute, df.columns), cluster_column, attribute
+        )
         orders = [first[rng.permutation(len(first))][codes] for _ in range(permutations)]
     permuted = metrics.gaps_under_relabelling(df, attribute, orders, threshold=threshold, gap_min_n=gap_min_n)
     result = {}
@@ -179,18 +213,25 @@ def noise_floor(
         null = null[~np.isnan(null)]
         seen = float(value[0])
         if np.isnan(seen) or not len(null):
-            result[gap] = {"observed": None if np.isnan(seen) else seen, "expected": None, "p_value": None,
-                           "permutations": len(null)}
+            result[gap] = {
+                "observed": None if np.isnan(seen) else seen,
+                "expected": None,
+                "p_value": None,
+                "permutations": len(null),
+            }
             continue
         # es_auc is higher-is-fairer: "at least as unfair" is at most the observed value. Gaps of counts
         # tie often; a tie counts one half (mid-p), which keeps the p-value uniform under no difference.
         tied = np.isclose(null, seen, rtol=0, atol=1e-12)
         beyond = ((null < seen) if gap in HIGHER_IS_FAIRER else (null > seen)) & ~tied
         p_value = (1 + beyond.sum() + 0.5 * tied.sum()) / (1 + len(null))
-        result[gap] = {"observed": seen, "expected": float(null.mean()), "p_value": float(min(1.0, p_value)),
-                       "permutations": len(null)}
+        result[gap] = {
+            "observed": seen,
+            "expected": float(null.mean()),
+            "p_value": float(min(1.0, p_value)),
+            "permutations": len(null),
+        }
     return result
-
 
 
 def _clusters(df: pd.DataFrame, column: str | None) -> np.ndarray | None:
@@ -201,11 +242,13 @@ def _clusters(df: pd.DataFrame, column: str | None) -> np.ndarray | None:
     return df[column].astype(str).to_numpy()
 
 
-def _check_one_group_per_cluster(df: pd.DataFrame, codes: np.ndarray, columns: list[str], column: str,
-                                 attribute: str) -> None:
+def _check_one_group_per_cluster(
+    df: pd.DataFrame, codes: np.ndarray, columns: list[str], column: str, attribute: str
+) -> None:
     groups = df[columns].astype(str).agg(" & ".join, axis=1)
     spans = groups.groupby(codes).nunique()
     if (spans > 1).any():
         example = df[column].astype(str).to_numpy()[np.flatnonzero(codes == spans[spans > 1].index[0])[0]]
-        raise metrics.MetricsError(CLUSTER_SPANS_GROUPS.format(column=column, n=int((spans > 1).sum()),
-                                                               attribute=attribute, example=example))
+        raise metrics.MetricsError(
+            CLUSTER_SPANS_GROUPS.format(column=column, n=int((spans > 1).sum()), attribute=attribute, example=example)
+        )
