@@ -84,7 +84,8 @@ def _compare(result: dict) -> str:
     uncached = next(v for k, v in medians.items() if k.startswith("compare_runs uncached") and "1 thread" not in k)
     return (
         f"{result['setup']['runs']} runs × {result['setup']['n']}: uncached {uncached:.2f} s "
-        f"(1 thread {medians['compare_runs uncached, 1 thread']:.2f} s), cached {medians['compare_runs cached'] * 1000:.1f} ms"
+        f"(1 thread {medians['compare_runs uncached, 1 thread']:.2f} s), "
+        f"cached {medians['compare_runs cached'] * 1000:.1f} ms"
     )
 
 

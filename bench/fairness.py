@@ -465,6 +465,11 @@ def noise_floor(vanilla: dict[int, dict], metrics: Sequence[Metric]) -> dict[str
     return against_vanilla(shifted, vanilla, metrics)
 
 
+def vanilla_at(rows: Sequence[dict], strength: float) -> dict[int, dict]:
+    """The vanilla runs among ``rows`` at this bias strength, by seed."""
+    return {r["seed"]: r for r in rows if r["method"] == VANILLA and r["strength"] == strength}
+
+
 def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
     """The three sections' figures from the run records (pure: no files, no training)."""
     result: dict[str, Any] = {"main": {}, "lambda": {}, "strength": {}}
@@ -474,13 +479,12 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
         metrics = METRICS[task]
         lam0, strength0 = base_setting(task)
 
-        def vanilla_at(strength: float) -> dict[int, dict]:
-            return {r["seed"]: r for r in rows if r["method"] == VANILLA and r["strength"] == strength}
-
         if "main" in plan.sections:
             main_rows = [r for r in rows if "main" in r["sections"]]
             result["main"][task] = {
-                method: against_vanilla([r for r in main_rows if r["method"] == method], vanilla_at(strength0), metrics)
+                method: against_vanilla(
+                    [r for r in main_rows if r["method"] == method], vanilla_at(rows, strength0), metrics
+                )
                 for method in METHODS
                 if any(r["method"] == method for r in main_rows)
             }
@@ -501,7 +505,7 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
                     ]
                     if chosen:
                         by_method.setdefault(method, {})[f"{lam:g}"] = against_vanilla(
-                            chosen, vanilla_at(strength0), metrics
+                            chosen, vanilla_at(rows, strength0), metrics
                         )
             if by_method:
                 result["lambda"][task] = by_method
@@ -515,7 +519,7 @@ def aggregate(records: Sequence[dict], plan: Plan) -> dict[str, Any]:
                     mine = [r for r in chosen if r["method"] == method]
                     if mine:
                         by_strength.setdefault(f"{strength:g}", {})[method] = against_vanilla(
-                            mine, {plan.seeds[0]: r for r in chosen if r["method"] == VANILLA}, metrics
+                            mine, {r["seed"]: r for r in chosen if r["method"] == VANILLA}, metrics
                         )
             if by_strength:
                 result["strength"][task] = by_strength
@@ -799,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": {
             **{k: v for k, v in asdict(plan).items() if k not in ("runs_dir", "json_path")},
             "runs_dir": str(plan.runs_dir),
-            "base": {t: dict(zip(("lam", "strength"), base_setting(t))) for t in args.tasks},
+            "base": {t: dict(zip(("lam", "strength"), base_setting(t), strict=True)) for t in args.tasks},
         },
         "metrics": {task: [asdict(m) for m in METRICS[task]] for task in args.tasks},
         "primary_gap": {task: PRIMARY_GAP[task] for task in args.tasks},

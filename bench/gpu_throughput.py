@@ -1,6 +1,7 @@
 """How fast does LoRA training run at full size on a GPU: samples/s, peak memory, FLOPs and MFU.
 
-``python -m bench.gpu_throughput [--steps 10] [--warmup 3] [--peak-tflops X] [--json bench/results/gpu_throughput.json]``
+``python -m bench.gpu_throughput [--steps 10] [--warmup 3] [--peak-tflops X]
+[--json bench/results/gpu_throughput.json]``
 
 Needs CUDA (exits with a message otherwise). No hub access is assumed: both models are built with
 random weights from configs written here from the published hyper-parameters, in bf16, and driven

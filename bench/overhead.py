@@ -170,7 +170,7 @@ def paired_ratios(times: dict[str, list[float]], baseline: str = VANILLA) -> dic
     """Per entry: median seconds, and the median and quartiles of its per-round ratio to the baseline."""
     out = {}
     for name, values in times.items():
-        ratios = sorted(v / b for v, b in zip(values, times[baseline]))
+        ratios = sorted(v / b for v, b in zip(values, times[baseline], strict=True))
         quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
         out[name] = {
             "median_s": statistics.median(values),
@@ -222,20 +222,20 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         cpu, wall = r["cpu"], r["wall"]
         for method in METHODS:
-            s, l = cpu["step"][method], cpu["loss"][method]
+            step, loss = cpu["step"][method], cpu["loss"][method]
             base = method == VANILLA
             rows.append(
                 [
                     r["model"],
                     method,
-                    f"{1000 * s['median_s']:.1f}",
-                    f"{s['ratio']:.3f}",
-                    f"{s['ratio_q1']:.3f}–{s['ratio_q3']:.3f}",
+                    f"{1000 * step['median_s']:.1f}",
+                    f"{step['ratio']:.3f}",
+                    f"{step['ratio_q1']:.3f}–{step['ratio_q3']:.3f}",
                     f"{wall['step'][method]['ratio']:.3f}",
-                    f"{1e6 * l['median_s']:.0f}",
-                    f"{l['ratio']:.1f}",
-                    "" if base else f"{1 + l['extra_over_step']:.3f}",
-                    "" if base else ("yes" if s["ratio"] <= GOAL else "no"),
+                    f"{1e6 * loss['median_s']:.0f}",
+                    f"{loss['ratio']:.1f}",
+                    "" if base else f"{1 + loss['extra_over_step']:.3f}",
+                    "" if base else ("yes" if step["ratio"] <= GOAL else "no"),
                 ]
             )
     return markdown_table(

@@ -85,7 +85,7 @@ def synthetic_run(
                 param.copy_(torch.randn(param.shape, generator=generator) * LORA_B_SCALE)
     with tempfile.TemporaryDirectory(prefix="fairdx-images-") as folder:
         samples = []
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             image.save(Path(folder) / f"s{i}.png")
             samples.append(Sample(f"s{i}", Path(folder) / f"s{i}.png", label, {}, ("val", "test")[i % 2]))
         predictions = predict(clf, samples, [], progress=False)
@@ -208,8 +208,10 @@ def measure_model(task: str, runs_dir: Path, n: int, reloads: int) -> dict[str, 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | cold start (process) | import | load base+adapter | 1st predict | predict p50 | p95 "
-        "| switch p50 | predict after switch | adapter load (warm base) | full reload | reload / switch |",
+        (
+            "| model | cold start (process) | import | load base+adapter | 1st predict | predict p50 | p95 "
+            "| switch p50 | predict after switch | adapter load (warm base) | full reload | reload / switch |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

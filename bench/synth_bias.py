@@ -54,7 +54,7 @@ def read_fundus(root: Path) -> pd.DataFrame:
     """data_summary.csv plus each row's npz path; split from `use`, label from `glaucoma`."""
     df = pd.read_csv(root / "data_summary.csv", keep_default_na=False)
     folder = {"training": "Training", "validation": "Validation", "test": "Test"}
-    df["path"] = [str(root / folder[u] / f) for u, f in zip(df["use"], df["filename"])]
+    df["path"] = [str(root / folder[u] / f) for u, f in zip(df["use"], df["filename"], strict=True)]
     df["split"] = df["use"].map({"training": "train", "validation": "val", "test": "test"})
     df["label"] = (df["glaucoma"] == "yes").astype(int)
     return df
@@ -279,8 +279,10 @@ def run(n: int, seed: int, data: Path | None, strengths: list[float], image_size
 def markdown(results: dict, strengths: list[float]) -> str:
     runs, lines = results["runs"], []
     lines += [
-        f"# Synthetic benchmark bias report (n={results['n']}, seed={results['seed']}, "
-        f"image size {results['image_size']}, {results['workers']} workers)",
+        (
+            f"# Synthetic benchmark bias report (n={results['n']}, seed={results['seed']}, "
+            f"image size {results['image_size']}, {results['workers']} workers)"
+        ),
         "",
         "## Generation",
         "",
@@ -309,7 +311,8 @@ def markdown(results: dict, strengths: list[float]) -> str:
             for g, m in runs[keys[0]]["mix"][a].items():
                 prev = " | ".join(f"{runs[k]['mix'][a][g]['prevalence']:.3f}" for k in keys)
                 acc = " | ".join(
-                    f"{runs[k]['baseline'][a]['n'].get(g, 0)} | {runs[k]['baseline'][a]['accuracy'].get(g, float('nan')):.3f}"
+                    f"{runs[k]['baseline'][a]['n'].get(g, 0)} | "
+                    f"{runs[k]['baseline'][a]['accuracy'].get(g, float('nan')):.3f}"
                     for k in keys
                 )
                 lines.append(f"| {a} | {g} | {m['pct']:.1f} | {prev} | {acc} |")

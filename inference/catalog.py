@@ -39,7 +39,7 @@ def run_title(run: RunInfo) -> str:
     return f"{run_key(run)} · {words}{flag}"
 
 
-def method_rank(run: RunInfo) -> tuple[int, str]:
+def method_rank(run: RunInfo) -> tuple[int, int, str]:
     """Sort key: the five methods in the papers' order, demo runs before the user's, then by id."""
     method = methods.rank(run.method)
     return (0 if run.is_demo else 1, method, run.run_id)

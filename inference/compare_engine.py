@@ -380,7 +380,7 @@ def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame) -> tuple[str
             )
     small = groups[groups["small"]]
     if not small.empty:
-        listed = ", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"]))
+        listed = ", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"], strict=True))
         notes.append(SMALL_GROUPS.format(run=run_id, attribute=attribute, min_n=MIN_N, groups=listed))
     return tuple(notes)
 
@@ -435,6 +435,11 @@ def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: i
     table = pd.DataFrame([r.row for r in usable], columns=table_columns())
     groups = _concat([r.groups for r in usable], GROUP_COLUMNS)
     margins = _concat([r.margins for r in usable], MARGIN_COLUMNS)
+    reports = {}
+    for r in usable:
+        if r.report is None:  # evaluate_run sets exactly one of report and error
+            raise RuntimeError(f"run {r.run} has neither a report nor an error")
+        reports[r.run] = r.report
     return Comparison(
         attribute=attribute,
         split=split,
@@ -443,7 +448,7 @@ def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: i
         table=table,
         groups=groups,
         margins=margins,
-        reports={r.run: r.report for r in usable},
+        reports=reports,
         notes=notes,
         skipped=tuple(r.run for r in results if r.error is not None),
     )

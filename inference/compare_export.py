@@ -51,7 +51,7 @@ def to_csv(comparison: Comparison, *, which: str = "runs") -> str:
 
 def display_table(comparison: Comparison, *, digits: int = 3) -> pd.DataFrame:
     """The runs table for people: titled columns, each figure as 'value [low, high]'."""
-    shown = {}
+    shown: dict[str, pd.Series | list[str]] = {}
     table = comparison.table
     for column in ("run", "flags", "method", "lambda", "w_max", "seed", "trained_on", "n"):
         values = table[column]
@@ -59,7 +59,7 @@ def display_table(comparison: Comparison, *, digits: int = 3) -> pd.DataFrame:
             values = values.map(methods.title)
         shown[COLUMN_TITLES[column]] = values.map(lambda v: "" if v is None or v != v else v)
     for name in (*OVERALL_TITLES, *metrics.GAPS):
-        bounds = zip(table[name], table[f"{name}_lo"], table[f"{name}_hi"])
+        bounds = zip(table[name], table[f"{name}_lo"], table[f"{name}_hi"], strict=True)
         shown[COLUMN_TITLES[name]] = [format_interval(v, lo, hi, digits) for v, lo, hi in bounds]
     return pd.DataFrame(shown)
 

@@ -66,7 +66,7 @@ def _pattern_for_runs(table: pd.DataFrame) -> dict[str, str]:
     """A bar pattern per run: the first run of each method plain, further ones hatched."""
     seen: dict[str, int] = {}
     patterns = {}
-    for run, method in zip(table["run"], table["method"]):
+    for run, method in zip(table["run"], table["method"], strict=True):
         count = seen.get(method, 0)
         patterns[run] = PATTERNS[count % len(PATTERNS)]
         seen[method] = count + 1
@@ -241,7 +241,9 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
             x=x,
             y=y,
             mode="markers+text",
-            text=[f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged)],
+            text=[
+                f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged, strict=True)
+            ],
             textposition="top center",
             marker={
                 "size": 12,
@@ -251,7 +253,11 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
             error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
             error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
             customdata=list(
-                zip(captions, *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo", f"{metric}_hi")))
+                zip(
+                    captions,
+                    *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo", f"{metric}_hi")),
+                    strict=True,
+                )
             ),
             hovertemplate=(
                 f"<b>%{{customdata[0]}}</b><br>{GAP_TITLES[gap]} %{{x:.3f}} [%{{customdata[1]:.3f}}, "

@@ -135,13 +135,14 @@ def summary_table(comparison: Comparison) -> pd.DataFrame:
     flags = comparison.table["flags"].fillna("").to_numpy()
     # a flag stays next to the run's figures: '⚠ degenerate' in the run's own cell
     table[SUMMARY_RUN_COLUMN] = [
-        f"{label} ⚠ {flag}" if flag else label for label, flag in zip(comparison.table["label"].to_numpy(), flags)
+        f"{label} ⚠ {flag}" if flag else label
+        for label, flag in zip(comparison.table["label"].to_numpy(), flags, strict=True)
     ]
     table = table.drop(columns=[COLUMN_TITLES["flags"]])
     lam, w_max = COLUMN_TITLES["lambda"], COLUMN_TITLES["w_max"]
     settings = [
         " ".join(part for part in (method, _setting("λ", lv), _setting("w_max", wv)) if part)
-        for method, lv, wv in zip(table["Method"], table[lam], table[w_max])
+        for method, lv, wv in zip(table["Method"], table[lam], table[w_max], strict=True)
     ]
     table["Method"] = settings
     return table.drop(columns=[lam, w_max, *(COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
@@ -157,7 +158,7 @@ def group_table(comparison: Comparison) -> pd.DataFrame:
         return pd.DataFrame(columns=[SUMMARY_RUN_COLUMN])
     groups = comparison.groups
     order = sorted(groups["group"].unique(), key=_group_order)
-    labels = dict(zip(comparison.table["run"], comparison.table["label"]))
+    labels = dict(zip(comparison.table["run"], comparison.table["label"], strict=True))
     rows = []
     for run in comparison.table["run"]:
         row = {SUMMARY_RUN_COLUMN: labels[run]}

@@ -231,10 +231,12 @@ def _open_header(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     Image.init()
     for name in ALLOWED_FORMATS:
         factory, accept = Image.OPEN[name]
-        if accept(data[:16]) is not True:  # WEBP's accept returns a str when libwebp is missing
+        # No magic-bytes check (PIL allows a plugin without one): no match. WEBP's accept returns a str
+        # when libwebp is missing.
+        if accept is None or accept(data[:16]) is not True:
             continue
         try:
-            return factory(io.BytesIO(data), None)
+            return factory(io.BytesIO(data), "")  # the filename of a stream: "" as Image.open passes it
         except Image.DecompressionBombError as exc:  # a GIF frame larger than its declared screen
             raise ImageRejected(TOO_MANY_PIXELS_DECLARED.format(limit_mp=max_pixels / 1e6)) from exc
         except _PARSE_ERRORS as exc:

@@ -183,9 +183,9 @@ def _entry(key: tuple, rows: list[dict], groups: pd.DataFrame) -> Entry:
         numbers = [row[name] for row in rows if as_float(row[name]) is not None]
         values[name] = statistics.fmean(numbers) if numbers else None
         spread[name] = statistics.stdev(numbers) if len(numbers) > 1 else None
-        lows = [as_float(row[f"{name}_lo"]) for row in rows]
-        highs = [as_float(row[f"{name}_hi"]) for row in rows]
-        complete = None not in lows and None not in highs and lows
+        lows = [low for row in rows if (low := as_float(row[f"{name}_lo"])) is not None]
+        highs = [high for row in rows if (high := as_float(row[f"{name}_hi"])) is not None]
+        complete = bool(rows) and len(lows) == len(highs) == len(rows)  # every run has both bounds
         intervals[name] = (statistics.fmean(lows), statistics.fmean(highs)) if complete else None
     run_ids = tuple(row["run"] for row in rows)
     chosen = groups[groups["run"].isin(run_ids)]
@@ -435,8 +435,13 @@ def _accuracy_claim(evidence: Evidence) -> Claim:
             NOT_TESTABLE,
             "Not testable here: it needs a Vanilla run and at least one FR, GR or Hybrid run on task fundus.",
         )
-    drops = {e.caption: baseline.values["accuracy"] - e.values["accuracy"] for e in found}
-    worst = max(drops, key=drops.get)
+    before = baseline.values["accuracy"]
+    found_accuracy = {e.caption: e.values["accuracy"] for e in found}
+    after = {caption: accuracy for caption, accuracy in found_accuracy.items() if accuracy is not None}
+    if before is None or len(after) < len(found_accuracy):
+        return Claim(title, source, NOT_TESTABLE, "Not testable here: the overall accuracy is undefined.")
+    drops = {caption: before - accuracy for caption, accuracy in after.items()}
+    worst = max(drops, key=drops.__getitem__)
     verdict = REPRODUCED if drops[worst] <= ACCURACY_TOLERANCE else NOT_REPRODUCED
     entry = next(e for e in found if e.caption == worst)
     overlap = _overlap(baseline.intervals["accuracy"], entry.intervals["accuracy"])
@@ -460,9 +465,10 @@ def _lambda_claim(evidence: Evidence) -> Claim:
     title = "FR-LoRA's MaxAccGap is not monotonic in λ: λ = 0.5 is worse than both λ = 0.1 and λ = 1.0"
     source = "Gu et al., Table 2 (2.10 / 6.04 / 2.01 % at λ = 0.1 / 0.5 / 1.0)"
     attribute, rows = _lambda_rows(evidence, methods.FR.name)
-    gaps = {lam: entry.values["max_acc_gap"] for lam, entry in rows.items()}
-    if not {0.1, 0.5, 1.0} <= set(gaps) or None in gaps.values():
-        present = ", ".join(f"{lam:g}" for lam in sorted(gaps)) or "none"
+    found = {lam: entry.values["max_acc_gap"] for lam, entry in rows.items()}
+    gaps = {lam: gap for lam, gap in found.items() if gap is not None}
+    if not {0.1, 0.5, 1.0} <= set(found) or len(gaps) < len(found):
+        present = ", ".join(f"{lam:g}" for lam in sorted(found)) or "none"
         return Claim(
             title,
             source,
@@ -473,7 +479,7 @@ def _lambda_claim(evidence: Evidence) -> Claim:
         )
     verdict = REPRODUCED if gaps[0.5] > max(gaps[0.1], gaps[1.0]) else NOT_REPRODUCED
     shown = "; ".join(f"λ = {lam:g}: {_cell(rows[lam], 'max_acc_gap')}" for lam in (0.1, 0.5, 1.0))
-    worst = max(gaps, key=gaps.get)
+    worst = max(gaps, key=gaps.__getitem__)
     text = f"{_verdict_word(verdict)} FR's MaxAccGap on {attribute} (%): {shown}. The largest gap is at λ = {worst:g}."
     return Claim(title, source, verdict, text)
 
@@ -484,9 +490,13 @@ def _lambda_rows(evidence: Evidence, method: str) -> tuple[str, dict[float, Entr
     attribute = race[0].trained_on if race and race[0].trained_on else "race"
     rows: dict[float, Entry] = {}
     for entry in evidence.get(FUNDUS, attribute):
-        if entry.method == method and entry.trained_on == attribute and entry.lam is not None:
-            if entry.lam not in rows or entry.seeds > rows[entry.lam].seeds:
-                rows[entry.lam] = entry
+        if (
+            entry.method == method
+            and entry.trained_on == attribute
+            and entry.lam is not None
+            and (entry.lam not in rows or entry.seeds > rows[entry.lam].seeds)
+        ):
+            rows[entry.lam] = entry
     return attribute, dict(sorted(rows.items()))
 
 
@@ -577,11 +587,13 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
     lines = ["# FairDx reproduction report", "", _data_statement(evidence), ""]
     where = f" from {', '.join(map(str, sources))}" if sources else ""
     lines += [
-        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} from {len(evidence.runs)} "
-        f"run(s){where}. All figures are on the {evidence.split} split. Brackets: {_percent(CI_LEVEL, 0)} bootstrap "
-        f"percentile intervals ({evidence.bootstrap} resamples, seed {evidence.seed}) for overall figures and gaps, "
-        f"{_percent(CI_LEVEL, 0)} Wilson intervals for per-group accuracy. Several seeds of one setting: mean ± "
-        "standard deviation over the seeds.",
+        (
+            f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} from {len(evidence.runs)} "
+            f"run(s){where}. All figures are on the {evidence.split} split. Brackets: {_percent(CI_LEVEL, 0)} "
+            f"bootstrap percentile intervals ({evidence.bootstrap} resamples, seed {evidence.seed}) for overall "
+            f"figures and gaps, {_percent(CI_LEVEL, 0)} Wilson intervals for per-group accuracy. Several seeds of "
+            "one setting: mean ± standard deviation over the seeds."
+        ),
         "",
     ]
     if not evidence.runs:

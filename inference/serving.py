@@ -131,7 +131,7 @@ class BaseKey(NamedTuple):
 
     @classmethod
     def of(cls, run: RunInfo) -> BaseKey:
-        dtype = run.config.get("dtype", "float32")
+        dtype = run.settings.dtype
         if dtype not in get_args(DType):
             raise ServingError(BAD_DTYPE.format(run_id=run.run_id, dtype=dtype, choices=", ".join(get_args(DType))))
         return cls(_canonical(run.backbone), dtype)
@@ -139,14 +139,17 @@ class BaseKey(NamedTuple):
 
 def image_budget(run: RunInfo) -> tuple[int | None, int | None]:
     """The (min_pixels, max_pixels) a run was trained and evaluated with (None: the checkpoint's)."""
-    return run.config.get("min_pixels"), run.config.get("max_pixels")
+    return run.settings.min_pixels, run.settings.max_pixels
+
+
+Stamp = tuple[tuple[int, int] | None, ...]  # (mtime_ns, size) per adapter file, None where it is missing
 
 
 @dataclass(frozen=True)
 class _Loaded:
     name: str  # PEFT adapter name
     run_id: str
-    stamp: tuple  # (mtime_ns, size) of the adapter files when loaded
+    stamp: Stamp  # (mtime_ns, size) of the adapter files when loaded
 
 
 @dataclass(eq=False)
@@ -166,6 +169,12 @@ class _Base:
         """Forget the model: the next request loads the base again."""
         self.clf, self.active = None, None
         self.adapters.clear()
+
+    def loaded_clf(self) -> Classifier:
+        """The base model; only called once `ModelPool._load_base` has put it there."""
+        if self.clf is None:
+            raise RuntimeError(f"serving: base {self.key.backbone} is not loaded (the pool's bookkeeping is broken)")
+        return self.clf
 
 
 class ModelPool:
@@ -251,9 +260,7 @@ class ModelPool:
 
     def _activate(self, base: _Base, run: RunInfo) -> Classifier:
         """With base.lock held: base loaded, run's task set, run's adapter loaded and active."""
-        if base.clf is None:
-            self._load_base(base, run)
-        clf = base.clf
+        clf = base.clf if base.clf is not None else self._load_base(base, run)
         if clf.task.name != run.task:
             clf.set_task(run.task)
         budget = image_budget(run)
@@ -268,9 +275,9 @@ class ModelPool:
             if base.active != loaded.name:
                 set_adapter(clf, loaded.name)
                 base.active = loaded.name
-        return base.clf
+        return base.loaded_clf()
 
-    def _load_base(self, base: _Base, run: RunInfo) -> None:
+    def _load_base(self, base: _Base, run: RunInfo) -> Classifier:
         budget = image_budget(run)
         try:
             clf = load_classifier(
@@ -293,28 +300,30 @@ class ModelPool:
         with self._lock:
             self.base_loads += 1
         log.info("serving: loaded base %s", clf.describe())
+        return clf
 
-    def _set_image_budget(self, base: _Base, run: RunInfo, budget: tuple) -> None:
+    def _set_image_budget(self, base: _Base, run: RunInfo, budget: tuple[int | None, int | None]) -> None:
         """Preprocess under `run`'s pixel budget from now on (the classifier says whether it has one)."""
         try:
-            base.clf.set_image_budget(*budget)
+            base.loaded_clf().set_image_budget(*budget)
         except (OSError, ValueError) as err:
             raise ServingError(BAD_IMAGE_BUDGET.format(run_id=run.run_id, budget=budget, reason=err)) from err
 
-    def _load_adapter(self, base: _Base, run: RunInfo, key: str, stamp: tuple) -> None:
+    def _load_adapter(self, base: _Base, run: RunInfo, key: str, stamp: Stamp) -> None:
         adapter_dir = run.path / rundir.ADAPTER
+        clf = base.loaded_clf()
         check_adapter(
-            run, base.clf, lora_shapes=base.lora_shapes, linear_names=base.linear_names, head_shapes=base.head_shapes
+            run, clf, lora_shapes=base.lora_shapes, linear_names=base.linear_names, head_shapes=base.head_shapes
         )
         name = _adapter_name(run.run_id, {loaded.name for loaded in base.adapters.values()})
         stale = base.adapters.get(key)
         try:
-            load_adapter(base.clf, adapter_dir, adapter_name=name)
+            load_adapter(clf, adapter_dir, adapter_name=name)
         except Exception as err:  # checked above, so this is unexpected: restore the base, keep serving
             self._roll_back(base, name)
             reason = f"{type(err).__name__}: {err}"
             raise AdapterError(ADAPTER_LOAD_FAILED.format(run_id=run.run_id, reason=reason)) from err
-        base.clf.eval()
+        clf.eval()
         base.active = name
         if stale is not None:
             self._delete(base, key)
@@ -326,12 +335,13 @@ class ModelPool:
     def _delete(self, base: _Base, key: str) -> None:
         """Remove one loaded adapter (never the active one) from the base and the bookkeeping."""
         loaded = base.adapters.pop(key)
-        base.clf.model.delete_adapter(loaded.name)
-        base.clf.adapter_heads.pop(loaded.name, None)
+        clf = base.loaded_clf()
+        clf.model.delete_adapter(loaded.name)
+        clf.adapter_heads.pop(loaded.name, None)
 
     def _roll_back(self, base: _Base, name: str) -> None:
         """Undo a failed load_adapter; if the base cannot be put back in a known state, drop it."""
-        clf = base.clf
+        clf = base.loaded_clf()
         clf.adapter_heads.pop(name, None)
         try:
             if isinstance(clf.model, PeftModel) and base.adapters:
@@ -339,6 +349,8 @@ class ModelPool:
                     clf.model.delete_adapter(name)
                 if _lora_adapter_names(clf) != {loaded.name for loaded in base.adapters.values()}:
                     raise RuntimeError("LoRA layers left behind")
+                if base.active is None:
+                    raise RuntimeError("no active adapter to switch back to")
                 set_adapter(clf, base.active)
                 clf.eval()
                 return
@@ -413,19 +425,19 @@ def _check_lora_tensors(run: RunInfo, path: Path, config: LoraConfig, lora_shape
     found: dict[str, set[str]] = {}
     for name, shape in shapes.items():
         match = LORA_KEY.match(name)
-        module = match and match["module"]
-        if module not in lora_shapes:
+        if match is None or match["module"] not in lora_shapes:
             raise AdapterError(ADAPTER_UNEXPECTED_TENSOR.format(run_id=run.run_id, name=name, backbone=run.backbone))
+        module, part = match["module"], match["part"]
         in_features, out_features = lora_shapes[module]
-        rank = config.r if not config.rank_pattern else shape[0 if match["part"] == "A" else -1]
-        expected = [rank, in_features] if match["part"] == "A" else [out_features, rank]
+        rank = config.r if not config.rank_pattern else shape[0 if part == "A" else -1]
+        expected = [rank, in_features] if part == "A" else [out_features, rank]
         if shape != expected:
             raise AdapterError(
                 ADAPTER_SHAPE.format(
                     run_id=run.run_id, name=name, shape=shape, backbone=run.backbone, expected=expected
                 )
             )
-        found.setdefault(module, set()).add(match["part"])
+        found.setdefault(module, set()).add(part)
     incomplete = [m for m in lora_shapes if found.get(m) != {"A", "B"}]
     if incomplete:
         raise AdapterError(
@@ -456,7 +468,8 @@ def _tensor_shapes(run_id: str, path: Path) -> dict[str, list[int]]:
     """Tensor name -> shape from a safetensors header; a truncated file fails here (header vs file size)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+            # safe_open has keys() but is not iterable, so `in f` would fail (ruff assumes a dict)
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
     except Exception as err:
         raise AdapterError(ADAPTER_CORRUPT.format(run_id=run_id, file=path.name, reason=err)) from None
 
@@ -472,9 +485,9 @@ def _canonical(backbone: str) -> str:
     return str(resolved.resolve()) if resolved.is_dir() else str(backbone)
 
 
-def _stamp(adapter_dir: Path) -> tuple:
+def _stamp(adapter_dir: Path) -> Stamp:
     """(mtime_ns, size) of the adapter files, so a run rewritten on disk is loaded again."""
-    stamp = []
+    stamp: list[tuple[int, int] | None] = []
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS):
         try:
             st = (adapter_dir / name).stat()

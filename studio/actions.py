@@ -17,8 +17,8 @@ from studio.settings import Settings, check_may_control
 
 
 def form_values(values: Sequence[Any]) -> dict[str, Any]:
-    """The form's widget values, in FORM_FIELDS order, by field name."""
-    return dict(zip(FORM_FIELDS, values))
+    """The form's widget values, in FORM_FIELDS order, by field name (one value per field)."""
+    return dict(zip(FORM_FIELDS, values, strict=True))
 
 
 def launch(store: JobStore, settings: Settings, values: Mapping[str, Any], owner: str) -> tuple[str, str]:

@@ -113,7 +113,7 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
     """The form's widgets for this deployment, defaults and help from TrainConfig's metadata."""
     defaults = studio_base()
     dataset = next(iter(settings.datasets))
-    specs = {
+    specs: dict[str, dict[str, Any]] = {  # FieldSpec keyword arguments per field
         "method": dict(kind="radio", choices=tuple((m.title, m.name) for m in methods.REGISTRY.values())),
         "lam": dict(kind="number", minimum=0.0, used_by=_users("lam")),
         "w_max": dict(kind="number", minimum=1.0, used_by=_users("w_max")),

@@ -440,9 +440,11 @@ class JobStore:
             ("max_queued", max_queued, 0),
             ("max_active_per_owner", max_active_per_owner, 1),
         ):
-            optional = name != "max_concurrent"
-            whole = isinstance(value, int) and not isinstance(value, bool)
-            if not ((value is None and optional) or (whole and value >= minimum)):
+            if value is None:
+                valid = name != "max_concurrent"  # the other two are optional
+            else:
+                valid = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            if not valid:
                 raise ValueError(ERR_BAD_LIMIT.format(name=name, minimum=minimum, value=value))
         if not isinstance(cancel_grace_s, (int, float)) or cancel_grace_s < 0:
             raise ValueError(ERR_BAD_GRACE.format(value=cancel_grace_s))
@@ -539,7 +541,8 @@ class JobStore:
 
     def list_jobs(self, *, owner: str | None = None, states: Sequence[str] | None = None) -> list[Job]:
         """Jobs, newest first, optionally of one owner and in some states."""
-        sql, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        sql = "SELECT * FROM jobs WHERE 1 = 1"
+        params: list[str] = []
         if owner is not None:
             sql, params = sql + " AND owner = ?", params + [owner]
         if states is not None:

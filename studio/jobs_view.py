@@ -39,7 +39,7 @@ def format_duration(seconds: float | None) -> str:
     """'1:05', '12:00:03'; '–' when unknown."""
     if seconds is None:
         return "–"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -40,6 +40,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from training.data_spec import REPO_ROOT, SYNTH_PREFIX, data_dir, parse_synth
 from training.embedded import EMBEDDED_BACKBONES  # not training.backbones: that imports torch
@@ -266,7 +267,15 @@ class _Reader:
         self.problems.append(ERR_SWITCH.format(var=var, value=self.env[var]))
         return default
 
+    @overload
+    def whole(self, var: str, minimum: int, default: int, *, optional: Literal[False]) -> int: ...
+
+    @overload
+    def whole(self, var: str, minimum: int, default: int | None, *, optional: bool = True) -> int | None: ...
+
     def whole(self, var: str, minimum: int, default: int | None, *, optional: bool = True) -> int | None:
+        """A whole number ≥ minimum; `default` when unset or bad (the problem recorded), None for "none"
+        unless the variable is required (optional=False, never None then: its default is a number)."""
         value = self.env.get(var, "").strip()
         if not value:
             return default

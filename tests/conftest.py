@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,12 @@ def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def exactly(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern accepting this message and nothing else.
+
+    ``match`` is a regular expression found anywhere in the error (``re.search``): escaped and anchored,
+    it asserts what ``str(err.value) == message`` would.
+    """
+    return rf"\A{re.escape(message)}\Z"

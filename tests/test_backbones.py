@@ -149,7 +149,7 @@ def test_load_adapter_needs_safetensors(tiny, tmp_path):
 
 
 def test_load_classifier_rejects_the_other_familys_budget(tiny):
-    with pytest.raises(ValueError, match="for Qwen2.5-VL use min_pixels/max_pixels"):
+    with pytest.raises(ValueError, match=r"for Qwen2\.5-VL use min_pixels/max_pixels"):
         load_classifier(tiny["qwen2_5_vl"], task="fundus", image_size=224)
     with pytest.raises(ValueError, match="for CLIP use image_size"):
         load_classifier(tiny["clip"], task="fundus", max_pixels=224 * 224)

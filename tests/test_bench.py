@@ -152,7 +152,7 @@ def test_flops_add_and_scale():
     a = gpu_throughput.Flops(1.0, 2.0, 3.0) + gpu_throughput.Flops(1.0, 1.0, 0.0)
     assert (a.forward, a.backward, a.recompute, a.model, a.hardware) == (2.0, 3.0, 3.0, 5.0, 8.0)
     assert a.scale(2).model == 10.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="context must give the keys per query of each of the 2 layers"):
         gpu_throughput.stack_flops(tokens=1, hidden=1, layers=2, linear_per_layer=1, context=[1])
 
 
@@ -222,7 +222,8 @@ def test_gpu_bench_without_cuda_says_so(capsys):
 def test_full_plan_covers_every_section_once_per_setting():
     runs = fairness.plan_runs(fairness.FULL)
     names = [r.name for r in runs]
-    # main 2 tasks × 5 methods × 10 seeds; λ 0.1 and 1.0 for 3 methods; 2 more strengths × (vanilla + the paper's method)
+    # main 2 tasks × 5 methods × 10 seeds; λ 0.1 and 1.0 for 3 methods;
+    # 2 more strengths × (vanilla + the paper's method)
     assert len(names) == len(set(names)) == 100 + 6 + 2 * 2 * 2
     assert "fundus-fr-l0.5-s1-seed9" in names and "skin-cmac-l0.1-s1-seed0" in names
     assert "fundus-hybrid-l0.5-s0.5-seed0" in names and "skin-vanilla-l0.5-s0-seed0" in names

@@ -83,7 +83,7 @@ def _draws() -> dict:
     out = {
         "python": [random.random() for _ in range(3)],
         "numpy_normal": np.random.standard_normal(3).tolist(),  # noqa: NPY002 (the global generator)
-        "numpy": np.random.rand(3).tolist(),
+        "numpy": np.random.rand(3).tolist(),  # noqa: NPY002 (the global generator)
         "torch": torch.rand(3).tolist(),
     }
     if torch.cuda.is_available():

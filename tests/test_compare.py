@@ -57,7 +57,7 @@ def group_predictions(
     parts = []
     for group, n in counts.items():
         tpr, tnr = group_rates[group]
-        n_pos = int(round(prevalence * n))
+        n_pos = round(prevalence * n)
         label = np.r_[np.ones(n_pos, int), np.zeros(n - n_pos, int)]
         correct = np.r_[np.arange(n_pos) < round(tpr * n_pos), np.arange(n - n_pos) < round(tnr * (n - n_pos))]
         confidence = rng.uniform(0.55, 0.95, n)
@@ -74,7 +74,9 @@ def fundus_predictions(accuracy: dict[str, float], *, seed: int = 0, val: int = 
     rng = np.random.default_rng(seed)
     test = group_predictions(rng, {g: (a, a) for g, a in accuracy.items()}, FUNDUS_COUNTS)
     test["split"] = "test"
-    validation = group_predictions(rng, dict.fromkeys(FUNDUS_COUNTS, (0.5, 0.5)), dict.fromkeys(FUNDUS_COUNTS, val // 3))
+    validation = group_predictions(
+        rng, dict.fromkeys(FUNDUS_COUNTS, (0.5, 0.5)), dict.fromkeys(FUNDUS_COUNTS, val // 3)
+    )
     validation["split"] = "val"
     frame = pd.concat([test, validation], ignore_index=True).rename(columns={"group": "race"})
     for column, values in OTHER_FUNDUS.items():
@@ -193,7 +195,7 @@ def test_table_figures_equal_metrics_evaluate_on_the_same_file(five_runs):
     comparison = compare_runs(five_runs, "race", bootstrap=200, seed=3)
     assert list(comparison.table["run"]) == [run.run_id for run in five_runs]
     assert list(comparison.table["method"]) == list(FIVE_METHODS)
-    for run, row in zip(five_runs, comparison.table.to_dict("records")):
+    for run, row in zip(five_runs, comparison.table.to_dict("records"), strict=True):
         expected = evaluate_file(run, "race", bootstrap=200, seed=3)
         overall, race = expected["overall"], expected["attributes"]["race"]
         assert row["n"] == 640
@@ -203,7 +205,7 @@ def test_table_figures_equal_metrics_evaluate_on_the_same_file(five_runs):
             assert row[gap] == race[gap]
             assert [row[f"{gap}_lo"], row[f"{gap}_hi"]] == race["ci"][gap]
         assert comparison.reports[run.run_id] == expected
-    gaps = dict(zip(comparison.table["method"], comparison.table["max_acc_gap"]))
+    gaps = dict(zip(comparison.table["method"], comparison.table["max_acc_gap"], strict=True))
     assert gaps == pytest.approx({"vanilla": 0.20, "fr": 0.09, "gr": 0.05, "hybrid": 0.03, "cmac": 0.15}, abs=1e-12)
 
 
@@ -222,7 +224,7 @@ def test_per_group_accuracy_with_n_and_wilson_interval(five_runs):
     vanilla = groups[groups["run"] == "fundus-vanilla"].set_index("group")
     assert vanilla["n"].to_dict() == {"Asian": 80, "Black": 160, "White": 400}
     assert vanilla["accuracy"].to_dict() == pytest.approx({"Asian": 0.60, "Black": 0.70, "White": 0.80})
-    for group, row in vanilla.iterrows():  # Wilson score interval, scipy's implementation as the reference
+    for _group, row in vanilla.iterrows():  # Wilson score interval, scipy's implementation as the reference
         reference = binomtest(round(row["accuracy"] * row["n"]), row["n"]).proportion_ci(0.95, method="wilson")
         assert (row["accuracy_lo"], row["accuracy_hi"]) == pytest.approx((reference.low, reference.high), abs=1e-12)
     assert (vanilla.loc["Asian", "accuracy_lo"], vanilla.loc["Asian", "accuracy_hi"]) == pytest.approx(
@@ -239,7 +241,7 @@ def test_wilson_interval_matches_scipy_at_the_edges(successes, n):
 
 
 def test_intersection_attribute_and_split(tmp_path):
-    tpr = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))
+    tpr = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9), strict=True))
     run = read_run(write_run(tmp_path, "skin-vanilla", skin_predictions(tpr), task="skin", attribute="sex+age_group"))
     comparison = compare_runs([run], "sex+age_group", bootstrap=0)
     row = comparison.table.iloc[0]
@@ -258,7 +260,7 @@ def test_val_split_reads_only_val_rows(five_runs):
 
 
 def test_run_without_the_attribute_is_skipped_with_a_note(five_runs, tmp_path):
-    tpr = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))
+    tpr = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9), strict=True))
     skin = read_run(
         write_run(
             tmp_path / "skin", "skin-cmac", skin_predictions(tpr), task="skin", method="cmac", attribute="sex+age_group"
@@ -331,7 +333,7 @@ def test_notes_name_groups_without_positives_and_small_groups(tmp_path):
             run="no-positives",
             attribute="race+age_group",
             min_n=30,
-            groups=", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"])),
+            groups=", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"], strict=True)),
         )
         in comparison.notes
     )

@@ -87,7 +87,7 @@ def test_text_that_looks_like_a_number_stays_text_where_a_name_goes():
 
 def test_assignment_is_validated_too():
     cfg = TrainConfig()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\blam\n\s+Input should be a finite number"):
         cfg.lam = math.nan
     with pytest.raises(ConfigError) as caught:
         cfg.replace(lam=-1.0, method="dro")

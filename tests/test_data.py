@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import exactly
 from training import data
 from training.data import (
     DatasetError,
@@ -71,7 +72,7 @@ def write_fairvlmed(
     placeholder_npz: bool = False,
 ) -> Path:
     """Write the layout; ``summary`` is "strings", "ints" or None, ``npz_keys`` "ints", "strings" or "male"."""
-    split_folder = dict(zip(("train", "val", "test"), folders))
+    split_folder = dict(zip(("train", "val", "test"), folders, strict=True))
     for index, split, age, male, race, ethnicity, glaucoma in rows:
         folder = root / split_folder[split]
         folder.mkdir(parents=True, exist_ok=True)
@@ -208,20 +209,20 @@ def test_summary_of_many_samples_loads_without_opening_images(tmp_path, monkeypa
 def test_folder_wins_over_use_column_with_warning(tmp_path):
     write_fairvlmed(tmp_path)
     write_summary(tmp_path, use={"train": "training", "val": "test", "test": "test"})
-    with pytest.warns(UserWarning) as caught:
+    mismatch = data.SPLIT_MISMATCH_WARNING.format(n=2, name="data_00009.npz", folder="Validation", use="test")
+    with pytest.warns(UserWarning, match=exactly(mismatch)) as caught:
         dataset = load_fairvlmed(tmp_path)
-    assert str(caught[0].message) == data.SPLIT_MISMATCH_WARNING.format(
-        n=2, name="data_00009.npz", folder="Validation", use="test"
-    )
+    assert str(caught[0].message) == mismatch
     assert [s.id for s in dataset.split("val")] == ["data_00009", "data_00010"]
 
 
 def test_unlisted_npz_files_are_skipped_with_warning(tmp_path):
     write_fairvlmed(tmp_path)
     write_summary(tmp_path, FUNDUS_ROWS[1:])
-    with pytest.warns(UserWarning) as caught:
+    unlisted = data.UNLISTED_FILES_WARNING.format(n=1, root=tmp_path, name="data_00001.npz")
+    with pytest.warns(UserWarning, match=exactly(unlisted)) as caught:
         dataset = load_fairvlmed(tmp_path)
-    assert str(caught[0].message) == data.UNLISTED_FILES_WARNING.format(n=1, root=tmp_path, name="data_00001.npz")
+    assert str(caught[0].message) == unlisted
     assert len(dataset.samples) == 11
 
 
@@ -402,14 +403,19 @@ def rewrite_summary_cell(root: Path, row: int, column: str, value: str) -> None:
         (
             "race",
             "martian",
-            "data_summary.csv row 17: column 'race' has value 'martian'; expected one of asian, black, white or 0, 1, 2",
+            (
+                "data_summary.csv row 17: column 'race' has value 'martian'; "
+                "expected one of asian, black, white or 0, 1, 2"
+            ),
         ),
         ("gender", "3", "data_summary.csv row 17: column 'gender' has value '3'; expected one of female, male or 0, 1"),
         (
             "ethnicity",
             "latino",
-            "data_summary.csv row 17: column 'ethnicity' has value 'latino'; "
-            "expected one of non-hispanic, hispanic, unknown or 0, 1, -1",
+            (
+                "data_summary.csv row 17: column 'ethnicity' has value 'latino'; "
+                "expected one of non-hispanic, hispanic, unknown or 0, 1, -1"
+            ),
         ),
         (
             "glaucoma",
@@ -567,7 +573,7 @@ def write_ham(
 ) -> Path:
     rows = ham_rows() if rows is None else rows
     root.mkdir(parents=True, exist_ok=True)
-    columns = HAM_COLUMNS + [c for c in extra_columns]
+    columns = HAM_COLUMNS + list(extra_columns)
     delimiter = "\t" if metadata.endswith((".tab", ".tsv")) else ","
     with open(root / metadata, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, delimiter=delimiter, extrasaction="ignore")
@@ -733,7 +739,8 @@ def test_ham_missing_images(tmp_path):
         load_ham10000(tmp_path)
     assert str(error.value) == (
         f"2 file(s) listed in HAM10000_metadata.csv were not found under {tmp_path} "
-        "(first: row 5, 'ISIC_0027003', as .jpg/.jpeg/.png); restore them or delete their rows from HAM10000_metadata.csv"
+        "(first: row 5, 'ISIC_0027003', as .jpg/.jpeg/.png); "
+        "restore them or delete their rows from HAM10000_metadata.csv"
     )
 
 
@@ -743,15 +750,19 @@ def test_ham_missing_images(tmp_path):
         (
             "dx",
             "melanoma",
-            "HAM10000_metadata.csv row 4: column 'dx' has value 'melanoma'; "
-            "expected one of akiec, bcc, bkl, df, mel, nv, vasc",
+            (
+                "HAM10000_metadata.csv row 4: column 'dx' has value 'melanoma'; "
+                "expected one of akiec, bcc, bkl, df, mel, nv, vasc"
+            ),
         ),
         ("sex", "x", "HAM10000_metadata.csv row 4: column 'sex' has value 'x'; expected one of female, male, unknown"),
         (
             "age",
             "-3",
-            "HAM10000_metadata.csv row 4: column 'age' has value '-3'; "
-            "expected an age in years (a number >= 0) or an empty cell",
+            (
+                "HAM10000_metadata.csv row 4: column 'age' has value '-3'; "
+                "expected an age in years (a number >= 0) or an empty cell"
+            ),
         ),
         ("lesion_id", "", "HAM10000_metadata.csv row 4: column 'lesion_id' has value ''; expected a non-empty id"),
     ],

@@ -93,13 +93,13 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
     assert "**Warning: degenerate model.** This adapter is flagged as degenerate: near-constant" in card
     assert diagnose_view.default_adapter([broken], "skin") is None
     assert diagnose_view.default_adapter([broken, demo], "skin") == demo.label()
-    assert "⚠ degenerate" in dict((k, t) for t, k in diagnose_view.adapter_choices([broken], "skin"))[broken.label()]
+    assert "⚠ degenerate" in {k: t for t, k in diagnose_view.adapter_choices([broken], "skin")}[broken.label()]
     from inference.compare_engine import compare_runs
     from inference.compare_export import display_table
     from inference.compare_figures import frontier_figure
 
     comparison = compare_runs([demo, broken], "sex+age_group", bootstrap=0)
-    flags = dict(zip(comparison.table["run"], comparison.table["flags"].fillna("")))
+    flags = dict(zip(comparison.table["run"], comparison.table["flags"].fillna(""), strict=True))
     assert flags == {demo.label(): "", broken.label(): "degenerate"}
     assert display_table(comparison)["Flags"].tolist().count("degenerate") == 1
     from inference.compare_view import summary_table
@@ -109,6 +109,6 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
     points = [
         (text, symbol)
         for trace in frontier_figure(comparison).data
-        for text, symbol in zip(trace.text, trace.marker.symbol)
+        for text, symbol in zip(trace.text, trace.marker.symbol, strict=True)
     ]
     assert (f"⚠ {broken.label()} (degenerate)", "x") in points and (demo.label(), "circle") in points

@@ -57,7 +57,7 @@ from studio.jobs import (
     training_command,
 )
 from studio.progress import TAIL_BLOCK, read_metrics, read_progress, summarize, tail_lines
-from tests.conftest import run_cli
+from tests.conftest import exactly, run_cli
 from training import rundir
 from training.config import ConfigError, TrainConfig
 from training.data_spec import materialize
@@ -732,9 +732,8 @@ def test_owner_limit_raises_for_that_owner_only(stores):
 
 
 def test_bad_store_settings_and_unknown_jobs_raise(stores):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=exactly(ERR_BAD_LIMIT.format(name="max_concurrent", minimum=1, value=0))):
         stores(max_concurrent=0)
-    assert str(err.value) == ERR_BAD_LIMIT.format(name="max_concurrent", minimum=1, value=0)
     store = stores()
     with pytest.raises(UnknownJobError) as err:
         store.get("nope")

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from tests.conftest import exactly
 from training import losses
 from training.losses import (
     METHODS,
@@ -40,7 +41,7 @@ def ref_softmax(row):
 
 
 def ref_p_true(logits, labels):
-    return [ref_softmax(row)[y] for row, y in zip(logits, labels)]
+    return [ref_softmax(row)[y] for row, y in zip(logits, labels, strict=True)]
 
 
 def ref_ce(logits, labels):
@@ -51,7 +52,7 @@ def ref_gap(p_true, groups):
     """Eqs. 5-6 over the groups present."""
     acc = {}
     for s in sorted(set(groups)):
-        members = [p for p, g in zip(p_true, groups) if g == s]
+        members = [p for p, g in zip(p_true, groups, strict=True) if g == s]
         acc[s] = sum(members) / len(members)
     return max(acc.values()) - min(acc.values())
 
@@ -63,7 +64,7 @@ def ref_group_weights(counts, w_max):
 
 def ref_gr(ce, groups, weights):
     """Eq. 8 with per-sample weights, normalised by their sum (see compute_loss's docstring)."""
-    num = sum(weights[g] * c for c, g in zip(ce, groups))
+    num = sum(weights[g] * c for c, g in zip(ce, groups, strict=True))
     den = sum(weights[g] for g in groups)
     return num / den
 
@@ -90,7 +91,7 @@ def ref_mmd_biased(x, y, h):
 
 def ref_cmac(margins, subgroups, h):
     by_group = {}
-    for m, g in zip(margins, subgroups):
+    for m, g in zip(margins, subgroups, strict=True):
         by_group.setdefault(g, []).append(m)
     eligible = [v for _, v in sorted(by_group.items()) if len(v) >= 2]
     pairs = list(itertools.combinations(eligible, 2))
@@ -105,7 +106,7 @@ def ref_median_bandwidth(values, floor=0.5):
 
 
 def ref_margin(logits, labels):
-    return [row[y] - max(z for k, z in enumerate(row) if k != y) for row, y in zip(logits, labels)]
+    return [row[y] - max(z for k, z in enumerate(row) if k != y) for row, y in zip(logits, labels, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,34 +448,37 @@ def test_cmac_loss_with_one_subgroup_is_plain_ce():
 
 @pytest.mark.parametrize("counts, index, count", [([10, 0, 5], 1, 0), ([4, 3, -2], 2, -2)])
 def test_group_weights_reject_empty_groups(counts, index, count):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError,
+        match=exactly(
+            f"group {index} has {count} training samples; every group needs at least one "
+            "(pick another attribute or merge groups)"
+        ),
+    ):
         group_weights(counts, 10)
-    assert str(err.value) == (
-        f"group {index} has {count} training samples; every group needs at least one "
-        "(pick another attribute or merge groups)"
-    )
 
 
 @pytest.mark.parametrize("w_max", [0.5, 0, -3, float("nan")])
 def test_group_weights_reject_w_max_below_one(w_max):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError, match=exactly(f"w_max must be >= 1 (w_max = 1 weights every group equally), got {float(w_max)!r}")
+    ):
         group_weights([10, 5], w_max)
-    assert str(err.value) == (f"w_max must be >= 1 (w_max = 1 weights every group equally), got {float(w_max)!r}")
 
 
 def test_unknown_method_message():
     logits, labels, groups = make_batch(0)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError, match=exactly("unknown method 'fair'; choose one of: vanilla, fr, gr, hybrid, cmac")
+    ):
         compute_loss("fair", logits, labels, groups)
-    assert str(err.value) == "unknown method 'fair'; choose one of: vanilla, fr, gr, hybrid, cmac"
 
 
 @pytest.mark.parametrize("lam", [-0.1, float("nan"), "0.5"])
 def test_invalid_lambda_message(lam):
     logits, labels, groups = make_batch(0)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=exactly(f"lam must be a number >= 0, got {lam!r}")):
         compute_loss("fr", logits, labels, groups, lam=lam)
-    assert str(err.value) == f"lam must be a number >= 0, got {lam!r}"
 
 
 def test_lambda_zero_is_allowed():
@@ -486,45 +490,48 @@ def test_lambda_zero_is_allowed():
 @pytest.mark.parametrize("method", ["gr", "hybrid"])
 def test_gr_needs_group_weight(method):
     logits, labels, groups = make_batch(0)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError,
+        match=exactly(
+            f"method '{method}' needs group_weight, one weight per group id "
+            "(use group_weights(training_counts, w_max)); got None"
+        ),
+    ):
         compute_loss(method, logits, labels, groups)
-    assert str(err.value) == (
-        f"method '{method}' needs group_weight, one weight per group id "
-        "(use group_weights(training_counts, w_max)); got None"
-    )
 
 
 def test_gr_group_id_without_weight():
     logits, labels, groups = make_batch(0)  # ids up to 4
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError,
+        match=exactly(
+            "group id 4 has no weight: group_weight has 3 entries (ids 0..2); "
+            "compute the weights from the training counts of every group"
+        ),
+    ):
         compute_loss("gr", logits, labels, groups, group_weight=torch.ones(3))
-    assert str(err.value) == (
-        "group id 4 has no weight: group_weight has 3 entries (ids 0..2); "
-        "compute the weights from the training counts of every group"
-    )
 
 
 @pytest.mark.parametrize("bandwidth", [0.0, -1.0])
 def test_bandwidth_must_be_positive(bandwidth):
     x = torch.zeros(3)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError, match=exactly(f"bandwidth must be > 0 (or None for the median heuristic), got {bandwidth!r}")
+    ):
         mmd_rbf(x, x, bandwidth)
-    assert str(err.value) == (f"bandwidth must be > 0 (or None for the median heuristic), got {bandwidth!r}")
 
 
 def test_shape_errors():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=exactly("groups has 3 entries but the batch has 4 samples")):
         soft_accuracy_gap(torch.rand(4), torch.tensor([0, 1, 1]))
-    assert str(err.value) == "groups has 3 entries but the batch has 4 samples"
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=exactly("groups must hold integer ids, got dtype torch.float32")):
         soft_accuracy_gap(torch.rand(3), torch.tensor([0.0, 1.0, 1.0]))
-    assert str(err.value) == "groups must hold integer ids, got dtype torch.float32"
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=exactly("p_true is empty; a loss needs at least one sample")):
         soft_accuracy_gap(torch.rand(0), torch.zeros(0, dtype=torch.long))
-    assert str(err.value) == "p_true is empty; a loss needs at least one sample"
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(
+        ValueError, match=exactly("logits must have shape (batch, classes) with at least 2 classes, got shape (4, 1)")
+    ):
         certainty_margin(torch.rand(4, 1), torch.zeros(4, dtype=torch.long))
-    assert str(err.value) == ("logits must have shape (batch, classes) with at least 2 classes, got shape (4, 1)")
 
 
 def test_messages_are_module_constants():

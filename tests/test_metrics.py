@@ -1,5 +1,6 @@
 """training.metrics: every figure checked against sklearn on each group's mask and against fairlearn."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from tests.conftest import exactly
 from training import metrics
 from training.metrics import MetricsError, UndefinedMetricWarning, evaluate, group_metrics
 from training.metrics.__main__ import main as metrics_main
@@ -143,7 +145,7 @@ def reference_ece(label, prob, n_bins=10):
     accuracies = predictions == label
     ece = 0.0
     boundaries = np.linspace(0, 1, n_bins + 1)
-    for lower, upper in zip(boundaries[:-1], boundaries[1:]):
+    for lower, upper in itertools.pairwise(boundaries):
         in_bin = (confidences > lower) & (confidences <= upper)
         if in_bin.mean() > 0:
             ece += abs(confidences[in_bin].mean() - accuracies[in_bin].mean()) * in_bin.mean()
@@ -399,9 +401,10 @@ def test_split_selects_rows_and_pooling_splits_warns():
     chosen = evaluate(df, ["race"], split="test")
     assert chosen["overall"]["n"] == 400 and chosen["split"] == "test"
     assert chosen["overall"]["auc"] == pytest.approx(roc_auc_score(df["label"][200:], df["prob"][200:]))
-    with pytest.warns(UserWarning) as caught:
+    mixed = metrics.MIXED_SPLITS.format(present="test, val")
+    with pytest.warns(UserWarning, match=exactly(mixed)) as caught:
         evaluate(df, ["race"])
-    assert [str(w.message) for w in caught] == [metrics.MIXED_SPLITS.format(present="test, val")]
+    assert [str(w.message) for w in caught] == [mixed]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from training import metrics, rundir
 from training.rundir import list_runs
 
 BOOTSTRAP = 100
-VANILLA_TPR = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9)))  # ΔTPR 0.50, as CMAC-MMD's vanilla
-CMAC_TPR = dict(zip(SKIN_GROUPS, (0.7, 0.75, 0.8, 0.75, 0.8, 0.85)))  # ΔTPR 0.15: −70 %
+VANILLA_TPR = dict(zip(SKIN_GROUPS, (0.4, 0.6, 0.8, 0.7, 0.8, 0.9), strict=True))  # ΔTPR 0.50, as CMAC-MMD's vanilla
+CMAC_TPR = dict(zip(SKIN_GROUPS, (0.7, 0.75, 0.8, 0.75, 0.8, 0.85), strict=True))  # ΔTPR 0.15: −70 %
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_table1_cells_are_metrics_evaluate_figures_with_intervals(tmp_path):
         assert cells[1] == f"fundus-{method}"
         assert cells[2] == percent_cell(overall["accuracy"], overall["ci"]["accuracy"])
         assert cells[3] == "{:.3f} [{:.3f}, {:.3f}]".format(overall["auc"], *overall["ci"]["auc"])
-        for cell, attribute in zip(cells[4:6], (race, ethnicity)):
+        for cell, attribute in zip(cells[4:6], (race, ethnicity), strict=True):
             gap = attribute["attributes"][next(iter(attribute["attributes"]))]
             assert cell == percent_cell(gap["max_acc_gap"], gap["ci"]["max_acc_gap"])
     assert row_of(text, "### Table 1", "GR (w_max=10, on race)")[4].startswith("5.00 [")
@@ -220,7 +220,9 @@ def test_cmac_delta_tpr_verdict_flips(tmp_path):
     assert dtpr.verdict == REPRODUCED and dtpr.change == pytest.approx(-0.70)
     assert "Worst-off group's TPR: 0.40 → 0.70; best group's: 0.90 → 0.85." in dtpr.text
     clear_cache()
-    write_skin(tmp_path / "little", dict(zip(SKIN_GROUPS, (0.5, 0.6, 0.8, 0.7, 0.8, 0.9))))  # ΔTPR 0.40: −20 %
+    write_skin(
+        tmp_path / "little", dict(zip(SKIN_GROUPS, (0.5, 0.6, 0.8, 0.7, 0.8, 0.9), strict=True))
+    )  # ΔTPR 0.40: −20 %
     dtpr = claim(tmp_path / "little", "CMAC-MMD cuts the intersectional ΔTPR (sex × age group) by ≥ 48 %")
     assert dtpr.verdict == NOT_REPRODUCED and dtpr.change == pytest.approx(-0.20)
     assert "The gap does shrink, by less than the paper reports." in dtpr.text
@@ -230,7 +232,11 @@ def test_cmac_delta_tpr_verdict_flips(tmp_path):
     "cmac_tpr, worst, best",
     [
         (dict.fromkeys(SKIN_GROUPS, 0.0), "0.40 → 0.00", "0.90 → 0.00"),  # misses every positive: ΔTPR 0
-        (dict(zip(SKIN_GROUPS, (0.4, 0.5, 0.5, 0.5, 0.5, 0.5))), "0.40 → 0.40", "0.90 → 0.50"),  # best lowered
+        (
+            dict(zip(SKIN_GROUPS, (0.4, 0.5, 0.5, 0.5, 0.5, 0.5), strict=True)),
+            "0.40 → 0.40",
+            "0.90 → 0.50",
+        ),  # best lowered
     ],
 )
 def test_a_gap_closed_by_levelling_down_is_not_reproduced(tmp_path, cmac_tpr, worst, best):

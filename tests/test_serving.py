@@ -79,7 +79,7 @@ def test_pool_reproduces_predictions_csv_one_image_at_a_time(runs, images, name)
     got = [pool.predict(image, run) for image in images]
     assert [d.prob_positive for d in got] == pytest.approx(expected["prob"].tolist(), abs=1e-5)
     # predictions.csv holds the true-class margin; at inference it is the predicted class's: equal up to sign
-    for d, (label, margin) in zip(got, zip(expected["label"], expected["margin"])):
+    for d, label, margin in zip(got, expected["label"], expected["margin"], strict=True):
         sign = 1.0 if d.label == TASKS[run.task].classes[label] else -1.0
         assert sign * d.margin == pytest.approx(margin, abs=1e-4)
 
@@ -152,7 +152,7 @@ def test_diagnosis_fields_follow_the_logits_and_the_run(runs, images):
     assert d.latency_ms > 0
     assert pool.predict(images[0], runs["skin-c"]).lam is None  # gr has no λ
     assert d.summary().startswith(f"{d.label} ({d.probability:.0%}) — ")
-    assert set(d.as_dict()) == {f for f in Diagnosis.__dataclass_fields__}
+    assert set(d.as_dict()) == set(Diagnosis.__dataclass_fields__)
 
 
 def test_certainty_thresholds_on_distance_from_a_coin_flip():

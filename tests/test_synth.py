@@ -82,7 +82,7 @@ def test_fundus_layout_matches_harvard_fairvlmed(fundus_dir):
     assert counts == {"Training": 140, "Validation": 20, "Test": 40}
     names = sorted(p.name for p in fundus_dir.rglob("data_*.npz"))
     assert names == [f"data_{i:05d}.npz" for i in range(1, 201)]
-    assert sorted(p.name for p in (fundus_dir / "Training").iterdir())[0] == "data_00001.npz"
+    assert min(p.name for p in (fundus_dir / "Training").iterdir()) == "data_00001.npz"
 
     df = pd.read_csv(fundus_dir / "data_summary.csv", keep_default_na=False)
     assert list(df.columns) == [
@@ -127,7 +127,7 @@ def test_fundus_group_mix_is_exact_and_split_is_stratified():
     assert plan["gender"].value_counts().to_dict() == {0: 1142, 1: 858}
     assert plan["use"].value_counts().to_dict() == {"training": 1400, "test": 400, "validation": 200}
     for _, cell in plan.groupby(["race", "ethnicity", "gender", "glaucoma"]):  # every stratum within 2
-        for use, frac in zip(synth.FUNDUS_USE, synth.FUNDUS_SPLIT_FRACTIONS):
+        for use, frac in zip(synth.FUNDUS_USE, synth.FUNDUS_SPLIT_FRACTIONS, strict=True):
             assert abs((cell["use"] == use).sum() - frac * len(cell)) <= 2
 
 
@@ -179,7 +179,7 @@ def test_skin_plan_mix_lesions_and_class_balance():
     assert 7000 <= len(lesions) <= 8000  # HAM10000: 7470 lesions for 10015 images
     counts = lesions["fitzpatrick"].value_counts()
     assert counts.to_dict() == dict(
-        zip(synth.FITZPATRICK, synth.largest_remainder(len(lesions), synth.FITZPATRICK_SHARES))
+        zip(synth.FITZPATRICK, synth.largest_remainder(len(lesions), synth.FITZPATRICK_SHARES), strict=True)
     )
     assert plan["malignant"].mean() == pytest.approx(0.195, abs=0.02)
     assert plan["age"].isna().mean() == pytest.approx(0.006, abs=0.003)
@@ -328,7 +328,7 @@ def test_bad_arguments_raise_a_value_error_naming_the_value(tmp_path, kwargs, me
 
 
 def test_every_problem_is_named_in_one_error():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=r"^invalid synthetic dataset arguments: ") as err:
         synth.validate_args(n=1, seed=0, bias=BiasConfig(strength=2.0), image_size=224, workers=0)
     assert str(err.value).count(";") == 2 and "n=1" in str(err.value) and "workers=0" in str(err.value)
 

@@ -365,7 +365,7 @@ def test_stratified_batches_give_every_group_its_share_of_each_effective_batch()
     for start in range(0, 1000 - 31, 32):  # every full effective batch of 32
         counts = torch.bincount(groups[order[start : start + 32]], minlength=4).tolist()
         expected = [32 * share for share in (0.7, 0.2, 0.064, 0.036)]
-        assert all(abs(c - e) <= 1.5 for c, e in zip(counts, expected)), counts
+        assert all(abs(c - e) <= 1.5 for c, e in zip(counts, expected, strict=True)), counts
     assert not torch.equal(order, epoch_order(1000, 1, cfg, groups)), "each epoch its own order"
     plain = epoch_order(1000, 0, TrainConfig(seed=5), groups)
     worst = min(torch.bincount(groups[plain[s : s + 32]], minlength=4)[3].item() for s in range(0, 992, 32))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -177,17 +178,19 @@ def _corpus() -> list[str]:
     return texts
 
 
-def _words(tokenizer_class: type, end_of_word: str = "") -> Counter:
+def _words(tokenizer_class: type, end_of_word: str = "") -> Counter[tuple[str, ...]]:
     """The corpus split into symbol sequences exactly as `tokenizer_class` pre-tokenizes text."""
     backend = tokenizer_class().backend_tokenizer
-    words = Counter()
+    words: Counter[tuple[str, ...]] = Counter()
     for text in _corpus():
         for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
             words[(*piece[:-1], piece[-1] + end_of_word)] += 1
     return words
 
 
-def learn_bpe(words: Counter, alphabet: Sequence[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def learn_bpe(
+    words: Mapping[tuple[str, ...], int], alphabet: Sequence[str], vocab_size: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-pair encoding learnt greedily until the vocabulary holds `vocab_size` symbols.
 
     Written out here rather than using `tokenizers.trainers.BpeTrainer`, whose ids for the alphabet
@@ -197,19 +200,19 @@ def learn_bpe(words: Counter, alphabet: Sequence[str], vocab_size: int) -> tuple
     "failed to extract enum PyMerges").
     """
     vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
-    words = dict(words)
-    merges = []
+    counts = dict(words)
+    merges: list[tuple[str, str]] = []
     while len(vocab) < vocab_size:
-        pairs = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in counts.items():
+            for pair in itertools.pairwise(word):
                 pairs[pair] += count
         if not pairs:
             raise RuntimeError(f"the corpus allows only {len(vocab)} BPE symbols, not {vocab_size}; add sentences")
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merges.append(best)
         vocab.setdefault(best[0] + best[1], len(vocab))
-        words = {_merge(word, best): count for word, count in words.items()}
+        counts = {_merge(word, best): count for word, count in counts.items()}
     return vocab, merges
 
 
@@ -229,7 +232,8 @@ def train_qwen_tokenizer() -> Qwen2Tokenizer:
     """Byte-level BPE split like Qwen2's, then Qwen's 14 special tokens at fixed ids 400..413."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab, merges = learn_bpe(_words(Qwen2Tokenizer), alphabet, QWEN_BPE_VOCAB)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)
+    # merges must be tuples (see learn_bpe); transformers annotates them as strings only.
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)  # type: ignore[arg-type]
     # Register on the backend: v5 `add_tokens` silently skips strings it can already encode, which
     # would split <|image_pad|> into bytes (FEASIBILITY §2).
     missing = [t for t in QWEN_SPECIAL_TOKENS if t not in tok.get_vocab()]
@@ -247,7 +251,8 @@ def train_clip_tokenizer() -> CLIPTokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab, merges = learn_bpe(_words(CLIPTokenizer, "</w>"), alphabet + [c + "</w>" for c in alphabet], CLIP_BPE_VOCAB)
     vocab[CLIP_BOS], vocab[CLIP_EOS] = len(vocab), len(vocab) + 1
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # merges must be tuples (see learn_bpe); transformers annotates them as strings only.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 # ============================================================================= architectures
@@ -260,7 +265,14 @@ def _round_up(n: int, multiple: int) -> int:
 def build_tiny_qwen(out_dir: Path, *, seed: int = ARCHITECTURE_SEED) -> Path:
     """Qwen2.5-VL at toy width (FEASIBILITY §2), saved as the hub repos are: ForConditionalGeneration."""
     tok = train_qwen_tokenizer()
-    ids = tok.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        """One token's id (`convert_tokens_to_ids` returns a list only when given a list)."""
+        token_id = tok.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int):
+            raise RuntimeError(f"{token!r} has ids {token_id}, expected one id")
+        return token_id
+
     text = dict(
         vocab_size=_round_up(len(tok), 64),
         hidden_size=64,
@@ -367,7 +379,7 @@ def image_statistics(image: Image.Image) -> list[float]:
     and the share of very bright pixels (where a fundus's optic disc and cup are), the share of pixels
     much darker than the median and their colour spread (where a skin lesion is). None uses a label.
     """
-    x = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     grey = x.mean(axis=2)
     centre = grey[16:48, 16:48].mean() - grey.mean()
     edges = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
@@ -560,10 +572,10 @@ def pretrain(
     """Full-parameter training of the checkpoint in `model_dir` on (image, target vector) pairs; re-saves it.
 
     `data` maps a task name to its pairs; steps interleave the tasks (in proportion to `shares`,
-    default equal) so the Qwen model sees each task's own question. A throw-away linear probe per task on the classifier's embedding (Qwen:
-    last-token state; CLIP: image embedding) regresses the task's z-scored targets with an MSE
-    weighted by `weights[task]` (default: all 1; `build` passes `target_weights`); only the backbone
-    is kept. Returns the loss curve summary that goes into fairdx_build.json.
+    default equal) so the Qwen model sees each task's own question. A throw-away linear probe per task
+    on the classifier's embedding (Qwen: last-token state; CLIP: image embedding) regresses the task's
+    z-scored targets with an MSE weighted by `weights[task]` (default: all 1; `build` passes
+    `target_weights`); only the backbone is kept. Returns the loss curve summary that goes into fairdx_build.json.
     """
     with torch.random.fork_rng(devices=[]):  # seeded here without disturbing the caller's RNG
         torch.manual_seed(seed)
@@ -591,7 +603,8 @@ def _pretrain(model_dir: Path, data, *, steps: int, seed: int, batch_size: int, 
         optimiser,
         lambda s: min(1.0, (s + 1) / PRETRAIN_WARMUP) * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)),
     )
-    losses, errors = [], {t: [] for t in tasks}
+    losses: list[float] = []
+    errors: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
     for step in range(steps):
         task = tasks[schedule[step]]
         clf.set_task(task)

@@ -192,7 +192,8 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
     lines = [
         f"## Fairness on the {split or 'evaluation'} split",
         "",
-        f"Overall: n = {overall.get('n', MISSING)}, accuracy {_with_interval(overall.get('accuracy'), ci.get('accuracy'))}, "
+        f"Overall: n = {overall.get('n', MISSING)}, "
+        f"accuracy {_with_interval(overall.get('accuracy'), ci.get('accuracy'))}, "
         f"AUC {_with_interval(overall.get('auc'), ci.get('auc'))}, ECE {_number(overall.get('ece'))} "
         f"(threshold {_number(report.get('threshold', 0.5))}"
         + (", chosen on the validation split by Youden's J" if report.get("threshold_rule") == "youden_on_val" else "")
@@ -210,8 +211,10 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
         lines.append(f"| {_cell(spec)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "MaxAccGap = max − min of group accuracy; ΔTPR = max − min of group true-positive rate (missed "
-        "diagnoses); EO = equalized-odds difference, max(ΔTPR, ΔFPR); ES-AUC = AUC / (1 + Σ_s |AUC − AUC_s|).",
+        (
+            "MaxAccGap = max − min of group accuracy; ΔTPR = max − min of group true-positive rate (missed "
+            "diagnoses); EO = equalized-odds difference, max(ΔTPR, ΔFPR); ES-AUC = AUC / (1 + Σ_s |AUC − AUC_s|)."
+        ),
     ]
     min_n = report.get("min_n")
     for spec, attribute in report["attributes"].items():
@@ -269,7 +272,8 @@ def _training(record: RunRecord) -> str:
     lines = ["## Training run", ""]
     if training:
         lines.append(
-            f"{training.get('steps', MISSING)} optimiser steps (effective batch {training.get('effective_batch', MISSING)}) "
+            f"{training.get('steps', MISSING)} optimiser steps "
+            f"(effective batch {training.get('effective_batch', MISSING)}) "
             f"in {_number(training.get('seconds'), 1)} s ({_number(training.get('samples_per_s'), 1)} samples/s); "
             f"final loss {_number(training.get('final_loss'), 4)}."
         )
@@ -284,11 +288,15 @@ def _intended_use(cfg: TrainConfig) -> str:
     lines = [
         "## Intended use and limitations",
         "",
-        "- A research demo of fairness-aware fine-tuning. It is **not a medical device** and must not be "
-        "used to diagnose, treat or triage anyone.",
-        "- The fairness figures above hold for this evaluation split, one training seed and the stated "
-        "threshold; small groups have wide intervals, and a small gap on one attribute says nothing about "
-        "attributes or intersections that were not measured.",
+        (
+            "- A research demo of fairness-aware fine-tuning. It is **not a medical device** and must not be "
+            "used to diagnose, treat or triage anyone."
+        ),
+        (
+            "- The fairness figures above hold for this evaluation split, one training seed and the stated "
+            "threshold; small groups have wide intervals, and a small gap on one attribute says nothing about "
+            "attributes or intersections that were not measured."
+        ),
     ]
     if cfg.data.startswith(SYNTH_PREFIX):
         lines.append(

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 
 from training import methods
 from training.data_spec import SYNTH_PREFIX, data_problems, parse_synth
@@ -70,7 +71,7 @@ class ConfigError(ValueError):
 
 def _f(default: Any, help: str, *, cli: str | None = None, hint: str | None = None, **bounds: Any) -> Any:
     """A field with its help (CLI, form, card), its bounds, an optional CLI flag and a hint for errors."""
-    extra = {k: v for k, v in (("cli", cli), ("hint", hint)) if v is not None}
+    extra: JsonDict = {k: v for k, v in (("cli", cli), ("hint", hint)) if v is not None}
     if isinstance(default, list):
         return Field(default_factory=list, description=help, json_schema_extra=extra or None, **bounds)
     return Field(default, description=help, json_schema_extra=extra or None, **bounds)

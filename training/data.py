@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import math
 import os
 import warnings
@@ -385,7 +386,7 @@ def _check_age_bins(age_bins: Sequence[float]) -> tuple[float, ...]:
         edges = tuple(float(edge) for edge in age_bins)
     except (TypeError, ValueError):
         raise DatasetError(BAD_AGE_BINS.format(bins=age_bins)) from None
-    if not edges or edges[0] <= 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+    if not edges or edges[0] <= 0 or any(b <= a for a, b in itertools.pairwise(edges)):
         raise DatasetError(BAD_AGE_BINS.format(bins=age_bins))
     return edges
 
@@ -394,7 +395,7 @@ def age_group_labels(age_bins: Sequence[float] = DEFAULT_AGE_BINS) -> tuple[str,
     """The age-group labels for ``age_bins``: ``(40, 60)`` gives ``("0-40", "40-60", "60+")``."""
     edges = _check_age_bins(age_bins)
     bounds = (0.0, *edges)
-    labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds, edges)]
+    labels = [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(bounds)]
     return (*labels, f"{edges[-1]:g}+")
 
 
@@ -426,15 +427,22 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
-def _pick_column(columns: Sequence[str], file: str, *candidates: str, required: bool = True) -> str | None:
+def _find_column(columns: Sequence[str], *candidates: str) -> str | None:
+    """The first of ``candidates`` in ``columns`` (matched case-insensitively), or None if none is."""
     lowered = {c.lower(): c for c in columns}
     for candidate in candidates:
         if candidate in lowered:
             return lowered[candidate]
-    if not required:
-        return None
-    wanted = " or ".join(f"'{c}'" for c in candidates)
-    raise DatasetError(MISSING_COLUMN.format(file=file, column=wanted, found=", ".join(columns) or "(none)"))
+    return None
+
+
+def _pick_column(columns: Sequence[str], file: str, *candidates: str) -> str:
+    """Like :func:`_find_column`, but a table without any of ``candidates`` is an error."""
+    found = _find_column(columns, *candidates)
+    if found is None:
+        wanted = " or ".join(f"'{c}'" for c in candidates)
+        raise DatasetError(MISSING_COLUMN.format(file=file, column=wanted, found=", ".join(columns) or "(none)"))
+    return found
 
 
 def _row_place(file: str, index: int) -> str:
@@ -511,7 +519,7 @@ def _fairvlmed_from_summary(
     }
     gender_col = _pick_column(columns, SUMMARY_FILE, "gender", "male")
     ethnicity_col = _pick_column(columns, SUMMARY_FILE, "ethnicity", "hispanic")
-    use_col = _pick_column(columns, SUMMARY_FILE, "use", required=False)
+    use_col = _find_column(columns, "use")
 
     located = {name: (split, folder / name) for split, folder in folders.items() for name in _npz_files(folder)}
     in_root = set(_npz_files(root))
@@ -542,7 +550,7 @@ def _fairvlmed_from_summary(
         use = _choice(row.get(use_col), USE, where, use_col) if use_col else None
         if name in located:
             split, path = located[name]
-            if use is not None and use != split:
+            if use_col is not None and use is not None and use != split:
                 mismatched.append((name, path.parent.name, row[use_col].strip()))
         elif name in in_root and use is not None:
             split, path = use, root / name
@@ -565,8 +573,10 @@ def _fairvlmed_from_summary(
             MISSING_FILES.format(n=len(missing), listing=SUMMARY_FILE, root=root, row=index + 2, name=name, hint=hint)
         )
     if mismatched:
-        name, folder, use = mismatched[0]
-        warnings.warn(SPLIT_MISMATCH_WARNING.format(n=len(mismatched), name=name, folder=folder, use=use), stacklevel=3)
+        name, folder_name, use = mismatched[0]
+        warnings.warn(
+            SPLIT_MISMATCH_WARNING.format(n=len(mismatched), name=name, folder=folder_name, use=use), stacklevel=3
+        )
     unlisted = sorted(set(located) - set(first_row))
     if unlisted:
         warnings.warn(UNLISTED_FILES_WARNING.format(n=len(unlisted), root=root, name=unlisted[0]), stacklevel=3)
@@ -681,7 +691,7 @@ def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, fl
         raise DatasetError(BAD_FRACTIONS.format(fractions=split_fractions)) from None
     if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise DatasetError(BAD_FRACTIONS.format(fractions=split_fractions))
-    return fractions  # type: ignore[return-value]
+    return fractions
 
 
 def load_ham10000(
@@ -711,11 +721,12 @@ def load_ham10000(
     if not rows:
         raise DatasetError(NO_SAMPLES.format(root=root, hint=f"{file} has no rows"))
     col = {name: _pick_column(columns, file, name) for name in ("lesion_id", "image_id", "dx", "age", "sex")}
-    fitz_col = _pick_column(columns, file, "fitzpatrick", required=False)
-    split_col = _pick_column(columns, file, "split", required=False)
+    fitz_col = _find_column(columns, "fitzpatrick")
+    split_col = _find_column(columns, "split")
 
     images = _index_images(root)
-    records = []  # (image_id, path, label, attributes, lesion_id, split or None)
+    # (image_id, path, label, attributes, lesion_id, split); split is None when the table has no split column
+    records: list[tuple[str, Path, int, dict[str, str], str, str | None]] = []
     first_row: dict[str, int] = {}
     missing: list[tuple[int, str]] = []
     for index, row in enumerate(rows):
@@ -756,17 +767,17 @@ def load_ham10000(
                 n=len(missing), listing=file, root=root, row=index + 2, name=image_id, hint=", as .jpg/.jpeg/.png"
             )
         )
+    lesion_split: dict[str, str] = {}
     if not split_col:
         lesion_split = _split_lesions(
             {r[4]: 0 for r in records} | {r[4]: 1 for r in records if r[2]}, fractions, split_seed
         )
-        records = [(*r[:5], lesion_split[r[4]]) for r in records]
     samples = tuple(
-        Sample(image_id, path, label, MappingProxyType(attrs), split)
-        for image_id, path, label, attrs, _, split in records
+        Sample(image_id, path, label, MappingProxyType(attrs), lesion_split[lesion_id] if split is None else split)
+        for image_id, path, label, attrs, lesion_id, split in records
     )
-    attributes = SKIN_ATTRIBUTES + (("fitzpatrick",) if fitz_col else ())
-    return Dataset(task="skin", root=root, samples=samples, attributes=attributes)
+    attribute_names = SKIN_ATTRIBUTES + (("fitzpatrick",) if fitz_col else ())
+    return Dataset(task="skin", root=root, samples=samples, attributes=attribute_names)
 
 
 def _split_lesions(

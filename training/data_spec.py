@@ -24,6 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from training import synth
 from training.data import (
@@ -40,7 +41,18 @@ from training.data import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTH_PREFIX = "synth:"
-SYNTH_DEFAULTS = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
+
+
+class SynthDefaults(TypedDict):
+    """The default of each `synth:` key (the fields of SynthSpec); test_min defaults per task."""
+
+    n: int
+    seed: int
+    strength: float
+    image_size: int
+
+
+SYNTH_DEFAULTS: SynthDefaults = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
 SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int, "test_min": int}
 TEST_MIN_DEFAULTS = {"fundus": 300, "skin": 50}
 SYNTH_ATTRIBUTES = {"fundus": FUNDUS_ATTRIBUTES, "skin": (*SKIN_ATTRIBUTES, "fitzpatrick")}
@@ -161,12 +173,12 @@ def data_problems(data: str, attributes: Sequence[str | None]) -> list[str]:
         except ValueError as err:
             return [str(err)]
         available = SYNTH_ATTRIBUTES[task]
-        problems = []
-        for attribute in dict.fromkeys(a for a in attributes if a):
-            for name in attribute.split(ATTRIBUTE_JOINER):
-                if name.strip() not in available:
-                    problems.append(UNKNOWN_ATTRIBUTE.format(attribute=name.strip(), available=", ".join(available)))
-        return problems
+        return [
+            UNKNOWN_ATTRIBUTE.format(attribute=name.strip(), available=", ".join(available))
+            for attribute in dict.fromkeys(a for a in attributes if a)
+            for name in attribute.split(ATTRIBUTE_JOINER)
+            if name.strip() not in available
+        ]
     folder = Path(data).expanduser()
     return [] if folder.is_dir() else [ROOT_MISSING.format(root=folder)]
 

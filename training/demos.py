@@ -25,7 +25,7 @@ from pathlib import Path
 from training.config import TrainConfig
 from training.methods import NAMES as METHODS
 from training.rundir import DEMO_RUNS_DIR
-from training.train import train
+from training.train import resolved_run_name, train
 
 # The recipe every method of a task shares (only the method changes between the five runs):
 # - an effective batch of 32 (8 x 4 accumulated micro-batches) with stratified batches, so each optimiser
@@ -68,16 +68,17 @@ def build(
 ) -> dict[str, float]:
     """Train every demo run and move it into `out`; return the wall time of each run in seconds."""
     out.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".demos-", dir=out) as scratch:
         for task in tasks:
             for method in methods:
                 cfg = demo_config(task, method, Path(scratch))
+                name = resolved_run_name(cfg)
                 start = time.perf_counter()
                 run = train(cfg, progress=progress)
-                times[cfg.run_name] = round(time.perf_counter() - start, 1)
-                _replace(run, out / cfg.run_name)
-                print(f"{cfg.run_name}: {times[cfg.run_name]} s", file=sys.stderr)
+                times[name] = round(time.perf_counter() - start, 1)
+                _replace(run, out / name)
+                print(f"{name}: {times[name]} s", file=sys.stderr)
     return times
 
 

@@ -53,7 +53,7 @@ def _pad(tensor: Tensor) -> Tensor:
 
 def _trim(parts: list[Tensor] | tuple[Tensor, ...], tensor: Tensor) -> list[Tensor]:
     sizes = _sizes(tensor)
-    return [part[:n] for part, n in zip(parts, sizes)]
+    return [part[:n] for part, n in zip(parts, sizes, strict=True)]
 
 
 def _gather_ints(tensor: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +37,7 @@ def load_run_classifier(run: rundir.RunInfo) -> Classifier:
     return clf.eval()
 
 
-def report_attributes(run: rundir.RunInfo, columns: Sequence[str], requested: Sequence[str]) -> list[str]:
+def report_attributes(run: rundir.RunInfo, columns: Container[str], requested: Sequence[str]) -> list[str]:
     """Requested attributes, else the run's, keeping those whose columns exist in the predictions."""
     wanted = list(requested) or list(run.record.group_counts) or [run.settings.attribute]
     return [a for a in wanted if all(part in columns for part in a.split("+"))]

@@ -83,10 +83,11 @@ skin (tone weight t: Fitzpatrick I 0, II 0, III 0.25, IV 0.5, V 0.85, VI 1;
   ``0.75 + 0.25 s`` of the lesion radius and ``Poisson(14 max(0, s - 0.35))`` radial streaks at the
   border -- local patterns that global image statistics barely see. The lesion radius is
   ``0.26 + 0.16 diameter ± 0.04``, the shape harmonics 0.02 (order 1, a shift), ``0.02 + 0.24 asymmetry``
-  (orders 2-3) and ``(0.01 + 0.12 border) / (k/3)^0.6`` (orders 4-12), each times U(0.6, 1). Colour variety: ``round(0.5 + 4 c' U(0.6, 1))`` extra
-  colours (c' the colour cue), black / blue-grey / red / white ever likelier as c' grows, whatever
-  the dx; dx sets the base colour and a few motifs (a central white patch in df, red-purple lobules in
-  vasc, arborizing vessels in bcc with probability ``0.3 + 0.5 c'``).
+  (orders 2-3) and ``(0.01 + 0.12 border) / (k/3)^0.6`` (orders 4-12), each times U(0.6, 1). Colour
+  variety: ``round(0.5 + 4 c' U(0.6, 1))`` extra colours (c' the colour cue), black / blue-grey / red /
+  white ever likelier as c' grows, whatever the dx; dx sets the base colour and a few motifs (a central
+  white patch in df, red-purple lobules in vasc, arborizing vessels in bcc with probability
+  ``0.3 + 0.5 c'``).
 
 Test-split enrichment
 ---------------------
@@ -120,13 +121,14 @@ import signal
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import map_coordinates
 
@@ -308,10 +310,10 @@ def _ramp(d: np.ndarray, width: float) -> np.ndarray:
 def _lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth random field in about [-1, 1]: a cells x cells normal grid upsampled bicubically."""
     small = rng.standard_normal((cells, cells)).astype(np.float32) / 2.0
-    return np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(small, mode="F").resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _to_px(pts: np.ndarray, size: int) -> list[tuple[float, float]]:
+def _to_px(pts: np.ndarray | Iterable[Sequence[float]], size: int) -> list[tuple[float, float]]:
     return [((px + 1.0) * 0.5 * size, (py + 1.0) * 0.5 * size) for px, py in pts]
 
 
@@ -415,7 +417,7 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: in
     lang_p = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}
     language = [LANGUAGES[rng.choice(4, p=lang_p[bool(e == 1)])] for e in eth]
     marital = [MARITAL[i] for i in rng.choice(len(MARITAL), total, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))]
-    notes = [_fundus_note(rng, a, g) for a, g in zip(age, gender)]
+    notes = [_fundus_note(rng, a, g) for a, g in zip(age, gender, strict=True)]
 
     df = pd.DataFrame(
         dict(
@@ -581,7 +583,7 @@ def _draw_vessel(rng, draw, start, heading, width, curvature, steps, ppu, size, 
             _draw_vessel(
                 rng, draw, (x0, y0), branch, width * 0.6, curvature * 0.3, int(steps * 0.5), ppu, size, depth + 1
             )
-    w = max(1, int(round(width * ppu)))
+    w = max(1, round(width * ppu))
     draw.line(_to_px(np.asarray(pts), size), fill=255, width=w, joint="curve")
 
 
@@ -747,7 +749,7 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     """
     validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min)
     rng = np.random.default_rng([seed, _STREAM_SKIN_PLAN])
-    per_lesion = []
+    per_lesion: list[int] = []
     while sum(per_lesion) < n:
         per_lesion.append(_images_of_lesion(rng))
     per_lesion[-1] -= sum(per_lesion) - n
@@ -758,7 +760,7 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     true_age = _skin_ages(rng, L)
     groups = np.array([age_group(a) for a in true_age])
     missing = np.zeros(L, bool)
-    missing[rng.permutation(L)[: int(round(MISSING_AGE_FRACTION * L))]] = True
+    missing[rng.permutation(L)[: round(MISSING_AGE_FRACTION * L)]] = True
 
     P = bias.effective["prevalence"]
     offsets = P * (np.log([SKIN_OR_AGE[g] for g in groups]) + np.log([SKIN_OR_SEX[s] for s in sex]))
@@ -768,7 +770,7 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     malignant = np.empty(L, int)
     malignant[order] = _systematic(p[order])
     visible_group = np.where(missing, "unknown", groups)
-    split = _stratified_split(rng, list(zip(sex, visible_group, malignant)))
+    split = _stratified_split(rng, list(zip(sex, visible_group, malignant, strict=True)))
     lesions = pd.DataFrame(
         dict(
             images=per_lesion,
@@ -933,9 +935,9 @@ def skin_lesion_params(row: dict, seed: int, bias: BiasConfig) -> dict:
         # streaks at (angle, length), radiating from the border
         globules=np.stack(
             [
-                rng.uniform(0, 2 * np.pi, k := int(rng.poisson(1.0 + 20.0 * structure**2))),
-                rng.uniform(0.15, 0.75 + 0.25 * structure, k),
-                rng.uniform(0.03, 0.05, k),
+                rng.uniform(0, 2 * np.pi, n_globules := int(rng.poisson(1.0 + 20.0 * structure**2))),
+                rng.uniform(0.15, 0.75 + 0.25 * structure, n_globules),
+                rng.uniform(0.03, 0.05, n_globules),
             ],
             1,
         ),
@@ -965,7 +967,7 @@ def _lesion_colours(rng, dx: str, cue: float) -> list[tuple[str, float]]:
     """Base colour (by dx) first, then extra colours: more of them, and more often black, blue-grey,
     red or white, as the colour-variety cue grows -- whatever the dx, so colour alone never decides it."""
     base = str(rng.choice(tuple(_BASE_COLOURS[dx]), p=tuple(_BASE_COLOURS[dx].values())))
-    n_extra = min(4, int(round(0.5 + 4 * cue * rng.uniform(0.6, 1.0))))
+    n_extra = min(4, round(0.5 + 4 * cue * rng.uniform(0.6, 1.0)))
     w = np.array([1.0, 1.0, 0.05 + 3 * cue, 0.05 + 3 * cue, 0.05 + 1.5 * cue, 0.05 + 1.5 * cue])
     extra = [str(c) for c in rng.choice(_EXTRA_COLOURS, n_extra, replace=False, p=w / w.sum())]
     motif = {"df": ["white"], "vasc": ["purple"]}.get(dx, [])  # df: central white patch; vasc: lobules
@@ -997,7 +999,7 @@ def render_skin(lesion: dict, view_rng: np.random.Generator, size: int) -> np.nd
     rho = np.sqrt(u * u + v * v)
     z = (u + 1j * v).astype(np.complex64) / np.maximum(rho, 1e-6)
     zk, wobble = z, np.zeros_like(rho)
-    for amp, phase in zip(lesion["harm_amp"], lesion["harm_phase"]):  # sum_k a_k cos(k theta + phi_k)
+    for amp, phase in zip(lesion["harm_amp"], lesion["harm_phase"], strict=True):  # sum_k a_k cos(k theta + phi_k)
         wobble += (zk * np.complex64(amp * np.exp(1j * phase))).real
         zk = zk * z
     border = lesion["radius"] * (1.0 + wobble)
@@ -1043,11 +1045,9 @@ def _structure_mask(lesion, size, zoom, phi, tx, ty) -> np.ndarray | None:
     c, s = np.cos(phi), np.sin(phi)
     radius = lesion["radius"]
 
-    def to_image(points: np.ndarray) -> list[tuple[float, float]]:
-        points = np.asarray(points) * zoom
-        return _to_px(
-            np.stack([c * points[:, 0] - s * points[:, 1] + tx, s * points[:, 0] + c * points[:, 1] + ty], 1), size
-        )
+    def to_image(points: ArrayLike) -> list[tuple[float, float]]:
+        xy = np.asarray(points) * zoom
+        return _to_px(np.stack([c * xy[:, 0] - s * xy[:, 1] + tx, s * xy[:, 0] + c * xy[:, 1] + ty], 1), size)
 
     for angle, rel, dot in lesion["globules"]:
         ((px, py),) = to_image([[rel * radius * np.cos(angle), rel * radius * np.sin(angle)]])
@@ -1083,7 +1083,7 @@ def _field(u, v, grid: np.ndarray, radius: float) -> np.ndarray:
     cu = (uc / (1.6 * radius) + 1.0) * 0.5 * m
     cv = (vc / (1.6 * radius) + 1.0) * 0.5 * m
     coarse = map_coordinates(grid, [cv, cu], order=3, mode="nearest").astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _lesion_vessels(lesion, size, zoom, phi, tx, ty) -> np.ndarray:

@@ -113,6 +113,28 @@ def resolve(cfg: TrainConfig, task: str) -> TrainConfig:
     return cfg.replace(backbone=backbone, lr=float(lr), run_name=run_name)
 
 
+# What `resolve` fills in, as the types a resolved config guarantees; ValueError on one it has not seen.
+def resolved_run_name(cfg: TrainConfig) -> str:
+    """The run name of a resolved config (or of one that set it)."""
+    if cfg.run_name is None:
+        raise ValueError("the config has no run_name yet; pass it through training.train.resolve() first")
+    return cfg.run_name
+
+
+def resolved_backbone(cfg: TrainConfig) -> str:
+    """The backbone of a resolved config (or of one that set it)."""
+    if cfg.backbone is None:
+        raise ValueError("the config has no backbone yet; pass it through training.train.resolve() first")
+    return cfg.backbone
+
+
+def resolved_lr(cfg: TrainConfig) -> float:
+    """The learning rate of a resolved config (or of one that set a number)."""
+    if isinstance(cfg.lr, str):
+        raise ValueError(f"the config's lr is {cfg.lr!r}; pass it through training.train.resolve() first")
+    return cfg.lr
+
+
 def recommended_lr(backbone: str) -> float:
     """The lr a checkpoint recommends in its fairdx_build.json (our embedded ones do), else Gu et al.'s 1e-5."""
     info = Path(resolve_backbone(backbone)) / "fairdx_build.json"
@@ -144,7 +166,7 @@ def training_samples(dataset: Dataset, cfg: TrainConfig) -> list[Sample]:
     subset = [train[i] for i in chosen]
     missing = set(dataset.group_counts(cfg.attribute, "train")) - {group_key(s, cfg.attribute) for s in subset}
     if missing:
-        raise ConfigError([GROUP_LOST.format(n=cfg.max_samples, group=sorted(missing)[0], attribute=cfg.attribute)])
+        raise ConfigError([GROUP_LOST.format(n=cfg.max_samples, group=min(missing), attribute=cfg.attribute)])
     return subset
 
 
@@ -305,7 +327,7 @@ def checkpoint_step(path: Path, cfg: TrainConfig, num_processes: int) -> int:
     state = torch.load(path / CHECKPOINT_STATE, weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError([CHECKPOINT_FORMAT_OLD.format(path=path)])
-    differs = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k not in ("trackers",)]
+    differs = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k != "trackers"]
     if differs:
         raise ConfigError([CHECKPOINT_MISMATCH.format(fields=", ".join(differs))])
     if state["num_processes"] != num_processes:
@@ -405,7 +427,7 @@ def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str
         labels = torch.tensor([s.label for s in chunk])
         probs = logits.softmax(-1)[:, 1]
         margins = certainty_margin(logits, labels)
-        for s, p, m in zip(chunk, probs.tolist(), margins.tolist()):
+        for s, p, m in zip(chunk, probs.tolist(), margins.tolist(), strict=True):
             rows.append(
                 {
                     "id": s.id,
@@ -458,13 +480,14 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     cfg = resolve(cfg, dataset.task)
     processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() makes it
     cfg = _from_main_process(processes, cfg)  # one run name (it may hold the time) on every process
+    run_name = resolved_run_name(cfg)
     runs_dir = Path(cfg.runs_dir)
-    final, staging = runs_dir / cfg.run_name, rundir.staging_dir(runs_dir, cfg.run_name)
+    final, staging = runs_dir / run_name, rundir.staging_dir(runs_dir, run_name)
     checkpoint = staging / rundir.CHECKPOINT
     problems = []
     if processes.is_main_process:
         try:
-            held.callback(_claim_run(cfg.run_name, runs_dir, final, staging, resume).release)
+            held.callback(_claim_run(run_name, runs_dir, final, staging, resume).release)
         except ConfigError as err:
             problems = err.problems
     problems = _from_main_process(processes, problems)  # the others wait here until the folder is ready
@@ -481,7 +504,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
-    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)
+    # the legacy global NumPy RNG on purpose: it is what libraries that draw from np.random use
+    torch.manual_seed(cfg.seed), np.random.seed(cfg.seed), random.seed(cfg.seed)  # noqa: NPY002
 
     # data: the fairness groups come from the training split (Eq. 8 counts N_s)
     samples = training_samples(dataset, cfg)
@@ -496,7 +520,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
 
     # model: frozen backbone + LoRA (+ the Qwen head)
     clf = load_classifier(
-        cfg.backbone,
+        resolved_backbone(cfg),
         task=dataset.task,
         dtype=DTYPES[cfg.dtype],
         min_pixels=cfg.min_pixels,
@@ -507,7 +531,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     add_lora(clf, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
     clf.to(accelerator.device)
     params = [p for p in clf.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=resolved_lr(cfg), weight_decay=cfg.weight_decay)
     effective = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = math.ceil(len(samples) / effective)
     total_steps = steps_per_epoch * cfg.epochs
@@ -519,11 +543,12 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     main_process = accelerator.is_main_process
     log = _open_log(staging / rundir.METRICS, start_step, total_steps) if main_process else None
     if cfg.trackers:
-        accelerator.init_trackers(cfg.run_name, config={k: str(v) for k, v in cfg.to_dict().items()})
+        accelerator.init_trackers(run_name, config={k: str(v) for k, v in cfg.to_dict().items()})
     if main_process:
         print(
             f"{clf.describe()}\n{len(samples)} training samples, groups of {cfg.attribute}: "
-            f"{dict(zip(group_names, counts.tolist()))}; {total_steps} steps of {effective} on {world} process(es)",
+            f"{dict(zip(group_names, counts.tolist(), strict=True))}; "
+            f"{total_steps} steps of {effective} on {world} process(es)",
             file=sys.stderr,
         )
 
@@ -535,7 +560,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         disable=not (progress and main_process),
     )
     started, step_times, loss, done, active, stopped = time.perf_counter(), [], float("nan"), start_step, 0, False
-    order, order_epoch = None, -1
+    order: Tensor | None = None  # the sample order of epoch order_epoch
+    order_epoch = -1
     model.train()
     if resume:
         load_checkpoint(accelerator, checkpoint)  # last: no setup step may draw from the restored RNGs
@@ -545,7 +571,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
             break
         t0 = time.perf_counter()
         epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
+        if order is None or epoch != order_epoch:
             order, order_epoch = epoch_order(len(samples), epoch, cfg, fair_groups), epoch
         window = order[position * effective : (position + 1) * effective]
         index = window[rank::world]
@@ -693,7 +719,7 @@ def publish(
             "attributes": attributes,
             "n": {split: len(dataset.split(split)) for split in ("train", "val", "test")},
             "group_counts": {a: dataset.group_counts(a, "train") for a in reported},
-            "trained_groups": dict(zip(group_names, counts.tolist())),
+            "trained_groups": dict(zip(group_names, counts.tolist(), strict=True)),
         },
         "training": summary,
     }

@@ -12,6 +12,7 @@ assets/ and `Qwen/Qwen2.5-VL-7B-Instruct` / `openai/clip-vit-base-patch16` go th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def detect_family(name_or_path: str) -> str:
 
 
 def load_classifier(
-    name_or_path: str,
+    name_or_path: str | os.PathLike[str],
     *,
     task: str | Task,
     dtype: torch.dtype = torch.float32,
@@ -101,16 +102,31 @@ def load_classifier(
     """
     task = get_task(task)
     recorded_id = str(name_or_path)  # what runs record: a hub id or a repo-relative folder, portable
-    name_or_path = resolve_backbone(recorded_id)
-    family = detect_family(name_or_path)
-    common = dict(task=task, dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed)
+    resolved = resolve_backbone(recorded_id)
+    family = detect_family(resolved)
+    clf: Classifier
     if family == "clip":
         if min_pixels is not None or max_pixels is not None:
             raise ValueError("min_pixels/max_pixels set the Qwen2.5-VL image budget; for CLIP use image_size")
-        clf = ClipClassifier.from_pretrained(name_or_path, image_size=image_size, **common)
+        clf = ClipClassifier.from_pretrained(
+            resolved,
+            image_size=image_size,
+            task=task,
+            dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing,
+            seed=seed,
+        )
     else:
         if image_size is not None:
             raise ValueError("image_size sets the CLIP input resolution; for Qwen2.5-VL use min_pixels/max_pixels")
-        clf = QwenVLClassifier.from_pretrained(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels, **common)
+        clf = QwenVLClassifier.from_pretrained(
+            resolved,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            task=task,
+            dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing,
+            seed=seed,
+        )
     clf.base_model_id = recorded_id
     return clf

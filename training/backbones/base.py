@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ class Classifier(nn.Module):
 
     def __init__(self, model: PreTrainedModel, *, base_model_id: str, task: Task) -> None:
         super().__init__()
-        self.model = model
+        self.model: PreTrainedModel | PeftModel = model  # the PeftModel wrapping it once LoRA is added
         self.base_model_id = base_model_id
         self.task = task
         self.adapter_heads: dict[str, dict[str, Tensor]] = {}  # filled by lora.load_adapter
@@ -116,7 +116,12 @@ class Classifier(nn.Module):
     @property
     def hf_model(self) -> PreTrainedModel:
         """The Hugging Face model, unwrapped from PEFT if LoRA was added."""
-        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if not isinstance(self.model, PeftModel):
+            return self.model
+        base = self.model.get_base_model()  # typed nn.Module by PEFT: the model it wraps
+        if not isinstance(base, PreTrainedModel):
+            raise TypeError(f"the PEFT model wraps a {type(base).__name__}, not a Hugging Face PreTrainedModel")
+        return base
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +136,8 @@ class Classifier(nn.Module):
         lora = "no LoRA"
         if isinstance(self.model, PeftModel):
             cfg = self.model.peft_config[self.model.active_adapter]
+            if not isinstance(cfg, LoraConfig):
+                raise TypeError(f"adapter {self.model.active_adapter!r} is a {type(cfg).__name__}, not a LoraConfig")
             n = len(lora_module_names(self))
             lora = f"LoRA r={cfg.r} alpha={cfg.lora_alpha} dropout={cfg.lora_dropout} on {n} modules"
         dtype = str(self.dtype).removeprefix("torch.")

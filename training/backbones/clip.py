@@ -8,6 +8,8 @@ once but embedded again in every forward pass.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -20,7 +22,7 @@ class ClipClassifier(Classifier):
     family = "clip"
     # Attention and MLP of both towers plus the two projections into the joint space: CMAC-MMD fine-tunes
     # CLIP as a whole, and attention alone (LoRA's usual targets) left the tiny CLIP unable to learn skin.
-    lora_target_modules = [
+    lora_target_modules: ClassVar[list[str]] = [
         "q_proj",
         "k_proj",
         "v_proj",
@@ -96,7 +98,10 @@ class ClipClassifier(Classifier):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         out = self._outputs(batch)
-        scale = self.hf_model.logit_scale.float().exp()
+        logit_scale = self.hf_model.logit_scale
+        if not isinstance(logit_scale, Tensor):
+            raise TypeError(f"{type(self.hf_model).__name__} has no logit_scale parameter; is it a CLIPModel?")
+        scale = logit_scale.float().exp()
         # image_embeds / text_embeds are L2-normalised by CLIPModel: the product is the cosine.
         return scale * out.image_embeds.float() @ out.text_embeds.float().T
 

@@ -35,7 +35,7 @@ HEAD_WEIGHTS = "head.safetensors"
 
 
 def add_lora(
-    clf: Classifier, *, r: int = 32, alpha: int = 64, dropout: float = 0.05, seed: int | None = None
+    clf: Classifier, *, r: int = 32, alpha: float = 64, dropout: float = 0.05, seed: int | None = None
 ) -> Classifier:
     """Wrap the classifier's Hugging Face model with LoRA (Gu et al., fair LoRA §4: r=32, alpha=64, dropout 0.05).
 
@@ -46,7 +46,12 @@ def add_lora(
     if isinstance(clf.model, PeftModel):
         raise ValueError("this classifier already has a LoRA adapter; load a fresh classifier to add a new one")
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=clf.lora_target_modules, bias="none"
+        r=r,
+        # PEFT annotates lora_alpha as int, but only ever uses it as the scale alpha / r: any number works.
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=clf.lora_target_modules,
+        bias="none",
     )
     with _quiet_peft(), torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -63,7 +68,7 @@ def save_adapter(clf: Classifier, out_dir: Path) -> Path:
     if not isinstance(clf.model, PeftModel):
         raise ValueError("the classifier has no LoRA adapter to save; call add_lora() or load_adapter() first")
     out_dir = Path(out_dir)
-    clf.model.save_pretrained(out_dir, safe_serialization=True)
+    clf.model.save_pretrained(str(out_dir), safe_serialization=True)
     head = clf.head_state_dict()
     if head:
         metadata = {

@@ -151,7 +151,8 @@ class QwenVLClassifier(Classifier):
         out = self.model(**batch, use_cache=False)
         # The model caches M-RoPE offsets for generation; a classifier never continues a sequence,
         # so drop them rather than let a later call see another batch's offsets.
-        self.hf_model.rope_deltas = None
+        # torch annotates Module.__setattr__ as taking only Tensor | Module; a plain attribute takes any value.
+        self.hf_model.rope_deltas = None  # type: ignore[assignment]
         return pool_last_token(out.last_hidden_state, batch["attention_mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:

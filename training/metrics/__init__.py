@@ -35,9 +35,10 @@ counted. Percentile intervals of a max − min gap lean upwards when the true ga
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -210,7 +211,7 @@ def group_labels(df: pd.DataFrame, spec: str) -> pd.Series:
     return values
 
 
-def population_weights(df: pd.DataFrame, attribute: str, shares: dict[str, float]) -> np.ndarray:
+def population_weights(df: pd.DataFrame, attribute: str, shares: Mapping[str, float]) -> np.ndarray:
     """Per row, population share / sample share of its group of ``attribute``: the importance weights
     that turn figures over an enriched test split (minorities oversampled) into figures over the
     population's group mix. Groups missing from ``shares`` get weight 0."""
@@ -240,7 +241,7 @@ def evaluate(
     seed: int = 0,
     ci: float = 0.95,
     split: str | None = None,
-    population: tuple[str, dict[str, float]] | None = None,
+    population: tuple[str, Mapping[str, float]] | None = None,
 ) -> dict:
     """The JSON-able report of a predictions frame: overall figures, then groups and gaps per attribute.
 
@@ -262,7 +263,9 @@ def evaluate(
     overall = _overall_metrics(preds, everyone)
     reports = {spec: _group_report(preds, part, overall, min_n, gap_min_n) for spec, part in partitions.items()}
 
-    result = {
+    overall_out: dict[str, Any] = dict(overall)
+    attributes_out: dict[str, dict[str, Any]] = {spec: report.to_dict() for spec, report in reports.items()}
+    result: dict[str, Any] = {
         "threshold": threshold,
         "min_n": min_n,
         "gap_min_n": gap_min_n,
@@ -270,14 +273,14 @@ def evaluate(
         "bootstrap": bootstrap,
         "seed": seed,
         "ci_level": ci,
-        "overall": dict(overall),
-        "attributes": {spec: report.to_dict() for spec, report in reports.items()},
+        "overall": overall_out,
+        "attributes": attributes_out,
     }
     if population is not None:
         attribute, shares = population
         weights = population_weights(preds.frame, attribute, shares)
         rates = _rates(everyone.stats(weights[None, :])[:, :, None])
-        result["overall"]["reweighted"] = {
+        overall_out["reweighted"] = {
             "attribute": attribute,
             "shares": {k: float(v) for k, v in shares.items()},
             **{m: as_float(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
@@ -285,7 +288,7 @@ def evaluate(
     if bootstrap:
         intervals = _bootstrap(preds, everyone, partitions, reports, n_boot=bootstrap, seed=seed, level=ci)
         for owner, per_name in intervals.items():
-            target = result["overall"] if owner is None else result["attributes"][owner]
+            target = overall_out if owner is None else attributes_out[owner]
             target["ci"] = {name: interval for name, (interval, _) in per_name.items()}
             target["n_bootstrap_failed"] = {name: failed for name, (_, failed) in per_name.items()}
     return result
@@ -299,7 +302,7 @@ def evaluate_run(
     seed: int = 0,
     gap_min_n: int = GAP_MIN_N,
     threshold: float | None = None,
-    population: tuple[str, dict[str, float]] | None = None,
+    population: tuple[str, Mapping[str, float]] | None = None,
 ) -> dict:
     """A run's test report as ``eval.json`` holds it: operating point, figures, degenerate-model guard.
 
@@ -380,8 +383,8 @@ class _Predictions:
         if problems:
             raise MetricsError("; ".join(problems))
 
-        prob = prob.to_numpy(float)
-        return cls(df, label.to_numpy().astype(np.int64), prob, prob >= threshold, margin)
+        prob_array = prob.to_numpy(float)
+        return cls(df, label.to_numpy().astype(np.int64), prob_array, prob_array >= threshold, margin)
 
 
 @dataclass(frozen=True)
@@ -513,7 +516,7 @@ def _overall_metrics(preds: _Predictions, everyone: _RankIndex) -> dict:
             UndefinedMetricWarning,
             stacklevel=3,
         )
-    overall = {"n": preds.n, "n_pos": int(preds.label.sum())}
+    overall: dict[str, float | None] = {"n": preds.n, "n_pos": int(preds.label.sum())}
     overall.update({m: as_float(rates[m][0, 0]) for m in GROUP_METRICS})
     overall["ece"] = expected_calibration_error(preds.label, preds.prob)
     if preds.margin is not None:
@@ -721,8 +724,10 @@ def format_report(report: dict) -> str:
     """A readable table per attribute: group, n, acc, auc, tpr, fpr, sel rate; then gaps with intervals."""
     overall = report["overall"]
     lines = [
-        f"overall  n={overall['n']}  acc={_format(overall['accuracy'], 0)}  auc={_format(overall['auc'], 0)}"
-        f"  ece={_format(overall['ece'], 0)}  (threshold {report['threshold']}, split {report['split'] or 'all'})"
+        (
+            f"overall  n={overall['n']}  acc={_format(overall['accuracy'], 0)}  auc={_format(overall['auc'], 0)}"
+            f"  ece={_format(overall['ece'], 0)}  (threshold {report['threshold']}, split {report['split'] or 'all'})"
+        )
     ]
     for name, interval in (overall.get("ci") or {}).items():
         if interval:

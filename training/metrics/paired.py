@@ -5,10 +5,10 @@ sample id) are compared on the *same* resamples: every bootstrap replicate draws
 or of clusters, e.g. lesions, which hold 1-4 images each in HAM10000 -- and both runs' accuracy, AUC
 and gaps are computed on it (``training.metrics.figures_under_weights``). The replicate differences
 give a percentile interval and a two-sided bootstrap p-value, ``p = 2·min(P*(d ≤ 0), P*(d ≥ 0))``
-(Efron & Tibshirani 1993, §16.4; counted as (1 + k) / (1 + B), so never 0): the variability two runs share (which images are in the test set)
-cancels, so a difference can be decided where two separate intervals merely overlap. Replicates in
-which a figure is undefined (a group lost its positives) are counted in ``n_failed``, never dropped
-silently.
+(Efron & Tibshirani 1993, §16.4; counted as (1 + k) / (1 + B), so never 0): the variability two runs
+share (which images are in the test set) cancels, so a difference can be decided where two separate
+intervals merely overlap. Replicates in which a figure is undefined (a group lost its positives) are
+counted in ``n_failed``, never dropped silently.
 
 **Noise floor** (``noise_floor``). A max − min gap over groups is positive even when the groups do not
 differ at all: with six groups of ~13 positives, ΔTPR from noise alone is 0.3-0.4. The floor is the
@@ -71,7 +71,7 @@ def join_runs(
     b = reference.assign(**{ID: reference[ID].astype(str)}).drop_duplicates(ID).set_index(ID).loc[shared]
     differ = a[metrics.LABEL].to_numpy() != b[metrics.LABEL].to_numpy()
     if differ.any():
-        raise metrics.MetricsError(LABELS_DIFFER.format(n=int(differ.sum()), example=shared[np.argmax(differ)]))
+        raise metrics.MetricsError(LABELS_DIFFER.format(n=int(differ.sum()), example=shared[int(np.argmax(differ))]))
     b = a.assign(**{metrics.PROB: b[metrics.PROB].to_numpy()})
     if metrics.MARGIN in b.columns:
         b = b.drop(columns=metrics.MARGIN)
@@ -196,11 +196,10 @@ def noise_floor(
     ones = np.ones((1, len(df)))
     observed = metrics.figures_under_weights(df, [attribute], ones, threshold=threshold, gap_min_n=gap_min_n)[attribute]
     rng = np.random.default_rng(seed)
-    clusters = _clusters(df, cluster_column)
-    if clusters is None:
+    if cluster_column is None:
         orders = [rng.permutation(len(df)) for _ in range(permutations)]
     else:
-        codes, _ = pd.factorize(clusters)
+        codes, _ = pd.factorize(_cluster_labels(df, cluster_column))
         first = pd.Series(np.arange(len(df))).groupby(codes).first().to_numpy()  # one row per cluster
         _check_one_group_per_cluster(
             df, codes, metrics.attribute_columns(attribute, df.columns), cluster_column, attribute
@@ -235,8 +234,10 @@ def noise_floor(
 
 
 def _clusters(df: pd.DataFrame, column: str | None) -> np.ndarray | None:
-    if column is None:
-        return None
+    return None if column is None else _cluster_labels(df, column)
+
+
+def _cluster_labels(df: pd.DataFrame, column: str) -> np.ndarray:
     if column not in df.columns:
         raise metrics.MetricsError(MISSING_CLUSTER.format(column=column, columns=", ".join(map(str, df.columns))))
     return df[column].astype(str).to_numpy()
