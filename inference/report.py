@@ -153,9 +153,8 @@ def _attributes_for(task: str, runs: list[RunInfo]) -> list[str]:
 
 def _context(run: RunInfo) -> tuple:
     """Settings besides the method's own that make two runs comparable (seed excluded)."""
-    config = run.config
-    data = config.get("data") or config.get("dataset", {}).get("spec")
-    return tuple(config.get(key) for key in ("backbone", "epochs", "lr", "max_samples", "balanced_sampling")) + (data,)
+    cfg = run.settings
+    return (cfg.backbone, cfg.epochs, cfg.lr, cfg.max_samples, cfg.balanced_sampling, cfg.data)
 
 
 def summarize(comparison: Comparison, runs: dict[str, RunInfo]) -> list[Entry]:
@@ -612,7 +611,7 @@ def render(evidence: Evidence, claims: list[Claim], *, sources: Sequence[str] = 
 
 
 def _data_statement(evidence: Evidence) -> str:
-    specs = sorted({str(run.config.get("data") or run.config.get("dataset", {}).get("spec")) for run in evidence.runs})
+    specs = sorted({run.settings.data for run in evidence.runs})
     real = [spec for spec in specs if not spec.startswith(SYNTH_PREFIX)]
     statement = (
         "**The benchmark is synthetic, not clinical data.** The images come from FairDx's generator "
@@ -642,7 +641,7 @@ def _runs_table(evidence: Evidence) -> list[str]:
                 _maybe(described["w_max"]),
                 described["trained_on"] or "–",
                 described["seed"] if described["seed"] is not None else "–",
-                run.config.get("data") or run.config.get("dataset", {}).get("spec", "–"),
+                run.settings.data,
             ]
         )
     return _table(["Run", "Task", "Method", "λ", "w_max", "Trained on", "Seed", "Data"], rows)
