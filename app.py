@@ -10,6 +10,7 @@ Named API endpoints (gradio_client): /diagnose, /compare, /report, and with the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -160,35 +161,26 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         diagnose_tab.select(adapters_for, [task, adapter], adapter, api_visibility="private")
 
         # ------------------------------------------------------------------ Compare
-        (
-            c_task,
-            c_attribute,
-            c_runs,
-            c_button,
-            c_summary,
-            c_groups,
-            c_accuracy,
-            c_margin,
-            c_frontier,
-            c_notes,
-            c_downloads,
-            c_report_button,
-            c_report,
-        ) = compare_parts
+        cp = compare_parts
+        c_task, c_runs = cp.task, cp.runs
+        # the models this browser session uploaded; their checked copies are deleted when the session ends
+        uploads = gr.State((), delete_callback=compare_view.forget_uploads)
 
         @guarded
-        def do_compare(task: str, attribute: str, keys: list[str]):
-            chosen = compare_view.selected_runs(keys, runs(), task)
-            view = compare_view.show(chosen, attribute, bootstrap=settings.compare_bootstrap)
-            files = (
-                [
+        def do_compare(task: str, attribute: str, keys: list[str], reference: str | None, uploaded=()):
+            chosen = compare_view.selected_sources(keys, runs(), task, uploaded)
+            view = compare_view.show(chosen, attribute, bootstrap=settings.compare_bootstrap, reference=reference)
+            files = None
+            if not view.comparison.empty:
+                files = [
                     str(compare_view.write_csv(view.comparison, export_dir, task, which=which))
                     for which in ("runs", "groups")
                 ]
-                if not view.comparison.empty
-                else None
-            )
+                paired = compare_view.write_versus_csv(view.paired, export_dir, task, view.comparison.attribute)
+                files += [str(paired)] if paired else []
             return (
+                compare_view.versus_heading(view.paired),
+                view.versus,
                 view.summary,
                 view.groups,
                 view.accuracy_figure,
@@ -198,39 +190,98 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 files,
             )
 
-        compare_outputs = [c_summary, c_groups, c_accuracy, c_margin, c_frontier, c_notes, c_downloads]
-        c_button.click(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_name="compare")
+        compare_outputs = [
+            cp.versus_heading,
+            cp.versus,
+            cp.summary,
+            cp.groups,
+            cp.accuracy,
+            cp.margin,
+            cp.frontier,
+            cp.notes,
+            cp.downloads,
+        ]
+        compare_inputs = [c_task, cp.attribute, c_runs, cp.reference, uploads]
+        cp.button.click(do_compare, compare_inputs, compare_outputs, api_name="compare")
 
         @guarded
-        def do_report(task: str, keys: list[str]):
-            chosen = compare_view.selected_runs(keys, runs(), task)
-            return str(compare_view.write_report(chosen, export_dir, task, bootstrap=settings.compare_bootstrap))
-
-        c_report_button.click(lambda: gr.File(visible=True), None, c_report, api_visibility="private").then(
-            do_report, [c_task, c_runs], c_report, api_name="report"
-        )
-
-        def compare_choices(task: str, attribute: str | None, keys: list[str] | None, keep: bool = True):
-            all_runs = runs()
-            attributes = compare_view.attribute_choices(all_runs, task)
-            if not keep or attribute not in attributes:
-                attribute = compare_view.default_attribute(all_runs, task)
-            chosen = compare_view.keep_or_default_runs(all_runs, task, keys if keep else None)
-            return (
-                gr.Dropdown(choices=attributes, value=attribute),
-                gr.CheckboxGroup(choices=catalog.run_choices(all_runs, task), value=chosen),
+        def do_report(
+            task: str, keys: list[str], attribute: str | None = None, reference: str | None = None, uploaded=()
+        ):
+            chosen = compare_view.selected_sources(keys, runs(), task, uploaded)
+            return str(
+                compare_view.write_report(
+                    chosen,
+                    export_dir,
+                    task,
+                    bootstrap=settings.compare_bootstrap,
+                    attribute=attribute,
+                    reference=reference,
+                    available=runs(),
+                )
             )
 
+        cp.report_button.click(lambda: gr.File(visible=True), None, cp.report, api_visibility="private").then(
+            do_report, [c_task, c_runs, cp.attribute, cp.reference, uploads], cp.report, api_name="report"
+        )
+
+        def compare_choices(task: str, attribute: str | None, keys: list[str] | None, uploaded=(), keep: bool = True):
+            all_runs = runs()
+            attributes = compare_view.attribute_choices([*all_runs, *uploaded], task)
+            if not keep or attribute not in attributes:
+                attribute = compare_view.default_attribute(all_runs, task)
+            chosen = compare_view.keep_or_default_runs(all_runs, task, keys if keep else None, uploaded)
+            return (
+                gr.Dropdown(choices=attributes, value=attribute),
+                gr.CheckboxGroup(choices=compare_view.source_choices(all_runs, task, uploaded), value=chosen),
+                gr.Dropdown(choices=compare_view.reference_choices(chosen), value=compare_view.REFERENCE_AUTO),
+            )
+
+        choice_inputs = [c_task, cp.attribute, c_runs, uploads]
+        choice_outputs = [cp.attribute, c_runs, cp.reference]
         c_task.change(
-            functools.partial(compare_choices, keep=False),
-            [c_task, c_attribute, c_runs],
-            [c_attribute, c_runs],
+            functools.partial(compare_choices, keep=False), choice_inputs, choice_outputs, api_visibility="private"
+        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private")
+        cp.attribute.input(do_compare, compare_inputs, compare_outputs, api_visibility="private")
+        cp.reference.input(do_compare, compare_inputs, compare_outputs, api_visibility="private")
+        c_runs.input(
+            lambda keys, current: gr.Dropdown(
+                choices=compare_view.reference_choices(keys),
+                value=current if current in compare_view.reference_choices(keys) else compare_view.REFERENCE_AUTO,
+            ),
+            [c_runs, cp.reference],
+            cp.reference,
             api_visibility="private",
-        ).then(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
-        c_attribute.input(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
-        compare_tab.select(
-            compare_choices, [c_task, c_attribute, c_runs], [c_attribute, c_runs], api_visibility="private"
-        ).then(do_compare, [c_task, c_attribute, c_runs], compare_outputs, api_visibility="private")
+        )
+        compare_tab.select(compare_choices, choice_inputs, choice_outputs, api_visibility="private").then(
+            do_compare, compare_inputs, compare_outputs, api_visibility="private"
+        )
+
+        def do_upload(path: str | None, task: str, keys: list[str] | None, uploaded, request: gr.Request):
+            """Check the CSV; on success add it to the session's uploads, tick it and compare."""
+            if not path:
+                return uploaded, gr.skip(), gr.skip(), ""
+            try:
+                folder = compare_view.upload_folder(getattr(request, "session_hash", None))
+                uploaded = compare_view.add_upload(path, task, folder, uploaded)
+            except ValueError as error:
+                return uploaded, gr.skip(), gr.skip(), f"**Upload refused.** {error}"
+            added = uploaded[-1]
+            chosen = [*(k for k in keys or [] if k != added.label()), added.label()]
+            status = compare_view.upload_status(added)
+            return (
+                uploaded,
+                gr.CheckboxGroup(choices=compare_view.source_choices(runs(), task, uploaded), value=chosen),
+                gr.Dropdown(choices=compare_view.reference_choices(chosen)),
+                status,
+            )
+
+        cp.upload.upload(
+            do_upload,
+            [cp.upload, c_task, c_runs, uploads],
+            [uploads, c_runs, cp.reference, cp.upload_status],
+            api_visibility="private",
+        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private")
 
         # ------------------------------------------------------------------ Studio
         if studio_parts is not None:
@@ -322,17 +373,42 @@ def _compare_tab(all_runs):
             info="'a+b' compares the intersectional subgroups of a and b.",
             elem_id="compare-attribute",
         )
+        reference = gr.Dropdown(
+            compare_view.reference_choices(compare_view.default_runs(all_runs, first_task)),
+            value=compare_view.REFERENCE_AUTO,
+            label="Reference (optional)",
+            info="Every other run is tested against it, paired on the same test images.",
+            elem_id="compare-reference",
+        )
     runs = RunCheckboxes(
         catalog.run_choices(all_runs, first_task),
         value=compare_view.default_runs(all_runs, first_task),
         label="Runs",
         elem_id="compare-runs",
     )
+    with gr.Accordion("Audit any model: upload a predictions CSV", open=False, elem_id="compare-upload-box"):
+        gr.Markdown(compare_view.UPLOAD_HELP)
+        upload = gr.File(
+            label="Predictions CSV (checked here, kept only for this browser session)",
+            file_types=[".csv"],
+            type="filepath",
+            height=110,
+            elem_id="compare-upload",
+        )
+        upload_status = gr.Markdown(elem_id="compare-upload-status")
     with gr.Row():
         button = gr.Button("Compare", variant="primary", elem_id="compare-btn")
         report_button = gr.Button("Build reproduction report", elem_id="compare-report-btn")
+    versus_heading = gr.Markdown(elem_id="compare-versus-heading")
+    versus = gr.Dataframe(
+        label=compare_view.VERSUS_LABEL,
+        interactive=False,
+        wrap=True,
+        column_widths=compare_view.VERSUS_COLUMN_WIDTHS,
+        elem_id="compare-versus",
+    )
     summary = gr.Dataframe(
-        label="Overall accuracy, AUC and fairness gaps (95% bootstrap intervals)",
+        label=compare_view.SUMMARY_LABEL,
         interactive=False,
         wrap=True,
         column_widths=compare_view.SUMMARY_COLUMN_WIDTHS,
@@ -340,7 +416,8 @@ def _compare_tab(all_runs):
         elem_id="compare-table",
     )
     groups = gr.Dataframe(
-        label="Accuracy per group (95% Wilson interval, n = test samples)",
+        label="Accuracy per group (95% Wilson interval, n = test samples; a group below 30 is shown but left out of "
+        "the gaps; ⚠ = flagged run)",
         interactive=False,
         wrap=True,
         pinned_columns=1,
@@ -352,7 +429,7 @@ def _compare_tab(all_runs):
     margin = gr.Plot(label="Certainty margins", elem_id="compare-margin-plot")
     with gr.Row():
         downloads = gr.File(
-            label="CSV export (runs table, per-group table)",
+            label="CSV export (runs table, per-group table, paired comparisons)",
             file_count="multiple",
             interactive=False,
             height=140,
@@ -367,11 +444,16 @@ def _compare_tab(all_runs):
         )
     with gr.Accordion("Notes on small or one-label groups", open=False):
         notes = gr.Markdown(elem_id="compare-notes")
-    return (
+    return CompareParts(
         task,
         attribute,
+        reference,
         runs,
+        upload,
+        upload_status,
         button,
+        versus_heading,
+        versus,
         summary,
         groups,
         accuracy,
@@ -382,6 +464,28 @@ def _compare_tab(all_runs):
         report_button,
         report,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareParts:
+    task: Any
+    attribute: Any
+    reference: Any
+    runs: Any
+    upload: Any
+    upload_status: Any
+    button: Any
+    versus_heading: Any
+    versus: Any
+    summary: Any
+    groups: Any
+    accuracy: Any
+    margin: Any
+    frontier: Any
+    notes: Any
+    downloads: Any
+    report_button: Any
+    report: Any
 
 
 class RunCheckboxes(gr.CheckboxGroup):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 import threading
@@ -51,8 +52,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from inference.uploads import METHOD as UPLOADED_METHOD
+from inference.uploads import UploadedRun
 from training import guard, methods, metrics
+from training.metrics import paired
 from training.rundir import PREDICTIONS, RunInfo
+
+Source = RunInfo | UploadedRun  # a FairDx run, or an uploaded model's predictions (inference.uploads)
 
 try:  # installed with scikit-learn; without it BLAS keeps its own thread count
     from threadpoolctl import threadpool_limits
@@ -60,7 +66,7 @@ except ImportError:  # pragma: no cover
     threadpool_limits = None
 
 CI_LEVEL = 0.95
-MIN_N = 30  # groups smaller than this are flagged ``small`` (training.metrics' default)
+NOISE_PERMUTATIONS = 200  # relabellings per run for each gap's noise floor (p-values down to 1/201)
 RUN_CACHE_SIZE = 512
 COMPARISON_CACHE_SIZE = 32
 SPLITS = ("val", "test")
@@ -81,14 +87,18 @@ MISSING_ATTRIBUTE = (
 UNUSABLE_RUN = "run '{run}' skipped: {reason}"
 PICKED_TWICE = "run '{run}' was selected more than once; it is shown once"
 UNDEFINED_GROUPS = "run '{run}', {attribute}: {what} ({groups}), so {metrics} leave them out"
-SMALL_GROUPS = "run '{run}', {attribute}: groups with fewer than {min_n} samples give noisy figures: {groups}"
+SMALL_GROUPS = (
+    "run '{run}', {attribute}: groups with fewer than {min_n} test samples are shown but left out of the gaps "
+    "(their figures are noise, not the model): {groups}"
+)
+NO_NOISE_FLOOR = "run '{run}', {attribute}: no noise floor ({reason})"
 NO_MARGINS = "run '{run}' has no margin column; its certainty distribution is not shown"
 ONE_CLASS = (
     "run '{run}' predicts class {label} for every {split} sample, so its TPR and FPR are the same in every group "
     "and its ΔTPR and equalized odds are 0 by construction, not by fairness"
 )
 
-_BASE_COLUMNS = {"id", metrics.LABEL, metrics.PROB, metrics.MARGIN, metrics.SPLIT}
+_BASE_COLUMNS = set(metrics.RESERVED_COLUMNS)
 
 
 class CompareError(ValueError):
@@ -109,6 +119,9 @@ class RunResult:
     report: dict | None
     notes: tuple[str, ...] = ()
     error: str | None = None
+    replicates: dict | None = field(default=None, repr=False)  # metrics.evaluate's bootstrap replicates
+    alignment: str | None = None  # digest of the evaluated rows (ids, labels, clusters): equal = same resamples
+    source: Source | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,8 @@ class Comparison:
     notes: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()  # runs (labels) left out
     ci_level: float = CI_LEVEL
+    results: dict[str, RunResult] = field(default_factory=dict, repr=False)  # run (its label) -> its result
+    permutations: int = NOISE_PERMUTATIONS
 
     @property
     def empty(self) -> bool:
@@ -138,33 +153,50 @@ class Comparison:
 
 @dataclass(frozen=True)
 class _Job:
-    """A run to evaluate, equal to (and hashed as) its cache key; the RunInfo itself rides along."""
+    """A run to evaluate, equal to (and hashed as) its cache key; the run itself rides along."""
 
     key: Hashable
-    run: RunInfo = field(compare=False)
+    run: Source = field(compare=False)
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    attribute: str
+    split: str
+    bootstrap: int
+    seed: int
+    permutations: int
 
 
 def compare_runs(
-    runs: Sequence[RunInfo], attribute: str, *, split: str = "test", bootstrap: int = 1000, seed: int = 0
+    runs: Sequence[Source],
+    attribute: str,
+    *,
+    split: str = "test",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    permutations: int = NOISE_PERMUTATIONS,
 ) -> Comparison:
     """Evaluate each run's predictions on ``attribute`` and put them side by side.
 
-    Raises CompareError for arguments no run could use (no runs, a bad attribute, split or count);
-    a problem with one run's predictions only skips that run, with a note. A run given twice (the
-    same folder and predictions) is evaluated and shown once, with a note.
+    Each gap gets its bootstrap interval and, with ``permutations > 0``, its noise floor
+    (``training.metrics.paired.noise_floor``: the gap expected when the groups do not differ, and the
+    p-value of the observed one). Raises CompareError for arguments no run could use (no runs, a bad
+    attribute, split or count); a problem with one run's predictions only skips that run, with a
+    note. A run given twice (the same folder and predictions) is evaluated and shown once, with a note.
     """
-    _check_arguments(runs, attribute, split, bootstrap, seed)
-    attribute = attribute.strip()
-    picked = [_Job(_run_key(run, attribute, split, bootstrap, seed), run) for run in runs]
+    _check_arguments(runs, attribute, split, bootstrap, seed, permutations)
+    arguments = _Arguments(attribute.strip(), split, bootstrap, seed, permutations)
+    picked = [_Job(_run_key(run, arguments), run) for run in runs]
     jobs = tuple(dict.fromkeys(picked))  # the first of each, in the order picked
-    comparison = _compare_jobs(jobs, attribute, split, bootstrap, seed)
+    comparison = _compare_jobs(jobs, arguments)
     if len(jobs) == len(picked):
         return comparison
     twice = [job.run.label() for job, count in Counter(picked).items() if count > 1]
     return dataclasses.replace(comparison, notes=(*(PICKED_TWICE.format(run=r) for r in twice), *comparison.notes))
 
 
-def _check_arguments(runs, attribute, split, bootstrap, seed) -> None:
+def _check_arguments(runs, attribute, split, bootstrap, seed, permutations) -> None:
     problems = []
     if not runs:
         problems.append(NO_RUNS)
@@ -173,14 +205,14 @@ def _check_arguments(runs, attribute, split, bootstrap, seed) -> None:
         problems.append(BAD_ATTRIBUTE.format(value=attribute))
     if split not in SPLITS:
         problems.append(BAD_SPLIT.format(choices=", ".join(SPLITS), value=split))
-    for name, value in (("bootstrap", bootstrap), ("seed", seed)):
+    for name, value in (("bootstrap", bootstrap), ("seed", seed), ("permutations", permutations)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             problems.append(BAD_NUMBER.format(name=name, value=value))
     if problems:
         raise CompareError("; ".join(problems))
 
 
-def _run_key(run: RunInfo, attribute: str, split: str, bootstrap: int, seed: int) -> Hashable:
+def _run_key(run: Source, arguments: _Arguments) -> Hashable:
     """Identity of one evaluation: a rewritten predictions file (new mtime or size) is a new key."""
     path = Path(run.path).resolve()
     try:
@@ -188,26 +220,29 @@ def _run_key(run: RunInfo, attribute: str, split: str, bootstrap: int, seed: int
         stamp: tuple = (status.st_mtime_ns, status.st_size)
     except OSError:
         stamp = (None, None)
-    return (str(path), *stamp, attribute, split, bootstrap, seed)
+    return (str(path), *stamp, run.label(), run.threshold, arguments)
 
 
 _COMPUTE_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=COMPARISON_CACHE_SIZE)
-def _compare_jobs(jobs: tuple[_Job, ...], attribute: str, split: str, bootstrap: int, seed: int) -> Comparison:
-    """The comparison of distinct runs; cached under their keys (which hold the other arguments too)."""
+def _compare_jobs(jobs: tuple[_Job, ...], arguments: _Arguments) -> Comparison:
+    """The comparison of distinct runs; cached under their keys (which hold the arguments too)."""
     # One computation at a time: two at once would only share the same cores, the process-wide
     # settings in _evaluate_all stay consistent, and a caller that waited finds the runs cached.
     with _COMPUTE_LOCK:
-        results = _evaluate_all(jobs, attribute, split, bootstrap, seed)
-    return _assemble(results, attribute, split, bootstrap, seed)
+        results = _evaluate_all(jobs, arguments)
+    return _assemble(results, arguments)
 
 
 @functools.lru_cache(maxsize=RUN_CACHE_SIZE)
-def _evaluate_job(job: _Job, attribute: str, split: str, bootstrap: int, seed: int) -> RunResult:
+def _evaluate_job(job: _Job, arguments: _Arguments) -> RunResult:
     """evaluate_run, cached under the job's key."""
-    return evaluate_run(job.run, attribute, split=split, bootstrap=bootstrap, seed=seed)
+    a = arguments
+    return evaluate_run(
+        job.run, a.attribute, split=a.split, bootstrap=a.bootstrap, seed=a.seed, permutations=a.permutations
+    )
 
 
 def one_blas_thread():
@@ -222,24 +257,37 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
 
 
-def _evaluate_all(jobs: Sequence[_Job], attribute: str, split: str, bootstrap: int, seed: int) -> list[RunResult]:
+def _evaluate_all(jobs: Sequence[_Job], arguments: _Arguments) -> list[RunResult]:
     """A RunResult per job, in order: from the run cache, or computed (several runs in parallel).
 
     UndefinedMetricWarning is silenced for the duration (its content becomes per-run notes built
     from the report instead). warnings filters and BLAS threads are process-wide, hence one setting
     around the whole pool (under _COMPUTE_LOCK) rather than one per worker thread.
     """
-    arguments = (attribute, split, bootstrap, seed)
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         workers = min(len(jobs), MAX_WORKERS or os.cpu_count() or 1)
         if workers == 1:
-            return [_evaluate_job(job, *arguments) for job in jobs]
+            return [_evaluate_job(job, arguments) for job in jobs]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compare") as pool:
-            return list(pool.map(lambda job: _evaluate_job(job, *arguments), jobs))
+            return list(pool.map(lambda job: _evaluate_job(job, arguments), jobs))
 
 
-def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, seed: int) -> RunResult:
+def gap_min_n(run: Source) -> int:
+    """The run's small-group rule (groups below it are left out of the gaps): the one it was evaluated
+    with (``eval_gap_min_n`` of its config), the project default for an uploaded model."""
+    return run.settings.eval_gap_min_n if isinstance(run, RunInfo) else metrics.GAP_MIN_N
+
+
+def evaluate_run(
+    run: Source,
+    attribute: str,
+    *,
+    split: str,
+    bootstrap: int,
+    seed: int,
+    permutations: int = NOISE_PERMUTATIONS,
+) -> RunResult:
     """One run's row, groups and margins; never raises for a problem in the run's files."""
     try:
         frame = metrics.read_predictions(Path(run.path) / PREDICTIONS)
@@ -255,44 +303,115 @@ def evaluate_run(run: RunInfo, attribute: str, *, split: str, bootstrap: int, se
             )
             return _skipped(run, message)
         frame = metrics.select_split(frame, split)  # the margins need the split's rows too
+        replicates: dict = {}
+        small = gap_min_n(run)
         report = metrics.evaluate(
             frame,
             [attribute],
             threshold=run.threshold,
-            min_n=MIN_N,
-            gap_min_n=run.settings.eval_gap_min_n,
+            min_n=small,
+            gap_min_n=small,
             bootstrap=bootstrap,
             seed=seed,
             ci=CI_LEVEL,
             split=split,
+            cluster_column=metrics.cluster_of(frame),
+            replicates=replicates,
         )
     except metrics.MetricsError as error:
         return _skipped(run, UNUSABLE_RUN.format(run=run.label(), reason=error))
-    row = {**run_description(run), "flags": DEGENERATE_FLAG if run.degenerate else None, **_figures(report, attribute)}
+    floor, floor_note = _noise_floor(run, frame, attribute, permutations, seed)
+    flags = run_flags(run, report)
+    row = {**run_description(run), "flags": "; ".join(flags) or None, **_figures(report, attribute), **floor}
     groups = _group_frame(run, report["attributes"][attribute])
     margins = _margin_frame(run, frame, columns)
-    notes = _group_notes(run.label(), attribute, groups)
+    notes = _group_notes(run.label(), attribute, groups, small)
     if run.degenerate:
         notes = (f"{run.label()}: {guard.warning_text(run.guard_reasons)}", *notes)
     if report["overall"]["selection_rate"] in (0.0, 1.0):
         label = int(report["overall"]["selection_rate"])
         notes = (ONE_CLASS.format(run=run.label(), label=label, split=split), *notes)
+    if floor_note:
+        notes += (floor_note,)
     if margins.empty:
         notes += (NO_MARGINS.format(run=run.label()),)
-    return RunResult(run.label(), row, groups, margins, report, notes)
+    return RunResult(run.label(), row, groups, margins, report, notes, None, replicates, _alignment(frame), run)
 
 
-def _skipped(run: RunInfo, message: str) -> RunResult:
-    return RunResult(run.label(), {}, pd.DataFrame(), pd.DataFrame(), None, (message,), message)
+ONE_CLASS_FLAG = "one class"
+UNRELIABLE_FLAGS = (DEGENERATE_FLAG, ONE_CLASS_FLAG)  # a run with one of these is no point on the frontier
+
+
+def unreliable(flags: str | None) -> bool:
+    """Does a row's Flags cell say its figures are not meaningful (degenerate, or one class)?"""
+    return isinstance(flags, str) and any(flag in flags.split("; ") for flag in UNRELIABLE_FLAGS)
+
+
+def run_flags(run: Source, report: dict) -> list[str]:
+    """What a reader must know before trusting any of a run's figures, in the words the tables show (groups
+    left out by the small-group rule are marked where the groups are shown, not here)."""
+    flags = []
+    if run.degenerate:
+        flags.append(DEGENERATE_FLAG)
+    if report["overall"]["selection_rate"] in (0.0, 1.0):
+        flags.append(ONE_CLASS_FLAG)
+    return flags
+
+
+def _noise_floor(run: Source, frame: pd.DataFrame, attribute: str, permutations: int, seed: int):
+    """Row columns ``<gap>_floor`` (gap expected under permuted group labels) and ``<gap>_floor_p``."""
+    empty = {f"{gap}_floor{suffix}": None for gap in metrics.GAPS for suffix in ("", "_p")}
+    if not permutations:
+        return empty, None
+    try:
+        floors = paired.noise_floor(
+            frame,
+            attribute,
+            threshold=run.threshold,
+            permutations=permutations,
+            seed=seed,
+            cluster_column=metrics.cluster_of(frame),
+            gap_min_n=gap_min_n(run),
+        )
+    except metrics.MetricsError as error:
+        return empty, NO_NOISE_FLOOR.format(run=run.label(), attribute=attribute, reason=error)
+    for gap, figures in floors.items():
+        empty[f"{gap}_floor"] = figures["expected"]
+        empty[f"{gap}_floor_p"] = figures["p_value"]
+    return empty, None
+
+
+def _alignment(frame: pd.DataFrame) -> str:
+    """A digest of what the bootstrap resamples (ids, labels, clusters, in order): two runs with the same
+    digest, bootstrap count and seed were resampled identically, so their replicates pair up."""
+    columns = [c for c in (metrics.ID, metrics.LABEL, metrics.CLUSTER) if c in frame.columns]
+    hashed = pd.util.hash_pandas_object(frame[columns].astype(str), index=False).to_numpy()
+    return hashlib.sha1(hashed.tobytes()).hexdigest() if metrics.ID in frame.columns else ""
+
+
+def _skipped(run: Source, message: str) -> RunResult:
+    return RunResult(run.label(), {}, pd.DataFrame(), pd.DataFrame(), None, (message,), message, source=run)
 
 
 # ---------------------------------------------------------------------------------------------------
 # One run's rows
 
 
-def run_description(run: RunInfo) -> dict[str, Any]:
+def run_description(run: Source) -> dict[str, Any]:
     """The config side of a table row; λ and w_max only for the methods that use them, and the
-    attribute only when training used it (vanilla uses it only for group-balanced batches)."""
+    attribute only when training used it (vanilla uses it only for group-balanced batches). An
+    uploaded model has no training settings."""
+    if isinstance(run, UploadedRun):
+        return {
+            "run": run.label(),
+            "label": run.label(),
+            "task": run.task,
+            "method": UPLOADED_METHOD,
+            "lambda": None,
+            "w_max": None,
+            "seed": None,
+            "trained_on": None,
+        }
     cfg, objective = run.settings, run.settings.objective
     untrained = objective is methods.BASELINE and not cfg.balanced_sampling
     return {
@@ -323,8 +442,12 @@ def _with_interval(name: str, value, interval) -> dict[str, Any]:
     return {name: value, f"{name}_lo": low, f"{name}_hi": high}
 
 
-def _group_frame(run: RunInfo, attribute_report: dict) -> pd.DataFrame:
+LEFT_OUT_REASON = "left out of the gaps: n < {min_n} (the small-group rule, gap_min_n)"
+
+
+def _group_frame(run: Source, attribute_report: dict) -> pd.DataFrame:
     rows = []
+    min_n = gap_min_n(run)
     for group, figures in attribute_report["groups"].items():
         n, accuracy = figures["n"], figures["accuracy"]
         low, high = wilson_interval(round(accuracy * n), n, CI_LEVEL)
@@ -342,13 +465,15 @@ def _group_frame(run: RunInfo, attribute_report: dict) -> pd.DataFrame:
                 "fpr": figures["fpr"],
                 "auc": figures["auc"],
                 "mean_margin": figures.get("mean_margin"),
-                "small": figures["small"],
+                "small": not figures["in_gaps"],  # the one small-group rule: shown, left out of the gaps
+                "unreliable": run.degenerate,  # a degenerate model's group AUCs are noise around 0.5
+                "excluded": None if figures["in_gaps"] else LEFT_OUT_REASON.format(min_n=min_n),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _margin_frame(run: RunInfo, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def _margin_frame(run: Source, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     if metrics.MARGIN not in frame.columns:
         return pd.DataFrame()
     group = frame[columns[0]].astype(str)
@@ -365,7 +490,7 @@ def _margin_frame(run: RunInfo, frame: pd.DataFrame, columns: list[str]) -> pd.D
     )
 
 
-def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame) -> tuple[str, ...]:
+def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame, min_n: int) -> tuple[str, ...]:
     notes = []
     for column, what, gap_metrics in (
         ("tpr", "groups without positive labels", "TPR, AUC, ΔTPR and equalized odds"),
@@ -381,7 +506,7 @@ def _group_notes(run_id: str, attribute: str, groups: pd.DataFrame) -> tuple[str
     small = groups[groups["small"]]
     if not small.empty:
         listed = ", ".join(f"{g} (n={n})" for g, n in zip(small["group"], small["n"], strict=True))
-        notes.append(SMALL_GROUPS.format(run=run_id, attribute=attribute, min_n=MIN_N, groups=listed))
+        notes.append(SMALL_GROUPS.format(run=run_id, attribute=attribute, min_n=min_n, groups=listed))
     return tuple(notes)
 
 
@@ -419,6 +544,8 @@ GROUP_COLUMNS = [
     "auc",
     "mean_margin",
     "small",
+    "unreliable",
+    "excluded",
 ]
 MARGIN_COLUMNS = ["run", "method", "group", "label", "margin"]
 
@@ -426,10 +553,11 @@ MARGIN_COLUMNS = ["run", "method", "group", "label", "margin"]
 def table_columns() -> list[str]:
     """Column order of ``Comparison.table``."""
     figures = [f"{name}{suffix}" for name in (*OVERALL_FIGURES, *metrics.GAPS) for suffix in ("", "_lo", "_hi")]
-    return ["run", "label", "task", "method", "lambda", "w_max", "seed", "trained_on", "n", "flags", *figures]
+    floors = [f"{gap}_floor{suffix}" for gap in metrics.GAPS for suffix in ("", "_p")]
+    return ["run", "label", "task", "method", "lambda", "w_max", "seed", "trained_on", "n", "flags", *figures, *floors]
 
 
-def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: int, seed: int) -> Comparison:
+def _assemble(results: list[RunResult], arguments: _Arguments) -> Comparison:
     usable = [r for r in results if r.error is None]
     notes = tuple(dict.fromkeys(note for r in results for note in r.notes))
     table = pd.DataFrame([r.row for r in usable], columns=table_columns())
@@ -441,16 +569,18 @@ def _assemble(results: list[RunResult], attribute: str, split: str, bootstrap: i
             raise RuntimeError(f"run {r.run} has neither a report nor an error")
         reports[r.run] = r.report
     return Comparison(
-        attribute=attribute,
-        split=split,
-        bootstrap=bootstrap,
-        seed=seed,
+        attribute=arguments.attribute,
+        split=arguments.split,
+        bootstrap=arguments.bootstrap,
+        seed=arguments.seed,
         table=table,
         groups=groups,
         margins=margins,
         reports=reports,
         notes=notes,
         skipped=tuple(r.run for r in results if r.error is not None),
+        results={r.run: r for r in usable},
+        permutations=arguments.permutations,
     )
 
 

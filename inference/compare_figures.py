@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from inference.compare_engine import DEGENERATE_FLAG, OVERALL_FIGURES, UNKNOWN_CHOICE, CompareError, Comparison
+from inference.compare_engine import OVERALL_FIGURES, UNKNOWN_CHOICE, CompareError, Comparison, unreliable
 from inference.compare_export import GAP_TITLES, OVERALL_TITLES, run_caption
 from training import methods, metrics
 
@@ -30,6 +30,10 @@ HIGHER_IS_FAIRER = frozenset({"es_auc"})
 MARGIN_KINDS = ("violin", "kde")
 FRONTIER_METRICS = OVERALL_FIGURES
 NOTHING_TO_SHOW = "No runs to show: {reason}"
+# Legends below the plot, in rows: at the right they took half of a bar chart's width.
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0}
+FLAGGED_NAME = "⚠ flagged run (degenerate or one class): its gaps mean nothing"
+NOISE_FLOOR_NAME = "noise floor: the gap chance alone gives"
 
 
 def _method_color(method: str) -> str:
@@ -109,6 +113,8 @@ def group_accuracy_figure(comparison: Comparison) -> go.Figure:
         yaxis_title=f"Accuracy ({level} Wilson interval)",
         yaxis_range=[0, 1.05],
         legend_title="Run (method)",
+        legend=LEGEND_BELOW,
+        margin={"b": 40},
         template="plotly_white",
     )
     return figure
@@ -144,7 +150,9 @@ def margin_figure(
         figure = _margin_violins(margins, order, groups, captions)
     else:
         figure = _margin_kdes(margins, order, groups, captions)
-    figure.update_layout(title=title, legend_title=f"{comparison.attribute} group", template="plotly_white")
+    figure.update_layout(
+        title=title, legend_title=f"{comparison.attribute} group", legend=LEGEND_BELOW, template="plotly_white"
+    )
     return figure
 
 
@@ -220,7 +228,14 @@ def _group_palette(groups: list[str]) -> dict[str, str]:
 
 
 def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric: str = "accuracy") -> go.Figure:
-    """Accuracy (or AUC) against a gap across runs: one trace per method, intervals as error bars."""
+    """Accuracy (or AUC) against a gap across runs: one trace per method, intervals as error bars.
+
+    Points carry no text (labels of a few runs already overlapped): hovering names the run, the legend
+    the method. A flagged run (degenerate, or one class) is drawn as ✕ with '⚠' and its flag beside
+    it, in a legend entry of its own, so it never passes for a fair model. A dotted line marks the
+    runs' mean noise floor: gaps left of it are what chance alone gives these groups. Both axes stay
+    inside the figure's range, [0, 1].
+    """
     if gap not in metrics.GAPS:
         raise CompareError(UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value=gap))
     if metric not in FRONTIER_METRICS:
@@ -231,49 +246,75 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
         return _empty_figure(title, _empty_reason(comparison))
     figure = go.Figure()
     table = _in_method_order(comparison.table)
+    flagged_all = np.array([unreliable(flags) for flags in table["flags"]], dtype=bool)
     for method in dict.fromkeys(table["method"]):
-        rows = table[table["method"] == method]
-        x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
-        captions = [run_caption(row) for row in rows.to_dict("records")]
-        flagged = (rows["flags"].fillna("") != "").to_numpy() if "flags" in rows else np.zeros(len(rows), bool)
-        figure.add_scatter(
-            name=methods.title(method),
-            x=x,
-            y=y,
-            mode="markers+text",
-            text=[
-                f"⚠ {run} ({DEGENERATE_FLAG})" if bad else run for run, bad in zip(rows["run"], flagged, strict=True)
-            ],
-            textposition="top center",
-            marker={
-                "size": 12,
-                "color": _method_color(method),
-                "symbol": ["x" if bad else "circle" for bad in flagged],
-            },
-            error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
-            error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
-            customdata=list(
-                zip(
-                    captions,
-                    *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo", f"{metric}_hi")),
-                    strict=True,
-                )
-            ),
-            hovertemplate=(
-                f"<b>%{{customdata[0]}}</b><br>{GAP_TITLES[gap]} %{{x:.3f}} [%{{customdata[1]:.3f}}, "
-                f"%{{customdata[2]:.3f}}]<br>{OVERALL_TITLES[metric]} %{{y:.3f}} [%{{customdata[3]:.3f}}, "
-                f"%{{customdata[4]:.3f}}]<extra></extra>"
-            ),
+        chosen = (table["method"] == method).to_numpy()
+        for flagged in (False, True):
+            rows = table[chosen & (flagged_all == flagged)]
+            if rows.empty:
+                continue
+            _frontier_trace(figure, rows, method, gap, metric, flagged)
+    floor = pd.to_numeric(table[f"{gap}_floor"], errors="coerce").dropna()
+    if len(floor):
+        figure.add_vline(
+            x=float(floor.mean()),
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=NOISE_FLOOR_NAME,
+            annotation_position="top right",
+            annotation_font_size=10,
         )
     level = f"{comparison.ci_level:.0%}"
     figure.update_layout(
         title=title,
-        xaxis_title=f"{GAP_TITLES[gap]} on {comparison.attribute} ({direction}; {level} bootstrap interval)",
+        xaxis_title=f"{GAP_TITLES[gap]} on {comparison.attribute} ({direction}; {level} bootstrap range)",
         yaxis_title=f"{OVERALL_TITLES[metric]} ({level} bootstrap interval)",
+        xaxis_range=_bounded_range(table[gap], table[f"{gap}_lo"], table[f"{gap}_hi"], floor),
+        yaxis_range=_bounded_range(table[metric], table[f"{metric}_lo"], table[f"{metric}_hi"]),
         legend_title="Method",
+        legend=LEGEND_BELOW,
         template="plotly_white",
     )
     return figure
+
+
+def _frontier_trace(figure: go.Figure, rows: pd.DataFrame, method: str, gap: str, metric: str, flagged: bool) -> None:
+    x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
+    captions = [run_caption(row) for row in rows.to_dict("records")]
+    figure.add_scatter(
+        name=f"⚠ {methods.title(method)}: {FLAGGED_NAME}" if flagged else methods.title(method),
+        x=x,
+        y=y,
+        mode="markers+text" if flagged else "markers",
+        text=[f"⚠ {flags}" for flags in rows["flags"]] if flagged else None,
+        textposition="bottom center",
+        marker={"size": 14 if flagged else 12, "color": _method_color(method), "symbol": "x" if flagged else "circle"},
+        error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
+        error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
+        customdata=list(
+            zip(
+                captions,
+                *(_numbers(rows[c]) for c in (f"{gap}_lo", f"{gap}_hi", f"{metric}_lo", f"{metric}_hi")),
+                _numbers(rows[f"{gap}_floor"]),
+                strict=True,
+            )
+        ),
+        hovertemplate=(
+            f"<b>%{{customdata[0]}}</b>{' ⚠ flagged' if flagged else ''}<br>{GAP_TITLES[gap]} %{{x:.3f}} "
+            f"[%{{customdata[1]:.3f}}, %{{customdata[2]:.3f}}] (chance %{{customdata[5]:.3f}})<br>"
+            f"{OVERALL_TITLES[metric]} %{{y:.3f}} [%{{customdata[3]:.3f}}, %{{customdata[4]:.3f}}]<extra></extra>"
+        ),
+    )
+
+
+def _bounded_range(values, low, high, *extra) -> list[float]:
+    """An axis range around the points and their intervals, padded, never outside [0, 1]."""
+    numbers = np.concatenate([_numbers(v) for v in (values, low, high, *extra)])
+    numbers = numbers[np.isfinite(numbers)]
+    if not len(numbers):
+        return [0.0, 1.0]
+    pad = max(0.02, 0.08 * float(numbers.max() - numbers.min()))
+    return [max(0.0, float(numbers.min()) - pad), min(1.0, float(numbers.max()) + pad)]
 
 
 def _numbers(values) -> np.ndarray:

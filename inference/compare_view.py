@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import shutil
 import tempfile
 import threading
 from collections import Counter
@@ -22,12 +23,16 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from inference import compare_stats
 from inference.catalog import find_run, of_task, run_choices, run_key
-from inference.compare_engine import NO_RUNS, Comparison, compare_runs
-from inference.compare_export import COLUMN_TITLES, display_table, format_interval, to_csv
+from inference.compare_engine import NO_RUNS, Comparison, Source, compare_runs, unreliable
+from inference.compare_export import COLUMN_TITLES, GAP_TITLES, OVERALL_TITLES, display_table, format_interval, to_csv
 from inference.compare_figures import frontier_figure, group_accuracy_figure, margin_figure
 from inference.diagnose_view import check_task
 from inference.report import build_report
+from inference.uploads import METHOD_TITLE as UPLOADED_TITLE
+from inference.uploads import UploadedRun, read_upload
+from training import metrics
 from training.data import ATTRIBUTE_JOINER, GROUP_JOINER
 from training.rundir import RunInfo
 
@@ -36,24 +41,48 @@ SUMMARY_RUN_COLUMN = "Run"
 SUMMARY_LEFT_OUT = ("seed", "dpd")
 SUMMARY_DIGITS = 2  # '0.81 [0.77, 0.84]': six figures with intervals fit a laptop screen; the CSV has them all
 # Run, method, trained on, n, then the six figures.
-SUMMARY_COLUMN_WIDTHS = ["14%", "10%", "6%", "4%"] + ["11%"] * 6
+SUMMARY_COLUMN_WIDTHS = ["13%", "10%", "6%", "4%"] + ["9%"] * 2 + ["12.25%"] * 4
+GROUP_COLUMN = "Group"
+LEFT_OUT = "left out of gaps"
+VERSUS_SETTING_COLUMN = "Setting (seeds)"
+VERSUS_FIGURES = ("accuracy", "auc", "max_acc_gap", "delta_tpr", "equalized_odds")  # the CSV has every gap
+REFERENCE_AUTO = "auto: the task's Vanilla run"
+SUMMARY_LABEL = (
+    "Overall accuracy and AUC [95% bootstrap interval]; each gap: value [95% bootstrap range, which leans upward "
+    "near 0 and is no test], then the gap pure chance gives these groups (noise floor) and the p-value of the gap"
+)
+VERSUS_LABEL = (
+    "Paired against the reference on the same test samples: difference [95% interval over seeds and samples], "
+    "p-value, verdict. Accuracy/AUC 'equivalent' = within ±0.01 by two one-sided tests"
+)
+VERSUS_COLUMN_WIDTHS = ["20%"] + ["16%"] * 5
+UPLOAD_HELP = (
+    "Any classifier's test predictions get the same tables, paired tests, plots and report as a FairDx run. "
+    "Columns: `label` (0/1), `prob` (probability of class 1), one or more attribute columns (e.g. `race`, `sex`); "
+    "optional `id` (to pair it with FairDx runs scored on the same images), `split` (`val` rows choose the "
+    "threshold by Youden's J, `test` rows are audited), `margin` and `cluster` (e.g. a lesion or patient id: "
+    "resampled together). Up to 20 MB. The file is checked here and deleted when you close the page."
+)
+UPLOADED = "**{name}** added: {n} test rows, attributes {attributes}; threshold {threshold:.3f} ({rule}). {ids}{flag}"
 NOTES_NONE = "No notes: every group is large enough and has both labels."
 NOTES_HEADER = "**Notes** ({n})"
 NO_ATTRIBUTES = "the selected runs have no attribute columns in their predictions"
 
 
-def attributes_of(run: RunInfo) -> list[str]:
+def attributes_of(run: Source) -> list[str]:
     """The attribute columns a run's predictions.csv holds (config.json records them under 'dataset')."""
+    if isinstance(run, UploadedRun):
+        return run.attributes
     if run.record.dataset.get("attributes"):
         return list(run.record.dataset["attributes"])
     try:
         header = pd.read_csv(run.path / "predictions.csv", nrows=0).columns
     except (OSError, ValueError):
         return []
-    return [c for c in header if c not in ("id", "split", "label", "prob", "margin")]
+    return [c for c in header if c not in metrics.RESERVED_COLUMNS]
 
 
-def attribute_choices(runs: Sequence[RunInfo], task: str) -> list[str]:
+def attribute_choices(runs: Sequence[Source], task: str) -> list[str]:
     """Each attribute of the task's runs, then every pair as an intersection, then any wider
     intersection a run was trained on (e.g. 'race', …, 'sex+age_group')."""
     singles: list[str] = []
@@ -62,7 +91,8 @@ def attribute_choices(runs: Sequence[RunInfo], task: str) -> list[str]:
         if run.task != task:
             continue
         singles += [a for a in attributes_of(run) if a not in singles]
-        trained += [a for a in (run.settings.attribute, run.settings.cmac_attribute) if a]
+        if isinstance(run, RunInfo):
+            trained += [a for a in (run.settings.attribute, run.settings.cmac_attribute) if a]
     pairs = [f"{a}{ATTRIBUTE_JOINER}{b}" for i, a in enumerate(singles) for b in singles[i + 1 :]]
     wider = [a for a in dict.fromkeys(trained) if a not in singles and a not in pairs]
     return singles + pairs + wider
@@ -86,11 +116,69 @@ def default_runs(runs: Sequence[RunInfo], task: str) -> list[str]:
     return [run_key(r) for r in (demos or candidates)[:DEFAULT_RUN_COUNT]]
 
 
-def keep_or_default_runs(runs: Sequence[RunInfo], task: str, current: Sequence[str] | None) -> list[str]:
+def keep_or_default_runs(
+    runs: Sequence[RunInfo], task: str, current: Sequence[str] | None, uploads: Sequence[UploadedRun] = ()
+) -> list[str]:
     """After a refresh, keep the visitor's selection (minus runs that are gone), or the defaults."""
-    keys = {key for _, key in run_choices(runs, task)}
+    keys = {key for _, key in source_choices(runs, task, uploads)}
     kept = [key for key in (current or []) if key in keys]
     return kept or default_runs(runs, task)
+
+
+def source_choices(runs: Sequence[RunInfo], task: str, uploads: Sequence[UploadedRun] = ()) -> list[tuple[str, str]]:
+    """(title, key) of the task's runs, then of the models uploaded in this session for the task."""
+    uploaded = [(f"{u.label()} · {UPLOADED_TITLE}", u.label()) for u in uploads if u.task == task]
+    return [*run_choices(runs, task), *uploaded]
+
+
+def selected_sources(
+    keys: Sequence[str] | None, runs: Sequence[RunInfo], task: str, uploads: Sequence[UploadedRun] = ()
+) -> list[Source]:
+    """The runs and uploaded models behind the keys, in the order picked (ValueError for an unknown key)."""
+    check_task(task)
+    if not keys:
+        raise ValueError(NO_RUNS)
+    uploaded = {u.label(): u for u in uploads if u.task == task}
+    return [uploaded[key] if key in uploaded else find_run(key, runs, task=task) for key in keys]
+
+
+def add_upload(path: str | Path, task: str, folder: Path, uploads: Sequence[UploadedRun]) -> tuple[UploadedRun, ...]:
+    """Check an uploaded predictions CSV (inference.uploads) and add it to the session's uploads
+    (UploadError naming every problem of the file). Uploading the same file again replaces it."""
+    check_task(task)
+    added = read_upload(path, folder, task=task, name=Path(path).stem)
+    return (*(u for u in uploads if u.label() != added.label()), added)
+
+
+def upload_status(upload: UploadedRun) -> str:
+    """The line under the upload box once a CSV is accepted."""
+    rule = "chosen on its val rows by Youden's J" if upload.threshold_rule == "youden_on_val" else "no val rows: 0.5"
+    ids = "" if upload.has_ids else "It has no `id` column, so it cannot be paired with other runs. "
+    flag = f"⚠ {upload.guard_reasons[0]}: flagged as degenerate." if upload.degenerate else ""
+    return UPLOADED.format(
+        name=upload.label(),
+        n=upload.n_rows,
+        attributes=", ".join(upload.attributes),
+        threshold=upload.threshold,
+        rule=rule,
+        ids=ids,
+        flag=flag,
+    )
+
+
+def upload_folder(session: str | None) -> Path:
+    """Where a browser session's checked uploads live: under the export folder (removed at exit), one
+    folder per session (removed when the session ends, :func:`forget_uploads`)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "", session or "") or "anonymous"
+    folder = export_folder() / "uploads" / safe
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def forget_uploads(uploads: Sequence[UploadedRun] | None) -> None:
+    """Delete a session's checked uploads: nothing uploaded is kept after the session."""
+    for upload in uploads or ():
+        shutil.rmtree(upload.path, ignore_errors=True)
 
 
 def selected_runs(keys: Sequence[str] | None, runs: Sequence[RunInfo], task: str) -> list[RunInfo]:
@@ -103,34 +191,46 @@ def selected_runs(keys: Sequence[str] | None, runs: Sequence[RunInfo], task: str
 
 @dataclass(frozen=True)
 class CompareView:
-    summary: pd.DataFrame  # one row per run: overall accuracy, AUC, every gap, with intervals
-    groups: pd.DataFrame  # one row per run, one column per group: accuracy [interval] (n)
+    summary: pd.DataFrame  # one row per run: overall accuracy, AUC, every gap with its noise floor
+    versus: pd.DataFrame  # one row per setting: paired difference against the reference, p, verdict
+    groups: pd.DataFrame  # one row per group, one column per run: accuracy [interval] (n)
     accuracy_figure: go.Figure
     margin_figure: go.Figure
     frontier_figure: go.Figure
     notes: str
     comparison: Comparison
+    paired: compare_stats.Versus
 
 
-def show(runs: Sequence[RunInfo], attribute: str, *, bootstrap: int) -> CompareView:
-    """Compare the runs on `attribute` (CompareError for arguments no run can use)."""
+def show(runs: Sequence[Source], attribute: str, *, bootstrap: int, reference: str | None = None) -> CompareView:
+    """Compare the runs on `attribute`, each setting paired against `reference` (a run's label; None or
+    :data:`REFERENCE_AUTO`: the task's vanilla run). CompareError / ValueError for arguments no run can use."""
     comparison = compare_runs(runs, (attribute or "").strip(), bootstrap=bootstrap)
+    chosen = None if reference in (None, "", REFERENCE_AUTO) else reference
+    versus = compare_stats.versus(comparison, chosen) if not comparison.empty else compare_stats.versus(comparison)
     return CompareView(
         summary=summary_table(comparison),
+        versus=versus_table(versus),
         groups=group_table(comparison),
         accuracy_figure=group_accuracy_figure(comparison),
         margin_figure=margin_figure(comparison),
         frontier_figure=frontier_figure(comparison),
-        notes=notes_markdown(comparison),
+        notes=notes_markdown(comparison, versus),
         comparison=comparison,
+        paired=versus,
     )
+
+
+def reference_choices(keys: Sequence[str] | None) -> list[str]:
+    """The reference dropdown: 'auto' (the task's vanilla run), then every selected run."""
+    return [REFERENCE_AUTO, *(keys or [])]
 
 
 def summary_table(comparison: Comparison) -> pd.DataFrame:
     """`compare_export.display_table` narrowed to fit a screen: each run named by its key ('fundus-fr (demo)'),
-    λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'), a degenerate-model flag beside the run's
-    name ('skin-x ⚠ degenerate'); the seed and the demographic parity
-    difference (neither paper reports it) are left to the CSV export."""
+    λ and w_max folded into the method ('Hybrid λ=0.5 w_max=10'), flags beside the run's name
+    ('skin-x ⚠ degenerate'), each gap followed by its noise floor and p-value; the seed, the demographic
+    parity difference (neither paper reports it) and the raw columns are left to the CSV export."""
     table = display_table(comparison, digits=SUMMARY_DIGITS)
     flags = comparison.table["flags"].fillna("").to_numpy()
     # a flag stays next to the run's figures: '⚠ degenerate' in the run's own cell
@@ -145,7 +245,76 @@ def summary_table(comparison: Comparison) -> pd.DataFrame:
         for method, lv, wv in zip(table["Method"], table[lam], table[w_max], strict=True)
     ]
     table["Method"] = settings
+    for gap, title in GAP_TITLES.items():
+        if title in table.columns:
+            table[title] = [
+                _with_floor(cell, floor, p)
+                for cell, floor, p in zip(
+                    table[title], comparison.table[f"{gap}_floor"], comparison.table[f"{gap}_floor_p"], strict=True
+                )
+            ]
     return table.drop(columns=[lam, w_max, *(COLUMN_TITLES[name] for name in SUMMARY_LEFT_OUT)])
+
+
+def _with_floor(cell: str, floor, p) -> str:
+    """'0.40 [0.33, 0.47] · chance 0.05, p=0.005': the gap beside what pure chance gives."""
+    if floor is None or floor != floor or cell == "–":
+        return cell
+    return f"{cell} · chance {float(floor):.2f}, p={format_p(p)}"
+
+
+def format_p(p) -> str:
+    """'0.005', '0.04', '0.62'; '–' when undefined."""
+    if p is None or p != p:
+        return "–"
+    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
+def versus_table(versus: compare_stats.Versus) -> pd.DataFrame:
+    """One row per setting: each figure's paired difference against the reference, its interval, p and verdict."""
+    columns = [VERSUS_SETTING_COLUMN, *(_figure_title(f) for f in VERSUS_FIGURES)]
+    if versus.empty or versus.reference is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for setting, rows_of in versus.table.groupby("setting", sort=False):
+        first = rows_of.iloc[0]
+        flag = " ⚠ degenerate" if first["flagged"] else ""
+        row = {VERSUS_SETTING_COLUMN: f"{setting} ({first['seeds']}){flag}"}
+        for figure in VERSUS_FIGURES:
+            chosen = rows_of[rows_of["figure"] == figure]
+            row[_figure_title(figure)] = _versus_cell(chosen.iloc[0]) if len(chosen) else "–"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def versus_heading(versus: compare_stats.Versus) -> str:
+    """The line above the vs-reference table: what the reference is and how it was paired."""
+    if versus.reference is None:
+        return "**vs reference**: no run to compare against."
+    seeds = len(versus.reference.runs)
+    return (
+        f"**vs reference: {versus.reference.caption}** ({seeds} seed{'s' if seeds > 1 else ''}: "
+        f"{', '.join(versus.reference.runs)}). Each setting's seeds are paired with the reference run of the same "
+        "seed where one exists."
+    )
+
+
+def _figure_title(figure: str) -> str:
+    return OVERALL_TITLES.get(figure) or GAP_TITLES[figure]
+
+
+def _versus_cell(row) -> str:
+    """'−0.060 [−0.100, −0.023] p=0.004 · fairer'."""
+    if row["difference"] is None or row["difference"] != row["difference"]:
+        return f"– · {row['verdict']}"
+    interval = ""
+    if row["ci_lo"] is not None and row["ci_lo"] == row["ci_lo"]:
+        interval = f" [{_signed(row['ci_lo'])}, {_signed(row['ci_hi'])}]"
+    return f"{_signed(row['difference'])}{interval} p={format_p(row['p_value'])} · {row['verdict']}"
+
+
+def _signed(value: float) -> str:
+    return f"{float(value) + 0.0:+.3f}".replace("-", "−")
 
 
 def _setting(name: str, value) -> str:
@@ -153,25 +322,30 @@ def _setting(name: str, value) -> str:
 
 
 def group_table(comparison: Comparison) -> pd.DataFrame:
-    """Per-group accuracy: a row per run, a column per group, each cell 'acc [lo, hi] (n=…)'."""
+    """Per-group accuracy: a row per group, a column per run, each cell 'acc [lo, hi] (n=…)'.
+
+    Groups are rows so an intersection's many groups do not push the table sideways. A group below the
+    run's small-group rule reads '(n=12, left out of gaps)'; a degenerate run's column is marked ⚠."""
     if comparison.empty:
-        return pd.DataFrame(columns=[SUMMARY_RUN_COLUMN])
+        return pd.DataFrame(columns=[GROUP_COLUMN])
     groups = comparison.groups
     order = sorted(groups["group"].unique(), key=_group_order)
-    labels = dict(zip(comparison.table["run"], comparison.table["label"], strict=True))
-    rows = []
-    for run in comparison.table["run"]:
-        row = {SUMMARY_RUN_COLUMN: labels[run]}
+    columns = {}
+    for run, label, flags in zip(
+        comparison.table["run"], comparison.table["label"], comparison.table["flags"], strict=True
+    ):
         mine = groups[groups["run"] == run].set_index("group")
+        title = f"{label} ⚠" if unreliable(flags) else label
+        cells = []
         for group in order:
             if group not in mine.index:
-                row[group] = "–"
+                cells.append("–")
                 continue
             g = mine.loc[group]
             cell = format_interval(g["accuracy"], g["accuracy_lo"], g["accuracy_hi"], digits=2)
-            row[group] = f"{cell} (n={int(g['n'])})"
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[SUMMARY_RUN_COLUMN, *order])
+            cells.append(f"{cell} (n={int(g['n'])}{', ' + LEFT_OUT if g['small'] else ''})")
+        columns[title] = cells
+    return pd.DataFrame({GROUP_COLUMN: order, **columns})
 
 
 def _group_order(group: str) -> tuple:
@@ -179,8 +353,8 @@ def _group_order(group: str) -> tuple:
     return tuple((part == "Unknown", part) for part in group.split(GROUP_JOINER))
 
 
-def notes_markdown(comparison: Comparison) -> str:
-    notes = list(comparison.notes)
+def notes_markdown(comparison: Comparison, versus: compare_stats.Versus | None = None) -> str:
+    notes = [*comparison.notes, *(versus.notes if versus else ())]
     if not notes:
         return NOTES_NONE
     return "\n".join([NOTES_HEADER.format(n=len(notes)), ""] + [f"- {note}" for note in notes])
@@ -220,9 +394,35 @@ def write_csv(comparison: Comparison, folder: Path, task: str, *, which: str = "
     return path
 
 
-def write_report(runs: Sequence[RunInfo], folder: Path, task: str, *, bootstrap: int) -> Path:
-    """inference.report.build_report over the selected runs, as Markdown in `folder`."""
-    keys = sorted(run_key(run) for run in runs)
-    path = Path(folder) / f"fairdx-report-{_slug(task, str(bootstrap), *keys)}.md"
-    path.write_text(build_report(runs, bootstrap=bootstrap, sources=keys))
+def write_versus_csv(versus: compare_stats.Versus, folder: Path, task: str, attribute: str) -> Path | None:
+    """The paired comparisons (one row per setting and figure, every gap) as CSV; None without a reference."""
+    if versus.reference is None or versus.empty:
+        return None
+    keys = [versus.reference.caption, *versus.table["setting"].unique()]
+    path = Path(folder) / f"compare-{_slug(task, attribute, 'versus', *keys)}-versus.csv"
+    path.write_text(versus.table.assign(reference=versus.reference.caption).to_csv(index=False))
+    return path
+
+
+def write_report(
+    runs: Sequence[Source],
+    folder: Path,
+    task: str,
+    *,
+    bootstrap: int,
+    attribute: str | None = None,
+    reference: str | None = None,
+    available: Sequence[RunInfo] = (),
+) -> Path:
+    """inference.report.build_report over the selected runs, as Markdown in `folder`: it follows the
+    attribute and the reference chosen in Compare, and tells "not selected" from "does not exist" by
+    the `available` runs."""
+    keys = sorted(run.label() for run in runs)
+    chosen = None if reference in (None, "", REFERENCE_AUTO) else reference
+    path = Path(folder) / f"fairdx-report-{_slug(task, str(bootstrap), str(attribute), str(chosen), *keys)}.md"
+    path.write_text(
+        build_report(
+            runs, bootstrap=bootstrap, sources=keys, attribute=attribute, reference=chosen, available=available
+        )
+    )
     return path

@@ -536,8 +536,14 @@ def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     assert gr.error_x.array[0] == pytest.approx(row["max_acc_gap_hi"] - row["max_acc_gap"])
     assert gr.error_x.arrayminus[0] == pytest.approx(row["max_acc_gap"] - row["max_acc_gap_lo"])
     assert gr.error_y.array[0] == pytest.approx(row["auc_hi"] - row["auc"])
-    assert figure.layout.xaxis.title.text == "MaxAccGap on race (lower is fairer; 95% bootstrap interval)"
+    assert figure.layout.xaxis.title.text == "MaxAccGap on race (lower is fairer; 95% bootstrap range)"
     assert figure.layout.yaxis.title.text == "AUC (95% bootstrap interval)"
+    # bounded by the metric's range, legend below the plot, no overlapping text labels
+    low, high = figure.layout.xaxis.range
+    assert 0 <= low <= comparison.table["max_acc_gap_lo"].min() and comparison.table["max_acc_gap_hi"].max() <= high <= 1
+    assert figure.layout.legend.orientation == "h" and all(trace.mode == "markers" for trace in figure.data)
+    floor = comparison.table["max_acc_gap_floor"].mean()
+    assert [shape.x0 for shape in figure.layout.shapes] == [pytest.approx(floor)]  # the noise-floor line
     with pytest.raises(CompareError) as error:
         frontier_figure(comparison, gap="gap")
     assert str(error.value) == engine.UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value="gap")

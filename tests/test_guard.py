@@ -96,7 +96,7 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
     assert "⚠ degenerate" in {k: t for t, k in diagnose_view.adapter_choices([broken], "skin")}[broken.label()]
     from inference.compare_engine import compare_runs
     from inference.compare_export import display_table
-    from inference.compare_figures import frontier_figure
+    from inference.compare_figures import FLAGGED_NAME, frontier_figure
 
     comparison = compare_runs([demo, broken], "sex+age_group", bootstrap=0)
     flags = dict(zip(comparison.table["run"], comparison.table["flags"].fillna(""), strict=True))
@@ -106,9 +106,7 @@ def test_a_degenerate_run_is_flagged_in_its_card_and_never_the_default_adapter(t
 
     assert f"{broken.label()} ⚠ degenerate" in summary_table(comparison)["Run"].tolist()
     assert any("This adapter is flagged as degenerate" in note for note in comparison.notes)
-    points = [
-        (text, symbol)
-        for trace in frontier_figure(comparison).data
-        for text, symbol in zip(trace.text, trace.marker.symbol, strict=True)
-    ]
-    assert (f"⚠ {broken.label()} (degenerate)", "x") in points and (demo.label(), "circle") in points
+    traces = {trace.name: trace for trace in frontier_figure(comparison).data}
+    flagged = traces[f"⚠ Vanilla: {FLAGGED_NAME}"]  # a legend entry of its own, drawn as ✕ with its flag
+    assert flagged.marker.symbol == "x" and list(flagged.text) == ["⚠ degenerate"]
+    assert traces["Vanilla"].marker.symbol == "circle" and traces["Vanilla"].text is None

@@ -244,7 +244,7 @@ def test_literal_column_with_plus_in_its_name_is_one_attribute():
 def test_resampled_auc_and_counts_match_sklearn_on_the_resampled_rows():
     df = make_predictions(3, n=300)
     preds = metrics._Predictions.from_frame(df, ["race"], 0.5)
-    weights = metrics._resample_weights(np.random.default_rng(7), 5, preds.n)
+    weights = metrics.resample_weights(np.random.default_rng(7), 5, preds.n)
     assert (weights.sum(axis=1) == preds.n).all()
     rates = metrics._Partition.build(preds, "race").rates(weights)
     names = sorted(df["race"].unique())

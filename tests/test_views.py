@@ -472,13 +472,17 @@ def test_comparison_tables_name_runs_by_key_and_give_group_accuracy_with_n(runs_
         "ES-AUC",
     ]
     assert len(compare_view.SUMMARY_COLUMN_WIDTHS) == len(view.summary.columns)
-    assert view.groups.columns.tolist() == ["Run", "Asian", "Black", "White"]
+    # groups are rows, runs columns: an intersection's many groups do not push the table sideways
+    assert view.groups.columns.tolist() == ["Group", "fundus-vanilla (demo)", "fundus-fr"]
+    assert view.groups["Group"].tolist() == ["Asian", "Black", "White"]
     low, high = wilson_interval(320, 400)
-    assert view.groups.iloc[0]["White"] == f"0.80 [{low:.2f}, {high:.2f}] (n=400)"
-    assert view.groups.iloc[1]["Asian"].endswith("(n=80)")
+    groups = view.groups.set_index("Group")
+    assert groups.loc["White", "fundus-vanilla (demo)"] == f"0.80 [{low:.2f}, {high:.2f}] (n=400)"
+    assert groups.loc["Asian", "fundus-fr"].endswith("(n=80)")
     gap = view.comparison.table.iloc[0]["max_acc_gap"]
     assert gap == pytest.approx(0.20)
     assert view.summary.iloc[0]["MaxAccGap"].startswith("0.20 [")
+    assert " · chance " in view.summary.iloc[0]["MaxAccGap"]  # the gap beside its noise floor
     assert {len(f.data) for f in (view.accuracy_figure, view.frontier_figure)} == {2}
     csv = compare_view.write_csv(view.comparison, tmp_path, "fundus")
     assert pd.read_csv(csv)["max_acc_gap"].tolist() == pytest.approx(view.comparison.table["max_acc_gap"].tolist())
@@ -496,8 +500,8 @@ def test_a_run_picked_twice_is_compared_once(runs_on_disk):
     runs = catalog.available_runs(runs_on_disk)
     chosen = compare_view.selected_runs(["fundus-fr", "fundus-vanilla (demo)", "fundus-fr"], runs, "fundus")
     view = compare_view.show(chosen, "race", bootstrap=0)
-    assert view.summary["Run"].tolist() == view.groups["Run"].tolist() == ["fundus-fr", "fundus-vanilla (demo)"]
-    assert view.groups.iloc[0]["Asian"].endswith("(n=80)")
+    assert view.summary["Run"].tolist() == view.groups.columns[1:].tolist() == ["fundus-fr", "fundus-vanilla (demo)"]
+    assert view.groups.set_index("Group").loc["Asian", "fundus-fr"].endswith("(n=80)")
     assert view.notes.splitlines()[2] == f"- {PICKED_TWICE.format(run='fundus-fr')}"
 
 
@@ -528,12 +532,14 @@ def test_notes_list_small_groups_of_an_intersection(runs_on_disk):
         compare_view.selected_runs(["skin-cmac (demo)"], runs, "skin"), "sex+age_group", bootstrap=0
     )
     assert skin.notes == compare_view.NOTES_NONE
-    assert skin.groups.columns.tolist() == ["Run", "Female & 0-40", "Male & 60+"]
+    assert skin.groups["Group"].tolist() == ["Female & 0-40", "Male & 60+"]
     fundus = compare_view.show(compare_view.selected_runs(["fundus-gr"], runs, "fundus"), "race+ethnicity", bootstrap=0)
     lines = fundus.notes.splitlines()
     assert lines[0] == compare_view.NOTES_HEADER.format(n=len(fundus.comparison.notes)) and len(lines) > 2
     assert lines[2].startswith("- run 'fundus-gr (demo)'")
-    assert fundus.groups.columns[-1] == "White & Unknown"
+    assert fundus.groups["Group"].iloc[-1] == "White & Unknown"
+    left_out = fundus.groups.set_index("Group").loc["White & Unknown", "fundus-gr (demo)"]
+    assert left_out.endswith(f", {compare_view.LEFT_OUT})") == (int(left_out.split("n=")[1].split(",")[0].rstrip(")")) < 30)
 
 
 # ---------------------------------------------------------------------- the jobs table

@@ -131,6 +131,9 @@ class Sample:
     label: int
     attributes: Mapping[str, str] = field(hash=False)
     split: str
+    cluster: str | None = field(default=None, hash=False, compare=False)
+    """Samples that are not independent share it (HAM10000: the lesion, 1-4 images each); the bootstrap
+    and the noise floor resample and permute whole clusters (training.metrics.CLUSTER)."""
 
     def load_image(self) -> Image.Image:
         """Decode the image as RGB; metadata loading never calls this, so it stays fast."""
@@ -773,7 +776,14 @@ def load_ham10000(
             {r[4]: 0 for r in records} | {r[4]: 1 for r in records if r[2]}, fractions, split_seed
         )
     samples = tuple(
-        Sample(image_id, path, label, MappingProxyType(attrs), lesion_split[lesion_id] if split is None else split)
+        Sample(
+            image_id,
+            path,
+            label,
+            MappingProxyType(attrs),
+            lesion_split[lesion_id] if split is None else split,
+            cluster=lesion_id,
+        )
         for image_id, path, label, attrs, lesion_id, split in records
     )
     attribute_names = SKIN_ATTRIBUTES + (("fitzpatrick",) if fitz_col else ())

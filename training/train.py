@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from training import data_spec, rundir
+from training import data_spec, metrics, rundir
 from training.backbones import (
     Classifier,
     add_lora,
@@ -419,7 +419,8 @@ def _rmtree(path: Path) -> None:
 # -------------------------------------------------------------------------------------- evaluate
 @torch.inference_mode()
 def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str], progress: bool) -> pd.DataFrame:
-    """One row per sample: id, split, label, prob of class 1, certainty margin, every attribute."""
+    """One row per sample: id, split, label, prob of class 1, certainty margin, every attribute, and the
+    sample's cluster (``cluster``, e.g. its lesion) when the dataset has clusters."""
     clf.eval()
     rows = []
     for chunk in tqdm(list(batches(samples, EVAL_BATCH)), desc="evaluate", unit="batch", disable=not progress):
@@ -436,6 +437,7 @@ def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str
                     "prob": p,
                     "margin": m,
                     **{a: s.attributes[a] for a in attributes},
+                    **({metrics.CLUSTER: s.cluster} if s.cluster is not None else {}),
                 }
             )
     return pd.DataFrame(rows)

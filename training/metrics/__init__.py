@@ -27,6 +27,9 @@ measures noise, e.g. HAM10000's few lesions of unknown sex.
 
 Bootstrap intervals resample all rows with replacement (like fairlearn's MetricFrame bootstrap, not
 stratified by group), one resample set shared by every attribute, and give percentile intervals.
+With a cluster column (:data:`CLUSTER`, e.g. the lesion of a HAM10000 image: 1-4 images each) whole
+clusters are resampled instead, so images of one lesion count as what they are, one lesion, and
+the intervals are not too narrow.
 A replicate counts as failed for a gap when a group that defines the gap's metric on the data has
 no defining samples in that replicate (e.g. no positives left); failed replicates are left out and
 counted. Percentile intervals of a max − min gap lean upwards when the true gap is near zero.
@@ -46,6 +49,9 @@ import pandas as pd
 from training.numbers import as_float
 
 LABEL, PROB, MARGIN, SPLIT = "label", "prob", "margin", "split"
+ID = "id"
+CLUSTER = "cluster"  # optional: samples sharing it (images of one lesion, eyes of one patient) are resampled together
+RESERVED_COLUMNS = (ID, SPLIT, LABEL, PROB, MARGIN, CLUSTER)  # every other column of a predictions file is an attribute
 INTERSECTION = "+"  # joins attribute names in a spec, as training.data.ATTRIBUTE_JOINER
 GROUP_JOINER = " & "  # joins the values in a group label, as training.data.GROUP_JOINER
 GAPS = ("max_acc_gap", "delta_tpr", "equalized_odds", "dpd", "es_auc")
@@ -58,6 +64,8 @@ _CHUNK_ELEMENTS = 1 << 22  # resample weights held at once (replicates × rows),
 
 # Messages: module constants, asserted word for word by the tests.
 MISSING_COLUMN = "predictions file has no column {names}; columns are: {columns}"
+MISSING_CLUSTER = "cluster column '{column}' is not in the predictions; columns are: {columns}"
+EMPTY_CLUSTER = "cluster column '{column}' is empty in {n} row(s); every sample needs its cluster (e.g. its lesion id)"
 EMPTY_FRAME = "predictions file has no rows; nothing to evaluate"
 NO_ROWS_FOR_SPLIT = "predictions file has no rows with split '{split}'; splits present: {present}"
 UNREADABLE_FILE = "cannot read predictions file '{path}': {reason}"
@@ -242,6 +250,8 @@ def evaluate(
     ci: float = 0.95,
     split: str | None = None,
     population: tuple[str, Mapping[str, float]] | None = None,
+    cluster_column: str | None = None,
+    replicates: dict | None = None,
 ) -> dict:
     """The JSON-able report of a predictions frame: overall figures, then groups and gaps per attribute.
 
@@ -273,6 +283,7 @@ def evaluate(
         "bootstrap": bootstrap,
         "seed": seed,
         "ci_level": ci,
+        "cluster_column": cluster_column,
         "overall": overall_out,
         "attributes": attributes_out,
     }
@@ -286,7 +297,18 @@ def evaluate(
             **{m: as_float(rates[m][0, 0]) for m in ("accuracy", "auc", "tpr", "fpr", "selection_rate")},
         }
     if bootstrap:
-        intervals = _bootstrap(preds, everyone, partitions, reports, n_boot=bootstrap, seed=seed, level=ci)
+        clusters = cluster_labels(preds.frame, cluster_column) if cluster_column else None
+        intervals = _bootstrap(
+            preds,
+            everyone,
+            partitions,
+            reports,
+            n_boot=bootstrap,
+            seed=seed,
+            level=ci,
+            clusters=clusters,
+            keep=replicates,
+        )
         for owner, per_name in intervals.items():
             target = overall_out if owner is None else attributes_out[owner]
             target["ci"] = {name: interval for name, (interval, _) in per_name.items()}
@@ -310,6 +332,7 @@ def evaluate_run(
     split ``val`` (0.5 when there are none): chosen on validation, reported on test, so a model whose
     probabilities are shifted (common at 19 % prevalence) is not judged at an arbitrary 0.5. The
     report gains ``threshold_rule`` and ``guard`` (:func:`training.guard.check` on the test rows).
+    The bootstrap resamples clusters when the predictions have a :data:`CLUSTER` column.
     """
     from training import guard
 
@@ -327,6 +350,7 @@ def evaluate_run(
         seed=seed,
         gap_min_n=gap_min_n,
         population=population,
+        cluster_column=cluster_of(predictions),
     )
     test = select_split(predictions, "test")
     report["threshold_rule"] = rule
@@ -595,37 +619,87 @@ def gaps_under_relabelling(
 ) -> dict[str, np.ndarray]:
     """Each gap of `attribute` once per order: the rows' group labels taken in that order (a permutation).
 
-    The predictions are validated once; each relabelling only regroups the rows, so a permutation test
-    of a few hundred relabellings costs milliseconds per hundred rows. The groups that enter the gaps
-    are those of the data (the sizes are the same under any permutation).
+    The predictions are validated and ranked once; a relabelling only changes which rows count for
+    which group, so every group's figures under all relabellings come from one weighted pass over the
+    ranked rows (a 0/1 membership matrix as weights), vectorised over the relabellings. The groups
+    that enter the gaps are those of the data (their sizes are the same under any permutation); a
+    group whose metric a relabelling leaves undefined (no positives drawn) sits that relabelling out.
     """
     preds = _Predictions.from_frame(df, [attribute], threshold)
     everyone = _RankIndex.build(np.arange(preds.n), preds)
     overall_auc = _rates(everyone.stats(np.ones((1, preds.n)))[:, :, None])["auc"][:, 0]
     data = _Partition.build(preds, attribute)
-    ones = np.ones((1, preds.n))
-    point = data.rates(ones)
+    point = data.rates(np.ones((1, preds.n)))
     in_gaps = point["n"][0] >= gap_min_n
     include = {m: ~np.isnan(point[m][0]) & in_gaps for m in GROUP_METRICS}
-    collected: dict[str, list[float]] = {}
-    for order in orders:
-        codes = data.codes[np.asarray(order)]
-        groups = [_RankIndex.build(np.flatnonzero(codes == g), preds) for g in range(len(data.names))]
-        rates = _rates(np.stack([group.stats(ones) for group in groups], axis=-1))
-        defined = {m: include[m] & ~np.isnan(rates[m][0]) for m in GROUP_METRICS}
-        for gap, value in _gaps(rates, overall_auc, defined).items():
-            collected.setdefault(gap, []).append(float(value[0]))
-    return {gap: np.array(values) for gap, values in collected.items()}
+    if not len(orders):
+        return {gap: np.array([]) for gap in GAPS}
+    relabelled = data.codes[np.asarray(orders)]  # (P × n): each row's group under each relabelling
+    rates = _rates(np.stack([everyone.stats((relabelled == g).astype(float)) for g in range(len(data.names))], axis=-1))
+    defined = {m: include[m][None, :] & ~np.isnan(rates[m]) for m in GROUP_METRICS}
+    return _gaps_per_row(rates, np.repeat(overall_auc, len(relabelled)), defined)
+
+
+def _gaps_per_row(
+    rates: dict[str, np.ndarray], overall_auc: np.ndarray, defined: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """:func:`_gaps` with the groups that enter chosen per row: ``defined`` holds (rows × groups) masks."""
+
+    def spread(metric: str) -> np.ndarray:
+        mask = defined[metric]
+        values = rates[metric]
+        high = np.where(mask, values, -np.inf).max(axis=1)
+        low = np.where(mask, values, np.inf).min(axis=1)
+        return np.where(mask.sum(axis=1) >= 2, high - low, np.nan)
+
+    tpr_gap, fpr_gap = spread("tpr"), spread("fpr")
+    auc_mask = defined["auc"]
+    deviation = np.where(auc_mask, np.abs(overall_auc[:, None] - np.nan_to_num(rates["auc"])), 0.0).sum(axis=1)
+    return {
+        "max_acc_gap": spread("accuracy"),
+        "delta_tpr": tpr_gap,
+        "equalized_odds": np.maximum(tpr_gap, fpr_gap),
+        "dpd": spread("selection_rate"),
+        "es_auc": np.where(auc_mask.any(axis=1), overall_auc / (1 + deviation), np.nan),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bootstrap
 
 
-def _resample_weights(rng: np.random.Generator, replicates: int, n: int) -> np.ndarray:
-    """(replicates × n) counts of each row in each resample of n rows drawn with replacement."""
-    drawn = rng.integers(0, n, size=(replicates, n)) + (np.arange(replicates) * n)[:, None]
-    return np.bincount(drawn.ravel(), minlength=replicates * n).reshape(replicates, n).astype(float)
+def resample_weights(
+    rng: np.random.Generator, replicates: int, n: int, clusters: np.ndarray | None = None
+) -> np.ndarray:
+    """(replicates × n) counts of each row: n rows drawn with replacement, or, given each row's
+    cluster, as many clusters as there are drawn with replacement, every row counting as often as
+    its cluster was drawn (the cluster bootstrap, Davison & Hinkley 1997, §3.8)."""
+    if clusters is None:
+        return _counts(rng, replicates, n)
+    codes, _ = pd.factorize(np.asarray(clusters))
+    return _counts(rng, replicates, int(codes.max()) + 1)[:, codes]
+
+
+def _counts(rng: np.random.Generator, replicates: int, k: int) -> np.ndarray:
+    drawn = rng.integers(0, k, size=(replicates, k)) + (np.arange(replicates) * k)[:, None]
+    return np.bincount(drawn.ravel(), minlength=replicates * k).reshape(replicates, k).astype(float)
+
+
+def cluster_of(df: pd.DataFrame) -> str | None:
+    """:data:`CLUSTER` when the predictions carry it, else None (rows are resampled one by one)."""
+    return CLUSTER if CLUSTER in df.columns else None
+
+
+def cluster_labels(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Each row's cluster as text (MetricsError naming the columns when `column` is missing or empty)."""
+    if column not in df.columns:
+        raise MetricsError(MISSING_CLUSTER.format(column=column, columns=", ".join(map(str, df.columns))))
+    values = df[column]
+    if values.isna().any() or (values.astype(str).str.strip() == "").any():
+        raise MetricsError(
+            EMPTY_CLUSTER.format(column=column, n=int((values.isna() | (values.astype(str).str.strip() == "")).sum()))
+        )
+    return values.astype(str).to_numpy()
 
 
 def _bootstrap(
@@ -637,6 +711,8 @@ def _bootstrap(
     n_boot: int,
     seed: int,
     level: float,
+    clusters: np.ndarray | None = None,
+    keep: dict | None = None,
 ) -> dict[str | None, dict[str, tuple[list[float] | None, int]]]:
     """Percentile intervals and failure counts, keyed by attribute (None for overall) then figure name.
 
@@ -647,7 +723,7 @@ def _bootstrap(
     chunk = max(1, _CHUNK_ELEMENTS // preds.n)
     collected: dict[tuple[str | None, str], list[np.ndarray]] = {}
     for start in range(0, n_boot, chunk):
-        weights = _resample_weights(rng, min(chunk, n_boot - start), preds.n)
+        weights = resample_weights(rng, min(chunk, n_boot - start), preds.n, clusters)
         overall = _rates(everyone.stats(weights)[:, :, None])
         collected.setdefault((None, "accuracy"), []).append(overall["accuracy"][:, 0])
         collected.setdefault((None, "auc"), []).append(overall["auc"][:, 0])
@@ -656,7 +732,10 @@ def _bootstrap(
                 collected.setdefault((spec, gap), []).append(values)
     intervals: dict = {}
     for (owner, name), chunks in collected.items():
-        intervals.setdefault(owner, {})[name] = _percentile_interval(np.concatenate(chunks), level)
+        values = np.concatenate(chunks)
+        intervals.setdefault(owner, {})[name] = _percentile_interval(values, level)
+        if keep is not None:
+            keep.setdefault(owner, {})[name] = values
     return intervals
 
 

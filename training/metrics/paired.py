@@ -37,7 +37,7 @@ PAIRED_FIGURES = ("accuracy", "auc")  # overall; each attribute adds metrics.GAP
 EQUIVALENCE_MARGINS = {"accuracy": 0.01, "auc": 0.01}
 DEFAULT_PERMUTATIONS = 200
 HIGHER_IS_FAIRER = frozenset({"es_auc"})  # for the other gaps, larger is less fair
-ID = "id"
+ID = metrics.ID
 
 NO_SHARED_SAMPLES = "the run and the reference share no sample ids{where}; compare runs scored on the same test split"
 LABELS_DIFFER = (
@@ -45,7 +45,7 @@ LABELS_DIFFER = (
     "they were not scored on the same data"
 )
 NO_ID_COLUMN = "{which} predictions have no 'id' column; the paired comparison joins the runs by sample id"
-MISSING_CLUSTER = "cluster column '{column}' is not in the predictions; columns are: {columns}"
+MISSING_CLUSTER = metrics.MISSING_CLUSTER
 CLUSTER_SPANS_GROUPS = (
     "cluster column '{column}': {n} cluster(s) hold samples of several '{attribute}' groups "
     "(e.g. {example}); the permutation keeps a cluster's samples together and needs one group each"
@@ -80,14 +80,7 @@ def join_runs(
 
 def resample_weights(rng: np.random.Generator, replicates: int, clusters: np.ndarray | None, n: int) -> np.ndarray:
     """(replicates × n) counts of each row: rows drawn with replacement, or whole clusters when given."""
-    if clusters is None:
-        drawn = rng.integers(0, n, size=(replicates, n))
-        return np.stack([np.bincount(row, minlength=n) for row in drawn]).astype(float)
-    codes, _ = pd.factorize(clusters)
-    k = int(codes.max()) + 1
-    drawn = rng.integers(0, k, size=(replicates, k))
-    counts = np.stack([np.bincount(row, minlength=k) for row in drawn]).astype(float)
-    return counts[:, codes]
+    return metrics.resample_weights(rng, replicates, n, clusters)
 
 
 def paired_comparison(
@@ -109,6 +102,36 @@ def paired_comparison(
     thresholded at its own operating point. Per figure: ``difference`` (on the data), ``ci`` (paired
     percentile interval at `level`), ``p_value`` (two-sided, H0: no difference), ``n_failed``.
     """
+    replicates = paired_replicates(
+        run,
+        reference,
+        attributes,
+        threshold=threshold,
+        reference_threshold=reference_threshold,
+        bootstrap=bootstrap,
+        seed=seed,
+        cluster_column=cluster_column,
+        gap_min_n=gap_min_n,
+    )
+    return {
+        owner: {name: summarize(values[0], values[1:], level) for name, values in figures.items()}
+        for owner, figures in replicates.items()
+    }
+
+
+def paired_replicates(
+    run: pd.DataFrame,
+    reference: pd.DataFrame,
+    attributes: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    reference_threshold: float | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    cluster_column: str | None = None,
+    gap_min_n: int = metrics.GAP_MIN_N,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The differences run − reference per figure: element 0 on the data, then one per paired resample."""
     if len(run) != len(reference):
         raise metrics.MetricsError("run and reference must hold the same rows; join them with join_runs")
     clusters = _clusters(run, cluster_column)
@@ -123,15 +146,16 @@ def paired_comparison(
         threshold=threshold if reference_threshold is None else reference_threshold,
         gap_min_n=gap_min_n,
     )
-    return {owner: {name: _difference(a[owner][name], b[owner][name], level) for name in a[owner]} for owner in a}
+    return {owner: {name: a[owner][name] - b[owner][name] for name in a[owner]} for owner in a}
 
 
-def _difference(run_values: np.ndarray, reference_values: np.ndarray, level: float) -> dict[str, Any]:
-    observed = run_values[0] - reference_values[0]
-    replicates = (run_values - reference_values)[1:]
+def summarize(observed: float, replicates: np.ndarray, level: float = 0.95) -> dict[str, Any]:
+    """A difference on the data and its paired replicates → ``difference``, percentile ``ci`` at `level`,
+    two-sided bootstrap ``p_value`` and ``n_failed`` (replicates where the figure was undefined)."""
+    replicates = np.asarray(replicates, dtype=float)
     valid = replicates[~np.isnan(replicates)]
     failed = len(replicates) - len(valid)
-    if np.isnan(observed) or not len(valid):
+    if observed is None or np.isnan(observed) or not len(valid):
         return {"difference": None, "ci": None, "p_value": None, "n_failed": failed}
     low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
     # never 0: a replicate count of k on the far side reads (1 + k) / (1 + B), as for permutations
@@ -238,9 +262,7 @@ def _clusters(df: pd.DataFrame, column: str | None) -> np.ndarray | None:
 
 
 def _cluster_labels(df: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in df.columns:
-        raise metrics.MetricsError(MISSING_CLUSTER.format(column=column, columns=", ".join(map(str, df.columns))))
-    return df[column].astype(str).to_numpy()
+    return metrics.cluster_labels(df, column)
 
 
 def _check_one_group_per_cluster(
