@@ -378,6 +378,7 @@ def _compare_tab(all_runs):
             value=compare_view.REFERENCE_AUTO,
             label="Reference (optional)",
             info="Every other run is tested against it, paired on the same test images.",
+            allow_custom_value=True,  # an API client may name a run that finished after the page was built
             elem_id="compare-reference",
         )
     runs = RunCheckboxes(

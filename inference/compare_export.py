@@ -11,6 +11,8 @@ import io
 import pandas as pd
 
 from inference.compare_engine import UNKNOWN_CHOICE, CompareError, Comparison
+from inference.uploads import METHOD as UPLOADED
+from inference.uploads import METHOD_TITLE as UPLOADED_TITLE
 from training import methods, metrics
 
 GAP_TITLES = {
@@ -56,12 +58,17 @@ def display_table(comparison: Comparison, *, digits: int = 3) -> pd.DataFrame:
     for column in ("run", "flags", "method", "lambda", "w_max", "seed", "trained_on", "n"):
         values = table[column]
         if column == "method":
-            values = values.map(methods.title)
+            values = values.map(method_title)
         shown[COLUMN_TITLES[column]] = values.map(lambda v: "" if v is None or v != v else v)
     for name in (*OVERALL_TITLES, *metrics.GAPS):
         bounds = zip(table[name], table[f"{name}_lo"], table[f"{name}_hi"], strict=True)
         shown[COLUMN_TITLES[name]] = [format_interval(v, lo, hi, digits) for v, lo, hi in bounds]
     return pd.DataFrame(shown)
+
+
+def method_title(name: str | None) -> str:
+    """The Method column's words: the registry's title, 'Uploaded model' for an uploaded CSV."""
+    return UPLOADED_TITLE if name == UPLOADED else methods.title(name)
 
 
 def format_interval(value, low, high, digits: int = 3, scale: float = 1.0) -> str:
@@ -81,5 +88,5 @@ def run_caption(row) -> str:
         settings.append(f"λ={row['lambda']:g}")
     if row.get("w_max") is not None and row["w_max"] == row["w_max"]:
         settings.append(f"w_max={row['w_max']:g}")
-    method = methods.title(row["method"])
+    method = method_title(row["method"])
     return f"{row['run']} · {', '.join([method, *settings])}"

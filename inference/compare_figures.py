@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from scipy import stats
 
 from inference.compare_engine import OVERALL_FIGURES, UNKNOWN_CHOICE, CompareError, Comparison, unreliable
-from inference.compare_export import GAP_TITLES, OVERALL_TITLES, run_caption
+from inference.compare_export import GAP_TITLES, OVERALL_TITLES, method_title, run_caption
 from training import methods, metrics
 
 METHOD_COLORS = {m.name: m.colour for m in methods.REGISTRY.values()}  # one colour per method, in every figure
@@ -282,7 +282,7 @@ def _frontier_trace(figure: go.Figure, rows: pd.DataFrame, method: str, gap: str
     x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
     captions = [run_caption(row) for row in rows.to_dict("records")]
     figure.add_scatter(
-        name=f"⚠ {methods.title(method)}: {FLAGGED_NAME}" if flagged else methods.title(method),
+        name=f"⚠ {method_title(method)}: {FLAGGED_NAME}" if flagged else method_title(method),
         x=x,
         y=y,
         mode="markers+text" if flagged else "markers",

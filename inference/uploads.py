@@ -117,7 +117,7 @@ def read_upload(path: str | Path, folder: str | Path, *, task: str, name: str | 
     frame.columns = [str(c).strip() for c in frame.columns]
     checked = check_predictions(frame, shown)
     threshold, rule = _threshold(checked)
-    test = metrics.select_split(checked, "test") if metrics.SPLIT in checked.columns else checked
+    test = metrics.select_split(checked, "test")
     verdict = guard.check(test[metrics.LABEL].to_numpy(int), test[metrics.PROB].to_numpy(float), threshold)
     run_id = _run_id(name or path.stem, path)
     target = Path(folder) / run_id
@@ -181,13 +181,13 @@ def check_predictions(frame: pd.DataFrame, name: str) -> pd.DataFrame:
         raise UploadError(f"the upload '{name}' cannot be audited: " + "; ".join(problems))
     out[metrics.LABEL] = label.astype(int)
     out[metrics.PROB] = prob.astype(float)
+    if metrics.SPLIT not in out.columns:  # without a split column every row is a test row
+        out.insert(0, metrics.SPLIT, "test")
     return out
 
 
 def _threshold(frame: pd.DataFrame) -> tuple[float, str]:
     """Youden's J on the val rows, as for FairDx runs (training.metrics.evaluate_run); 0.5 without them."""
-    if metrics.SPLIT not in frame.columns:
-        return 0.5, "default_0.5"
     val = frame[frame[metrics.SPLIT] == "val"]
     if val.empty or val[metrics.LABEL].nunique() < 2:
         return 0.5, "default_0.5"

@@ -29,6 +29,7 @@ from studio.jobs import ERR_NOT_RESUMABLE, FINAL_STATES
 from studio.settings import SIGN_IN_REQUIRED, Settings
 from tests.app_runs import DATASETS, FUNDUS_SPEC, free_port, tiny_runs
 from tests.corpus import write_corpus
+from training import metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
@@ -222,7 +223,7 @@ def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
 # ---------------------------------------------------------------------- Compare
 def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     keys = [f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")]
-    summary, groups, accuracy, margin, frontier, _notes, files = client.predict(
+    heading, versus, summary, groups, accuracy, margin, frontier, _notes, files = client.predict(
         "fundus", "race", keys, api_name="/compare"
     )
     assert [row[0].split(" ⚠ ")[0] for row in summary["data"]] == keys  # a flag may follow the run's name
@@ -245,14 +246,36 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
         "Hybrid λ=0.5 w_max=10",
         "CMAC-MMD λ=0.5",
     ]
-    assert groups["headers"] == ["Run", "Asian", "Black", "White"]
+    # these tiny runs have test groups below 30 samples, so the small-group rule leaves every gap undefined
+    assert {row[6] for row in summary["data"]} == {"–"}
+    # vs reference: the task's vanilla run by default, every other setting paired against it
+    assert heading.startswith("**vs reference: Vanilla**")
+    assert versus["headers"] == ["Setting (seeds)", "Overall accuracy", "AUC", "MaxAccGap", "ΔTPR", "Equalized odds"]
+    assert [row[0].split(" (")[0] for row in versus["data"]] == [
+        "FR λ=0.5 on race",
+        "GR w_max=10 on race",
+        "Hybrid λ=0.5 w_max=10 on race",
+        "CMAC-MMD λ=0.5 on race",
+    ]
+    assert all(" · " in cell for row in versus["data"] for cell in row[1:])
+    assert versus["data"][0][1].startswith("+0.000 [+0.000, +0.000] p=1.00 · ")  # copies of one run: no difference
+    # groups are rows, so intersections do not scroll sideways; a flagged run's column is marked ⚠
+    assert [header.removesuffix(" ⚠") for header in groups["headers"]] == ["Group", *keys]
+    assert [row[0] for row in groups["data"]] == ["Asian", "Black", "White"]
     assert all(cell.endswith(")") and "(n=" in cell for row in groups["data"] for cell in row[1:])
     assert all(json.loads(figure["plot"])["data"] for figure in (accuracy, margin, frontier))
     table = pd.read_csv(files[0])
     assert table["run"].tolist() == keys and table["accuracy"].between(0, 1).all()
     assert set(pd.read_csv(files[1])["group"]) == {"Asian", "Black", "White"}
-    intersection = client.predict("fundus", "race+gender", keys[:2], api_name="/compare")[1]
-    assert intersection["headers"][1:] == [
+    paired = pd.read_csv(files[2])
+    assert set(paired["reference"]) == {"Vanilla"} and paired["p_value"].dropna().between(0, 1).all()
+    assert set(paired["figure"]) == {"accuracy", "auc", *metrics.GAPS}
+    # another reference: the GR run; vanilla is now among the settings tested against it
+    heading, versus = client.predict("fundus", "race", keys, "fundus-gr", api_name="/compare")[:2]
+    assert heading.startswith("**vs reference: GR w_max=10 on race**")
+    assert versus["data"][0][0].startswith("Vanilla (1)")
+    intersection = client.predict("fundus", "race+gender", keys[:2], api_name="/compare")[3]
+    assert [row[0] for row in intersection["data"]] == [
         "Asian & Female",
         "Asian & Male",
         "Black & Female",

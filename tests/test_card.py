@@ -237,9 +237,10 @@ def test_per_group_tables_give_n_and_accuracy(fundus_card):
     _, evaluation, text = fundus_card
     race = evaluation["report"]["attributes"]["race"]["groups"]
     rows = table_rows(text, "| group | n | accuracy |")
-    assert set(rows) == {f"{g} (small)" if race[g]["small"] else g for g in race}
+    mark = " (left out of gaps)"  # the one small-group rule: shown with its n, left out of the gaps
+    assert set(rows) == {g if race[g]["in_gaps"] else f"{g}{mark}" for g in race}
     for group, figures in race.items():
-        cells = rows[f"{group} (small)" if figures["small"] else group]
+        cells = rows[group if figures["in_gaps"] else f"{group}{mark}"]
         assert cells[:2] == [str(figures["n"]), f"{figures['accuracy']:.3f}"]
     assert sum(int(cells[0]) for cells in rows.values()) == 160
 
@@ -302,7 +303,7 @@ def test_intersection_groups_and_pipes_are_table_safe():
     groups["odd|name"] = groups.pop("Female & 60+")
     text = card.render_card(make_config("skin", method="cmac"), evaluation)
     rows = table_rows(text, "| group | n | accuracy |")
-    assert rows["odd\\|name (small)"][0] == str(groups["odd|name"]["n"]) and len(rows) == 6
+    assert rows["odd\\|name"][0] == str(groups["odd|name"]["n"]) and len(rows) == 6
 
 
 def test_without_bootstrap_the_card_says_so():

@@ -216,17 +216,24 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
             "diagnoses); EO = equalized-odds difference, max(ΔTPR, ΔFPR); ES-AUC = AUC / (1 + Σ_s |AUC − AUC_s|)."
         ),
     ]
-    min_n = report.get("min_n")
+    gap_min_n = report.get("gap_min_n", report.get("min_n"))
+    left_out = False
     for spec, attribute in report["attributes"].items():
         lines += ["", f"### Per group: {spec}", "", "| group | n | accuracy | AUC | TPR |", "|---|---|---|---|---|"]
         for group, figures in attribute["groups"].items():
-            small = " (small)" if figures.get("small") else ""
+            excluded = not figures.get("in_gaps", not figures.get("small"))
+            left_out |= excluded
+            mark = " (left out of gaps)" if excluded else ""
             lines.append(
-                f"| {_cell(group)}{small} | {figures['n']} | {_number(figures.get('accuracy'))} | "
+                f"| {_cell(group)}{mark} | {figures['n']} | {_number(figures.get('accuracy'))} | "
                 f"{_number(figures.get('auc'))} | {_number(figures.get('tpr'))} |"
             )
-    if min_n:
-        lines += ["", f"(small) marks a group with fewer than {min_n} samples: read its figures with care."]
+    if gap_min_n and left_out:
+        lines += [
+            "",
+            f"(left out of gaps) marks a group with fewer than {gap_min_n} test samples (the small-group rule, "
+            "eval_gap_min_n): its figures are shown, but a gap between it and a large group would measure noise.",
+        ]
     return "\n".join(lines)
 
 

@@ -444,8 +444,12 @@ def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str
 
 
 def eval_attributes(cfg: TrainConfig, dataset: Dataset) -> list[str]:
-    """What eval.json reports: the training attribute(s) and every single attribute of the dataset."""
-    chosen = [cfg.attribute, cfg.cmac_attribute, *(cfg.eval_attributes or dataset.attributes)]
+    """What eval.json reports: the training attribute(s), every single attribute of the dataset and every
+    pair of them as an intersection ('race+ethnicity'), the same choices Compare offers, so a gap read
+    in Compare can be checked against the run's own eval.json."""
+    singles = list(cfg.eval_attributes or dataset.attributes)
+    pairs = [f"{a}+{b}" for i, a in enumerate(singles) for b in singles[i + 1 :] if "+" not in a + b]
+    chosen = [cfg.attribute, cfg.cmac_attribute, *singles, *pairs]
     return list(dict.fromkeys(a for a in chosen if a))
 
 
