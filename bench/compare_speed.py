@@ -12,7 +12,10 @@ times, in the same process:
   the other -- the floor any Compare implementation pays without parallelism -- with OpenBLAS's
   default thread count and with one BLAS thread (what compare_runs sets while it computes);
 - ``compare_runs uncached, 1 thread`` and ``..., N threads``: ``inference.compare_engine.compare_runs``
-  after ``clear_cache()``; the pool has one thread per core;
+  after ``clear_cache()`` without noise floors; the pool has one thread per core;
+- ``compare_runs ..., with noise floors``: each gap's noise floor (200 permutations of the group labels);
+- ``Compare refresh uncached``: what the tab computes, the comparison with noise floors then
+  ``inference.compare_stats.versus`` (every setting paired against the vanilla reference);
 - ``compare_runs cached``: the same call again (a refresh of the tab);
 - ``figures``: the three Plotly figures built from the comparison.
 
@@ -43,6 +46,7 @@ import pandas as pd
 
 from bench.common import RESULTS_DIR, environment, environment_line, markdown_table, write_result
 from inference import compare_engine as engine
+from inference import compare_stats
 from inference.compare_figures import frontier_figure, group_accuracy_figure, margin_figure
 from training import metrics
 from training.methods import BASELINE, NAMES
@@ -55,22 +59,14 @@ ETHNICITY = {"Non-Hispanic": 0.903, "Hispanic": 0.043, "Unknown": 0.054}
 GENDER = {"Female": 0.571, "Male": 0.429}
 
 
-def synthetic_predictions(rng: np.random.Generator, n: int, gap: float) -> pd.DataFrame:
-    """Test-split predictions whose race groups are harder by up to ``gap`` (noisier scores)."""
-    race = rng.choice(list(RACE), n, p=list(RACE.values()))
-    label = (rng.random(n) < 0.48).astype(int)
-    noise = 0.25 + gap * np.select([race == "Asian", race == "Black"], [1.0, 0.6], 0.0)
-    logit = (2 * label - 1) * 1.2 + rng.normal(0, 1, n) * (1 + 4 * noise)
-    prob = 1 / (1 + np.exp(-logit))
-    margin = np.where(label == 1, logit, -logit)
+def test_set(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """The test split every run is scored on: ids, labels and attributes (shared, so runs pair up)."""
     return pd.DataFrame(
         {
             "id": [f"s{i:05d}" for i in range(n)],
             "split": "test",
-            "label": label,
-            "prob": prob.round(6),
-            "margin": margin.round(6),
-            "race": race,
+            "label": (rng.random(n) < 0.48).astype(int),
+            "race": rng.choice(list(RACE), n, p=list(RACE.values())),
             "ethnicity": rng.choice(list(ETHNICITY), n, p=list(ETHNICITY.values())),
             "gender": rng.choice(list(GENDER), n, p=list(GENDER.values())),
             "age_group": rng.choice(["0-40", "40-60", "60+"], n),
@@ -78,15 +74,30 @@ def synthetic_predictions(rng: np.random.Generator, n: int, gap: float) -> pd.Da
     )
 
 
+def synthetic_predictions(rng: np.random.Generator, samples: pd.DataFrame, gap: float) -> pd.DataFrame:
+    """A run's predictions on the shared test set: race groups harder by up to ``gap`` (noisier scores)."""
+    race, label, n = samples["race"].to_numpy(), samples["label"].to_numpy(), len(samples)
+    noise = 0.25 + gap * np.select([race == "Asian", race == "Black"], [1.0, 0.6], 0.0)
+    logit = (2 * label - 1) * 1.2 + rng.normal(0, 1, n) * (1 + 4 * noise)
+    prob = 1 / (1 + np.exp(-logit))
+    margin = np.where(label == 1, logit, -logit)
+    frame = samples.copy()
+    frame.insert(3, "prob", prob.round(6))
+    frame.insert(4, "margin", margin.round(6))
+    return frame
+
+
 def build_runs(root: Path, runs: int, n: int) -> None:
-    """``runs`` complete run directories under ``root`` (placeholder adapters; eval.json without bootstrap)."""
+    """``runs`` complete run directories under ``root`` (placeholder adapters; eval.json without bootstrap),
+    all scored on one test set, as runs of one benchmark are."""
     rng = np.random.default_rng(0)
+    samples = test_set(rng, n)
     for k in range(runs):
         method = METHODS[k % len(METHODS)]
         run_id = f"fundus-{method}-{k:02d}"
         path = root / run_id
         (path / "adapter").mkdir(parents=True)
-        frame = synthetic_predictions(rng, n, gap=0.3 if method == BASELINE.name else 0.1)
+        frame = synthetic_predictions(rng, samples, gap=0.3 if method == BASELINE.name else 0.1)
         frame.to_csv(path / "predictions.csv", index=False)
         config = {
             "task": "fundus",
@@ -134,24 +145,34 @@ def measure(root: Path, attribute: str, bootstrap: int, repeat: int) -> dict[str
             frame = metrics.read_predictions(run.path / "predictions.csv")
             metrics.evaluate(frame, [attribute], bootstrap=bootstrap, split="test")
 
-    def comparison() -> engine.Comparison:
-        return engine.compare_runs(runs, attribute, bootstrap=bootstrap)
+    def comparison(permutations: int = engine.NOISE_PERMUTATIONS) -> engine.Comparison:
+        return engine.compare_runs(runs, attribute, bootstrap=bootstrap, permutations=permutations)
 
-    def with_workers(workers: int | None) -> dict[str, list[float]]:
+    def refresh() -> compare_stats.Versus:
+        """What the Compare tab computes: every run with its noise floors, then each setting vs the reference."""
+        return compare_stats.versus(comparison())
+
+    def with_workers(workers: int | None, function: Callable[[], object]) -> dict[str, list[float]]:
         engine.MAX_WORKERS = workers
         try:
-            return timed(comparison, repeat, before=engine.clear_cache)
+            return timed(function, repeat, before=engine.clear_cache)
         finally:
             engine.MAX_WORKERS = None
 
+    threads = os.cpu_count()
     timings = {"evaluate alone (serial, default BLAS threads)": timed(evaluate_alone, repeat)}
     with engine.one_blas_thread():
         timings["evaluate alone (serial, 1 BLAS thread)"] = timed(evaluate_alone, repeat)
-    timings["compare_runs uncached, 1 thread"] = with_workers(1)
-    timings[f"compare_runs uncached, {os.cpu_count()} threads"] = with_workers(None)
+    timings["compare_runs uncached, no noise floors, 1 thread"] = with_workers(1, lambda: comparison(0))
+    timings[f"compare_runs uncached, no noise floors, {threads} threads"] = with_workers(None, lambda: comparison(0))
+    timings[f"compare_runs uncached, with noise floors, {threads} threads"] = with_workers(None, comparison)
+    timings[f"Compare refresh uncached: noise floors + paired vs reference, {threads} threads"] = with_workers(
+        None, refresh
+    )
     engine.clear_cache()
     result = comparison()
     timings["compare_runs cached"] = timed(comparison, repeat)
+    timings["paired vs reference on a cached comparison"] = timed(lambda: compare_stats.versus(result), repeat)
     timings["figures (bars + frontier + violins)"] = timed(
         lambda: (group_accuracy_figure(result), frontier_figure(result), margin_figure(result)),
         repeat,

@@ -58,6 +58,7 @@ SMALLER_GAP, LARGER_GAP, NO_CHANGE = "fairer", "less fair", "no detectable chang
 LEVELLED_DOWN = "fairer only by levelling down"
 NOT_JUDGED = "not judged: degenerate model"
 NO_PAIRING = "cannot be paired with the reference: {reason}"
+NOT_PAIRED = "not paired: no test samples shared with the reference (see the notes)"
 NO_REFERENCE = "pick a reference run to compare with"
 UNKNOWN_REFERENCE = "reference '{reference}' is not among the compared runs ({runs})"
 
@@ -193,6 +194,7 @@ def versus(
             rows += _setting_rows(comparison, setting, chosen, reference, alpha, margins)
         except metrics.MetricsError as error:
             notes.append(f"{setting.caption}: " + NO_PAIRING.format(reason=error))
+            rows += _unpaired_rows(comparison, setting)
     return Versus(chosen, pd.DataFrame(rows, columns=FRAME_COLUMNS), tuple(notes), alpha, margins)
 
 
@@ -244,6 +246,25 @@ def _setting_rows(
             }
         )
     return rows
+
+
+def _unpaired_rows(comparison: Comparison, setting: Setting) -> list[dict]:
+    """A setting that shares no test samples with the reference: shown, with no difference and why."""
+    flagged = any(unreliable(comparison.results[run].row.get("flags")) for run in setting.runs)
+    return [
+        {
+            "setting": setting.caption,
+            "method": setting.method,
+            "runs": ", ".join(setting.runs),
+            "seeds": len(setting.runs),
+            "figure": figure,
+            "value": _mean_figure(comparison, setting.runs, figure),
+            "verdict": NOT_JUDGED if flagged else NOT_PAIRED,
+            "n_failed": 0,
+            "flagged": flagged,
+        }
+        for figure in FIGURES
+    ]
 
 
 def _over_seeds(rng: np.random.Generator, differences: np.ndarray) -> np.ndarray:

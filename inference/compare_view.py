@@ -44,7 +44,7 @@ SUMMARY_DIGITS = 2  # '0.81 [0.77, 0.84]': six figures with intervals fit a lapt
 SUMMARY_COLUMN_WIDTHS = ["13%", "10%", "6%", "4%"] + ["9%"] * 2 + ["12.25%"] * 4
 GROUP_COLUMN = "Group"
 LEFT_OUT = "left out of gaps"
-VERSUS_SETTING_COLUMN = "Setting (seeds)"
+VERSUS_SETTING_COLUMN = "Setting (its run, or seeds)"
 VERSUS_FIGURES = ("accuracy", "auc", "max_acc_gap", "delta_tpr", "equalized_odds")  # the CSV has every gap
 REFERENCE_AUTO = "auto: the task's Vanilla run"
 SUMMARY_LABEL = (
@@ -279,7 +279,8 @@ def versus_table(versus: compare_stats.Versus) -> pd.DataFrame:
     for setting, rows_of in versus.table.groupby("setting", sort=False):
         first = rows_of.iloc[0]
         flag = " ⚠ degenerate" if first["flagged"] else ""
-        row = {VERSUS_SETTING_COLUMN: f"{setting} ({first['seeds']}){flag}"}
+        runs = first["runs"] if first["seeds"] == 1 else f"{first['seeds']} seeds"
+        row = {VERSUS_SETTING_COLUMN: f"{setting} ({runs}){flag}"}
         for figure in VERSUS_FIGURES:
             chosen = rows_of[rows_of["figure"] == figure]
             row[_figure_title(figure)] = _versus_cell(chosen.iloc[0]) if len(chosen) else "–"

@@ -996,22 +996,7 @@ def _paired_section(evidence: Evidence) -> list[str]:
             lines += [compare_stats.NO_REFERENCE.capitalize() + ".", ""]
             continue
         captions = {", ".join(e.runs): e.caption for e in evidence.get(task, attribute)}
-        chosen = versus.reference
-        seeds = len(chosen.runs)
-        lines += [
-            (
-                f"Reference: **{captions.get(', '.join(chosen.runs), chosen.caption)}** ({', '.join(chosen.runs)}; "
-                f"{seeds} seed{'s' if seeds != 1 else ''}).{remark} Each cell is setting − reference: every seed of a "
-                f"setting is paired with the reference run of the same seed where there is one (else with {reference}), "
-                "and paired runs share the test samples (runs scored on different rows are joined by sample id), so "
-                f"the {_percent(CI_LEVEL, 0)} interval is a paired bootstrap over the seeds and the samples together "
-                f"({evidence.bootstrap} resamples) and p is two-sided. Accuracy and AUC are equivalent when the "
-                f"{_percent(1 - 2 * ALPHA, 0)} interval lies within ±{versus.margins['accuracy']:g} / "
-                f"±{versus.margins['auc']:g} (two one-sided tests); a smaller MaxAccGap or ΔTPR whose worst-off group "
-                "did not gain is levelling down. Differences are fractions (0.010 = 1 percentage point)."
-            ),
-            "",
-        ]
+        lines += [_reference_statement(evidence, versus, captions, reference) + remark, ""]
         if versus.empty:
             lines += ["No other setting to compare with the reference.", ""]
         else:
@@ -1023,6 +1008,27 @@ def _paired_section(evidence: Evidence) -> list[str]:
             ]
         lines += [*(f"- {note}" for note in versus.notes), *([""] if versus.notes else [])]
     return lines
+
+
+def _reference_statement(
+    evidence: Evidence, versus: compare_stats.Versus, captions: dict[str, str], reference: str | None
+) -> str:
+    """What the paired section compares with, and how the pairs are formed."""
+    chosen = versus.reference
+    if chosen is None:
+        return ""
+    seeds = len(chosen.runs)
+    caption = captions.get(", ".join(chosen.runs), chosen.caption)
+    return (
+        f"Reference: **{caption}** ({', '.join(chosen.runs)}; {seeds} seed{'s' if seeds != 1 else ''}). Each cell "
+        "is setting − reference: every seed of a setting is paired with the reference run of the same seed where "
+        f"there is one (else with {reference}), and paired runs share the test samples (runs scored on different "
+        f"rows are joined by sample id), so the {_percent(CI_LEVEL, 0)} interval is a paired bootstrap over the "
+        f"seeds and the samples together ({evidence.bootstrap} resamples) and p is two-sided. Accuracy and AUC are "
+        f"equivalent when the {_percent(1 - 2 * ALPHA, 0)} interval lies within ±{versus.margins['accuracy']:g} "
+        f"(accuracy) / ±{versus.margins['auc']:g} (AUC), two one-sided tests; a smaller MaxAccGap or ΔTPR whose "
+        "worst-off group did not gain is levelling down. Differences are fractions (0.010 = 1 percentage point)."
+    )
 
 
 def _section_reference(evidence: Evidence, task: str, comparison: Comparison) -> tuple[str | None, str]:

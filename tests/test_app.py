@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
 
 import app as fairdx_app
-from inference import catalog, diagnose_view
+from inference import catalog, compare_view, diagnose_view
 from inference.images import NOT_AN_IMAGE, load_image
 from inference.serving import ModelPool
 from studio import jobs_view
@@ -250,7 +250,14 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     assert {row[6] for row in summary["data"]} == {"–"}
     # vs reference: the task's vanilla run by default, every other setting paired against it
     assert heading.startswith("**vs reference: Vanilla**")
-    assert versus["headers"] == ["Setting (seeds)", "Overall accuracy", "AUC", "MaxAccGap", "ΔTPR", "Equalized odds"]
+    assert versus["headers"] == [
+        compare_view.VERSUS_SETTING_COLUMN,
+        "Overall accuracy",
+        "AUC",
+        "MaxAccGap",
+        "ΔTPR",
+        "Equalized odds",
+    ]
     assert [row[0].split(" (")[0] for row in versus["data"]] == [
         "FR λ=0.5 on race",
         "GR w_max=10 on race",
@@ -273,7 +280,7 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     # another reference: the GR run; vanilla is now among the settings tested against it
     heading, versus = client.predict("fundus", "race", keys, "fundus-gr", api_name="/compare")[:2]
     assert heading.startswith("**vs reference: GR w_max=10 on race**")
-    assert versus["data"][0][0].startswith("Vanilla (1)")
+    assert versus["data"][0][0].startswith("Vanilla (fundus-vanilla)")
     intersection = client.predict("fundus", "race+gender", keys[:2], api_name="/compare")[3]
     assert [row[0] for row in intersection["data"]] == [
         "Asian & Female",

@@ -142,12 +142,58 @@ def test_compare_shows_the_five_methods(page, shots):
     table = page.locator("#compare-table")
     for method in ("Vanilla", "FR", "GR", "Hybrid", "CMAC-MMD"):
         expect(table).to_contain_text(method, timeout=30_000)
+    expect(table).to_contain_text("· chance ")  # every gap beside its noise floor
+    # the vs-reference table: each setting paired against the task's vanilla demo, with p and a verdict
+    expect(page.locator("#compare-versus-heading")).to_contain_text("vs reference: Vanilla")
+    versus = page.locator("#compare-versus")
+    for setting in ("FR λ=0.5 on race", "GR w_max=10 on race", "Hybrid λ=0.5 w_max=10 on race"):
+        expect(versus).to_contain_text(setting)
+    expect(versus).to_contain_text(re.compile(r"p=0\.\d+ · (fairer|less fair|no detectable change)"))
     expect(page.locator("#compare-groups")).to_contain_text("(n=")
     expect(page.locator("#compare-accuracy-plot .js-plotly-plot").first).to_be_visible()
-    expect(page.locator("#compare-downloads")).to_contain_text("-runs")
+    expect(page.locator("#compare-frontier-plot")).to_contain_text("noise floor")
+    expect(page.locator("#compare-downloads")).to_contain_text("-versus")
     page.locator("#compare-report-btn").click()
     expect(page.locator("#compare-report")).to_contain_text("fairdx-report-", timeout=30_000)
     screenshot(page, shots, "3-compare")
+
+
+def test_compare_flags_a_degenerate_run_in_the_tables_and_the_frontier(page, shots):
+    # The user's tiny fundus-gr run (one epoch on 32 images) is near-constant: the guard flags it.
+    open_tab(page, "Compare")
+    page.locator("#compare-runs label").filter(has_text="fundus-gr · GR").click()
+    page.locator("#compare-btn").click()
+    expect(page.locator("#compare-table")).to_contain_text("fundus-gr ⚠ degenerate", timeout=30_000)
+    expect(page.locator("#compare-versus")).to_contain_text("not judged: degenerate model")
+    expect(page.locator("#compare-groups")).to_contain_text("fundus-gr ⚠")
+    expect(page.locator("#compare-frontier-plot")).to_contain_text("⚠ GR: ⚠ flagged run")
+    screenshot(page, shots, "3b-compare-flagged")
+    page.locator("#compare-runs label").filter(has_text="fundus-gr · GR").click()
+
+
+def test_compare_audits_an_uploaded_predictions_csv(page, shots, tmp_path):
+    import pandas as pd
+
+    from training import rundir
+
+    frame = pd.read_csv(rundir.DEMO_RUNS_DIR / "fundus-vanilla" / rundir.PREDICTIONS)
+    broken = tmp_path / "broken.csv"
+    frame.drop(columns=["prob"]).to_csv(broken, index=False)
+    model = tmp_path / "their-model.csv"
+    frame.assign(prob=frame["prob"].pow(0.6)).drop(columns=["margin"]).to_csv(model, index=False)
+    open_tab(page, "Compare")
+    page.locator("#compare-upload-box").get_by_text("Audit any model").click()
+    upload = page.locator("#compare-upload input[type=file]")
+    upload.set_input_files(str(broken))
+    expect(page.locator("#compare-upload-status")).to_contain_text("Upload refused", timeout=30_000)
+    expect(page.locator("#compare-upload-status")).to_contain_text("has no column 'prob'")
+    page.locator("#compare-upload button[aria-label='Clear']").first.click()
+    upload.set_input_files(str(model))
+    expect(page.locator("#compare-upload-status")).to_contain_text("added", timeout=30_000)
+    expect(page.locator("#compare-table")).to_contain_text("Uploaded model", timeout=30_000)
+    expect(page.locator("#compare-versus")).to_contain_text("their-model-")
+    expect(page.locator("#compare-groups")).to_contain_text("(uploaded)")
+    screenshot(page, shots, "3c-compare-uploaded")
 
 
 def test_studio_job_runs_to_the_end_and_its_adapter_is_offered(page, shots):

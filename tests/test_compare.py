@@ -540,7 +540,8 @@ def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     assert figure.layout.yaxis.title.text == "AUC (95% bootstrap interval)"
     # bounded by the metric's range, legend below the plot, no overlapping text labels
     low, high = figure.layout.xaxis.range
-    assert 0 <= low <= comparison.table["max_acc_gap_lo"].min() and comparison.table["max_acc_gap_hi"].max() <= high <= 1
+    assert 0 <= low <= comparison.table["max_acc_gap_lo"].min()
+    assert comparison.table["max_acc_gap_hi"].max() <= high <= 1
     assert figure.layout.legend.orientation == "h" and all(trace.mode == "markers" for trace in figure.data)
     floor = comparison.table["max_acc_gap_floor"].mean()
     assert [shape.x0 for shape in figure.layout.shapes] == [pytest.approx(floor)]  # the noise-floor line

@@ -231,8 +231,10 @@ def _fairness(report: dict[str, Any], split: str | None) -> str:
     if gap_min_n and left_out:
         lines += [
             "",
-            f"(left out of gaps) marks a group with fewer than {gap_min_n} test samples (the small-group rule, "
-            "eval_gap_min_n): its figures are shown, but a gap between it and a large group would measure noise.",
+            (
+                f"(left out of gaps) marks a group with fewer than {gap_min_n} test samples (the small-group rule, "
+                "eval_gap_min_n): its figures are shown, but a gap between it and a large group would measure noise."
+            ),
         ]
     return "\n".join(lines)
 
