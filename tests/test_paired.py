@@ -72,6 +72,23 @@ def test_a_true_gap_reduction_of_0_2_is_found():
     assert np.mean(found) >= 0.80, np.mean(found)
 
 
+def test_paired_intervals_cover_the_true_difference_95_percent_of_the_time():
+    # Known truth: MaxAccGap 0.10 against 0.30 (a difference of −0.20), accuracy 0.80 against 0.75 (+0.05).
+    rng = np.random.default_rng(2)
+    gap_hits, accuracy_hits = [], []
+    for draw in range(200):
+        run, reference = pair(rng, make_test_set(rng), {"A": 0.85, "B": 0.75}, {"A": 0.90, "B": 0.60})
+        result = paired.paired_comparison(run, reference, ["group"], bootstrap=200, seed=draw)
+        low, high = result["group"]["max_acc_gap"]["ci"]
+        gap_hits.append(low <= -0.20 <= high)
+        low, high = result["overall"]["accuracy"]["ci"]
+        accuracy_hits.append(low <= 0.05 <= high)
+    assert 0.90 <= np.mean(gap_hits) <= 0.99 and 0.90 <= np.mean(accuracy_hits) <= 0.99, (
+        np.mean(gap_hits),
+        np.mean(accuracy_hits),
+    )
+
+
 def test_the_noise_floor_p_value_is_uniform_when_groups_do_not_differ():
     rng = np.random.default_rng(2)
     p_values, expected = [], []
@@ -163,6 +180,9 @@ def test_cli_json_holds_paired_and_noise_floor(tmp_path, capsys):
     )
     assert set(group["noise_floor"]["max_acc_gap"]) >= {"expected", "p_value"}
     assert report["paired"]["n_shared"] == 2 * N_PER_GROUP and "accuracy" in report["paired"]
+    equivalence = report["paired"]["equivalence"]["accuracy"]
+    assert equivalence["margin"] == paired.EQUIVALENCE_MARGINS["accuracy"] and equivalence["equivalent"] is False
+    assert equivalence["ci"][1] > 0.01  # the run is ~5 points more accurate: not "equivalent within 1 point"
 
 
 def test_runs_scored_on_other_samples_are_refused(tmp_path):

@@ -1,8 +1,10 @@
 """``python -m training.metrics PRED.csv --attribute A [--reference REF.csv] [--permutations P] --json``.
 
 Per-group figures and gaps of a predictions.csv (``training.metrics.evaluate``); with ``--reference``
-a paired comparison against a second run on the samples both scored, and with ``--permutations`` each
-gap's noise floor (``training.metrics.paired``).
+a paired comparison against a second run on the samples both scored (with an equivalence test of
+accuracy and AUC against ``--margin-accuracy`` / ``--margin-auc``), and with ``--permutations`` each
+gap's noise floor (``training.metrics.paired``). A ``cluster`` column in the predictions (or
+``--cluster-column``) resamples and permutes whole clusters.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="resample and permute whole clusters of this column (e.g. lesion_id: a lesion's images stay together)",
     )
+    for figure, margin in paired.EQUIVALENCE_MARGINS.items():
+        parser.add_argument(
+            f"--margin-{figure}",
+            type=float,
+            default=margin,
+            help=f"with --reference: the equivalence margin for {figure} (two one-sided tests; default {margin:g})",
+        )
     parser.add_argument(
         "--permutations",
         type=int,
@@ -112,7 +121,23 @@ def _add_audit_statistics(report: dict, args: argparse.Namespace) -> None:
             level=args.ci,
             gap_min_n=args.gap_min_n,
         )
-        report["paired"] = {"reference": str(args.reference), "n_shared": len(run), **result.pop("overall")}
+        equivalence = paired.equivalent(
+            run,
+            reference,
+            threshold=args.threshold,
+            reference_threshold=args.reference_threshold,
+            margins={figure: getattr(args, f"margin_{figure}") for figure in paired.EQUIVALENCE_MARGINS},
+            alpha=(1 - args.ci) / 2,
+            bootstrap=args.bootstrap or 1000,
+            seed=args.seed,
+            cluster_column=args.cluster_column,
+        )
+        report["paired"] = {
+            "reference": str(args.reference),
+            "n_shared": len(run),
+            **result.pop("overall"),
+            "equivalence": equivalence,
+        }
         for spec, figures in result.items():
             report["attributes"][spec]["paired"] = figures
 
