@@ -110,6 +110,18 @@ FRAME_COLUMNS = [
 ]
 
 
+NUMBER_COLUMNS = (
+    "value",
+    "reference_value",
+    "difference",
+    "ci_lo",
+    "ci_hi",
+    "p_value",
+    "equivalence_lo",
+    "equivalence_hi",
+)  # the float columns of Versus.table (NaN where undefined)
+
+
 def setting_key(run: Source) -> tuple:
     """What makes two runs the same setting: everything but the seed (λ and w_max only where used)."""
     described = run_description(run)

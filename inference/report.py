@@ -369,16 +369,7 @@ def paired_row(
     if chosen.empty:
         return None, versus
     row: dict[str, Any] = {str(name): value for name, value in chosen.iloc[0].items()}
-    for name in (
-        "value",
-        "reference_value",
-        "difference",
-        "ci_lo",
-        "ci_hi",
-        "p_value",
-        "equivalence_lo",
-        "equivalence_hi",
-    ):
+    for name in compare_stats.NUMBER_COLUMNS:
         row[name] = as_float(row[name])
     equivalent = row["equivalent"]
     row["equivalent"] = None if equivalent is None or equivalent != equivalent else bool(equivalent)  # NaN: None
