@@ -163,6 +163,18 @@ def test_ece_matches_loop_reference(seed):
     assert evaluate(df, ["g"])["overall"]["ece"] == pytest.approx(reference_ece(label, prob), abs=1e-12)
 
 
+def test_each_group_has_its_own_ece():
+    rng = np.random.default_rng(4)
+    label = rng.integers(0, 2, 600)
+    group = np.repeat(["calibrated", "overconfident"], 300)
+    prob = np.where(group == "calibrated", rng.random(600), np.where(label == 1, 0.99, 0.01))
+    df = pd.DataFrame({"label": label, "prob": prob, "g": group})
+    groups = evaluate(df, ["g"])["attributes"]["g"]["groups"]
+    for name in ("calibrated", "overconfident"):
+        mine = group == name
+        assert groups[name]["ece"] == pytest.approx(reference_ece(label[mine], prob[mine]), abs=1e-12)
+
+
 def test_ece_of_perfectly_calibrated_bins_is_zero_and_of_overconfidence_is_the_gap():
     prob = np.array([0.8] * 10)
     assert metrics.expected_calibration_error(np.array([1] * 8 + [0] * 2), prob) == pytest.approx(0.0)

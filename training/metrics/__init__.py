@@ -109,7 +109,7 @@ class GroupReport:
     """Per-group metrics of one attribute (or intersection), in the manner of fairlearn's MetricFrame.
 
     ``by_group`` has one row per group (sorted by name) and columns n, n_pos, accuracy, auc, tpr, fpr,
-    selection_rate, [mean_margin], small, in_gaps; NaN marks an undefined figure. ``overall`` holds the same
+    selection_rate, [mean_margin], ece, small, in_gaps; NaN marks an undefined figure. ``overall`` holds the same
     figures over all rows plus ``ece``. ``gaps`` maps each name in ``GAPS`` to a float or None.
     """
 
@@ -554,6 +554,12 @@ def _group_report(preds: _Predictions, part: _Partition, overall: dict, min_n: i
     by_group[["n", "n_pos"]] = by_group[["n", "n_pos"]].astype(int)
     if preds.margin is not None:
         by_group["mean_margin"] = np.bincount(part.codes, weights=preds.margin) / by_group["n"].to_numpy()
+    # calibration per group (Guo et al.'s ECE on the group's rows): a model can rank every group well and
+    # still be over-confident for one of them
+    by_group["ece"] = [
+        expected_calibration_error(preds.label[part.codes == g], preds.prob[part.codes == g])
+        for g in range(len(part.names))
+    ]
     by_group["small"] = by_group["n"] < min_n
     by_group["in_gaps"] = by_group["n"] >= gap_min_n
     for name, row in by_group.iterrows():

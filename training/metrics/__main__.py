@@ -3,8 +3,9 @@
 Per-group figures and gaps of a predictions.csv (``training.metrics.evaluate``); with ``--reference``
 a paired comparison against a second run on the samples both scored (with an equivalence test of
 accuracy and AUC against ``--margin-accuracy`` / ``--margin-auc``), and with ``--permutations`` each
-gap's noise floor (``training.metrics.paired``). A ``cluster`` column in the predictions (or
-``--cluster-column``) resamples and permutes whole clusters.
+gap's noise floor (``training.metrics.paired``); ``--operating-point`` chooses the decision point
+on the val rows and reports the test rows at it (``training.metrics.operating``). A ``cluster``
+column in the predictions (or ``--cluster-column``) resamples and permutes whole clusters.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from training.metrics import GAP_MIN_N, MetricsError, evaluate, format_report, paired, read_predictions, select_split
+from training.metrics import (
+    GAP_MIN_N,
+    MetricsError,
+    evaluate,
+    format_report,
+    operating,
+    paired,
+    read_predictions,
+    select_split,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="permutations of the group labels for each "
         "gap's noise floor (0: none; 200 is plenty for p-values down to 0.005)",
     )
+    parser.add_argument(
+        "--operating-point",
+        default=None,
+        help="choose the decision point on the val rows and report the test rows at it: youden, sens=0.9, "
+        "spec=0.9, or equal-tpr[=target] (one deterministic threshold per group of each attribute)",
+    )
     args = parser.parse_args(argv)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -82,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 split=args.split,
             )
             _add_audit_statistics(report, args)
+            _add_operating_point(report, args)
         except MetricsError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -89,6 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning.message}", file=sys.stderr)
     print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_report(report))
     return 0
+
+
+def _add_operating_point(report: dict, args: argparse.Namespace) -> None:
+    """Per attribute, ``operating_point``: the threshold(s) chosen on val and the test figures at it."""
+    if not args.operating_point:
+        return
+    point = operating.parse(args.operating_point)
+    frame = read_predictions(args.predictions)  # every split: the point is chosen on val, reported on test
+    for spec in report["attributes"]:
+        report["attributes"][spec]["operating_point"] = operating.at_operating_point(frame, spec, point)
 
 
 def _add_audit_statistics(report: dict, args: argparse.Namespace) -> None:
