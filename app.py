@@ -186,6 +186,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 view.accuracy_figure,
                 view.margin_figure,
                 view.frontier_figure,
+                view.calibration_figure,
+                view.config_diff,
                 view.notes,
                 files,
             )
@@ -198,6 +200,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             cp.accuracy,
             cp.margin,
             cp.frontier,
+            cp.calibration,
+            cp.config_diff,
             cp.notes,
             cp.downloads,
         ]
@@ -428,6 +432,14 @@ def _compare_tab(all_runs):
         accuracy = gr.Plot(label="Accuracy per group", elem_id="compare-accuracy-plot")
         frontier = gr.Plot(label="Accuracy vs MaxAccGap", elem_id="compare-frontier-plot")
     margin = gr.Plot(label="Certainty margins", elem_id="compare-margin-plot")
+    with gr.Accordion("Calibration and ROC per group", open=False):
+        calibration = gr.Plot(label="Reliability and ROC per group", elem_id="compare-calibration-plot")
+    config_diff = gr.Dataframe(
+        label="What differs between the selected runs (only the settings that differ)",
+        interactive=False,
+        wrap=True,
+        elem_id="compare-config-diff",
+    )
     with gr.Row():
         downloads = gr.File(
             label="CSV export (runs table, per-group table, paired comparisons)",
@@ -460,6 +472,8 @@ def _compare_tab(all_runs):
         accuracy,
         margin,
         frontier,
+        calibration,
+        config_diff,
         notes,
         downloads,
         report_button,
@@ -483,6 +497,8 @@ class CompareParts:
     accuracy: Any
     margin: Any
     frontier: Any
+    calibration: Any
+    config_diff: Any
     notes: Any
     downloads: Any
     report_button: Any

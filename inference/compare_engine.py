@@ -12,8 +12,9 @@ user's run with a demo's id stays apart from the demo.
   score interval, TPR, FPR, AUC, mean margin. evaluate's bootstrap gives intervals for the gaps
   only, so a group's accuracy interval is the Wilson interval of ``correct`` out of ``n`` at the same
   level (a binomial interval that stays inside [0, 1] and behaves at small n, unlike the normal one).
-- ``Comparison.margins`` the certainty margin of every sample with its group, for CMAC-MMD's
-  certainty distributions (margin < 0 means misclassified).
+- ``Comparison.margins`` every sample with its group, label, probability and certainty margin, for
+  CMAC-MMD's certainty distributions (margin < 0 means misclassified; NaN when a run has no margins)
+  and the per-group calibration and ROC curves.
 
 ``attribute`` is a column or an intersection ``"a+b"`` (groups ``"A & B"``, as the loaders spell them).
 A run whose predictions cannot give the attribute (column missing, no rows for the split, a bad
@@ -333,7 +334,7 @@ def evaluate_run(
         notes = (ONE_CLASS.format(run=run.label(), label=label, split=split), *notes)
     if floor_note:
         notes += (floor_note,)
-    if margins.empty:
+    if metrics.MARGIN not in frame.columns:
         notes += (NO_MARGINS.format(run=run.label()),)
     return RunResult(run.label(), row, groups, margins, report, notes, None, replicates, _alignment(frame), run)
 
@@ -465,6 +466,7 @@ def _group_frame(run: Source, attribute_report: dict) -> pd.DataFrame:
                 "fpr": figures["fpr"],
                 "auc": figures["auc"],
                 "mean_margin": figures.get("mean_margin"),
+                "ece": figures.get("ece"),
                 "small": not figures["in_gaps"],  # the one small-group rule: shown, left out of the gaps
                 "unreliable": run.degenerate,  # a degenerate model's group AUCs are noise around 0.5
                 "excluded": None if figures["in_gaps"] else LEFT_OUT_REASON.format(min_n=min_n),
@@ -474,18 +476,23 @@ def _group_frame(run: Source, attribute_report: dict) -> pd.DataFrame:
 
 
 def _margin_frame(run: Source, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    if metrics.MARGIN not in frame.columns:
-        return pd.DataFrame()
+    """One row per sample: its group, label, probability and certainty margin (NaN when the run has none)."""
     group = frame[columns[0]].astype(str)
     for column in columns[1:]:
         group = group + metrics.GROUP_JOINER + frame[column].astype(str)
+    margin = (
+        pd.to_numeric(frame[metrics.MARGIN]).to_numpy(float)
+        if metrics.MARGIN in frame.columns
+        else np.full(len(frame), np.nan)
+    )
     return pd.DataFrame(
         {
             "run": run.label(),
             "method": run.method,
             "group": group.to_numpy(),
             "label": pd.to_numeric(frame[metrics.LABEL]).to_numpy(int),
-            "margin": pd.to_numeric(frame[metrics.MARGIN]).to_numpy(float),
+            "prob": pd.to_numeric(frame[metrics.PROB]).to_numpy(float),
+            "margin": margin,
         }
     )
 
@@ -543,11 +550,12 @@ GROUP_COLUMNS = [
     "fpr",
     "auc",
     "mean_margin",
+    "ece",
     "small",
     "unreliable",
     "excluded",
 ]
-MARGIN_COLUMNS = ["run", "method", "group", "label", "margin"]
+MARGIN_COLUMNS = ["run", "method", "group", "label", "prob", "margin"]
 
 
 def table_columns() -> list[str]:

@@ -3,7 +3,8 @@
 - ``group_accuracy_figure``  accuracy per group, one bar per run, Wilson intervals as error bars;
 - ``margin_figure``          certainty-margin distributions per group (CMAC-MMD's "certainty gap" view),
                              as violins or Gaussian KDE curves;
-- ``frontier_figure``        overall accuracy (or AUC) against a gap, one trace per method.
+- ``frontier_figure``        overall accuracy (or AUC) against a gap, one trace per method;
+- ``calibration_figure``     per run, reliability diagram and ROC curve per group (ECE and AUC per group).
 
 Every figure lists the methods in the registry's order (``training.methods``) and colours each by its
 ``Method.colour``; a figure with nothing to show says why instead of drawing empty axes.
@@ -136,7 +137,7 @@ def margin_figure(
         raise CompareError(UNKNOWN_CHOICE.format(name="label", choices="None, 0, 1", value=label))
     who = {None: "all samples", 1: "positives (label 1)", 0: "negatives (label 0)"}[label]
     title = f"Certainty margin per {comparison.attribute} group, {who}"
-    margins = comparison.margins
+    margins = comparison.margins.dropna(subset=["margin"])
     if runs is not None:
         margins = margins[margins["run"].isin(list(runs))]
     if label is not None:
@@ -225,6 +226,101 @@ def _group_palette(groups: list[str]) -> dict[str, str]:
 
     colors = px.colors.qualitative.Safe + px.colors.qualitative.Dark24
     return {group: colors[i % len(colors)] for i, group in enumerate(groups)}
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration_figure(comparison: Comparison, *, max_runs: int = 6) -> go.Figure:
+    """Per run, two panels: reliability per group (mean predicted probability against the observed share of
+    positives in 10 equal-width bins; the diagonal is perfect calibration; ECE of Guo et al. in the legend)
+    and the ROC curve per group (sklearn's roc_curve; AUC in the legend). A model can rank every group well
+    and still be over-confident for one of them, or equally calibrated and rank one group at chance."""
+    from sklearn.metrics import roc_curve
+
+    title = f"Calibration and ROC per {comparison.attribute} group ({comparison.split} split)"
+    samples = comparison.margins
+    if comparison.empty or samples.empty:
+        return _empty_figure(title, _empty_reason(comparison) if comparison.empty else "no predictions")
+    captions = {row["run"]: run_caption(row) for row in comparison.table.to_dict("records")}
+    order = [run for run in _in_method_order(comparison.table)["run"] if run in set(samples["run"])][:max_runs]
+    groups = sorted(samples["group"].unique())
+    palette = _group_palette(groups)
+    ece = comparison.groups.set_index(["run", "group"])["ece"]
+    auc = comparison.groups.set_index(["run", "group"])["auc"]
+    titles = [text for run in order for text in (f"{captions[run]}: reliability", f"{captions[run]}: ROC")]
+    figure = make_subplots(rows=len(order), cols=2, subplot_titles=titles, vertical_spacing=0.3 / max(1, len(order)))
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    for panel, run in enumerate(order, start=1):
+        mine = samples[samples["run"] == run]
+        for group in groups:
+            chosen = mine[mine["group"] == group]
+            if chosen.empty:
+                continue
+            prob, label = chosen["prob"].to_numpy(float), chosen["label"].to_numpy(int)
+            bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, CALIBRATION_BINS - 1)
+            counts = np.bincount(bins, minlength=CALIBRATION_BINS)
+            filled = counts > 0
+            mean_prob = np.bincount(bins, weights=prob, minlength=CALIBRATION_BINS)[filled] / counts[filled]
+            observed = np.bincount(bins, weights=label, minlength=CALIBRATION_BINS)[filled] / counts[filled]
+            group_ece, group_auc = ece.get((run, group)), auc.get((run, group))
+            figure.add_scatter(
+                x=mean_prob,
+                y=observed,
+                mode="lines+markers",
+                name=group,
+                legendgroup=group,
+                showlegend=panel == 1,
+                line={"color": palette[group]},
+                customdata=counts[filled],
+                hovertemplate=(
+                    f"{group} (ECE {_maybe(group_ece)})<br>predicted %{{x:.2f}}, observed %{{y:.2f}}"
+                    "<br>%{customdata} samples<extra></extra>"
+                ),
+                row=panel,
+                col=1,
+            )
+            if len(np.unique(label)) == 2:
+                fpr, tpr, _ = roc_curve(label, prob)
+                figure.add_scatter(
+                    x=fpr,
+                    y=tpr,
+                    mode="lines",
+                    name=group,
+                    legendgroup=group,
+                    showlegend=False,
+                    line={"color": palette[group]},
+                    hovertemplate=f"{group} (AUC {_maybe(group_auc)})<br>FPR %{{x:.2f}}, TPR %{{y:.2f}}<extra></extra>",
+                    row=panel,
+                    col=2,
+                )
+        for col in (1, 2):
+            figure.add_scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                line={"dash": "dot", "color": "grey"},
+                showlegend=False,
+                hoverinfo="skip",
+                row=panel,
+                col=col,
+            )
+        figure.update_xaxes(range=[0, 1], row=panel, col=1, title_text="predicted probability")
+        figure.update_yaxes(range=[0, 1], row=panel, col=1, title_text="observed share positive")
+        figure.update_xaxes(range=[0, 1], row=panel, col=2, title_text="false-positive rate")
+        figure.update_yaxes(range=[0, 1], row=panel, col=2, title_text="true-positive rate")
+    figure.update_layout(
+        title=title,
+        height=max(420, 300 * len(order)),
+        legend_title=f"{comparison.attribute} group",
+        legend=LEGEND_BELOW,
+        template="plotly_white",
+    )
+    return figure
+
+
+def _maybe(value) -> str:
+    return "–" if value is None or value != value else f"{float(value):.3f}"
 
 
 def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric: str = "accuracy") -> go.Figure:

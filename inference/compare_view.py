@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -27,12 +29,13 @@ from inference import compare_stats
 from inference.catalog import find_run, of_task, run_choices, run_key
 from inference.compare_engine import NO_RUNS, Comparison, Source, compare_runs, unreliable
 from inference.compare_export import COLUMN_TITLES, GAP_TITLES, OVERALL_TITLES, display_table, format_interval, to_csv
-from inference.compare_figures import frontier_figure, group_accuracy_figure, margin_figure
+from inference.compare_figures import calibration_figure, frontier_figure, group_accuracy_figure, margin_figure
 from inference.diagnose_view import check_task
 from inference.report import build_report
 from inference.uploads import METHOD_TITLE as UPLOADED_TITLE
 from inference.uploads import UploadedRun, read_upload
 from training import metrics
+from training.config import BOOKKEEPING_KEYS
 from training.data import ATTRIBUTE_JOINER, GROUP_JOINER
 from training.rundir import RunInfo
 
@@ -197,6 +200,8 @@ class CompareView:
     accuracy_figure: go.Figure
     margin_figure: go.Figure
     frontier_figure: go.Figure
+    calibration_figure: go.Figure
+    config_diff: pd.DataFrame  # the settings that differ between the runs
     notes: str
     comparison: Comparison
     paired: compare_stats.Versus
@@ -215,10 +220,46 @@ def show(runs: Sequence[Source], attribute: str, *, bootstrap: int, reference: s
         accuracy_figure=group_accuracy_figure(comparison),
         margin_figure=margin_figure(comparison),
         frontier_figure=frontier_figure(comparison),
+        calibration_figure=calibration_figure(comparison),
+        config_diff=config_diff(runs),
         notes=notes_markdown(comparison, versus),
         comparison=comparison,
         paired=versus,
     )
+
+
+DIFF_FIELD_COLUMN = "Setting"
+NO_DIFFERENCE = "The selected runs share every setting except those shown in the table (none differ)."
+NOT_USED = "– (not used)"
+
+
+def config_diff(runs: Sequence[Source]) -> pd.DataFrame:
+    """What differs between the selected runs: one row per config field whose value is not the same for
+    all of them (λ and w_max only where the method uses them), one column per run; an uploaded model
+    has no config ('–')."""
+    values: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if not isinstance(run, RunInfo):
+            values[run.label()] = {}
+            continue
+        cfg, objective = run.settings, run.settings.objective
+        fields = {k: v for k, v in cfg.model_dump().items() if k not in BOOKKEEPING_KEYS}
+        fields["lam"] = cfg.lam if objective.uses_lambda else NOT_USED
+        fields["w_max"] = cfg.w_max if objective.uses_w_max else NOT_USED
+        values[run.label()] = fields
+    names = list(dict.fromkeys(name for fields in values.values() for name in fields))
+    rows = []
+    for name in names:
+        cells = [values[label].get(name, "–") for label in values]
+        if len({json.dumps(cell, sort_keys=True, default=str) for cell in cells}) > 1:
+            rows.append(
+                {DIFF_FIELD_COLUMN: name, **{label: _shown(cell) for label, cell in zip(values, cells, strict=True)}}
+            )
+    return pd.DataFrame(rows, columns=[DIFF_FIELD_COLUMN, *values])
+
+
+def _shown(value: Any) -> str:
+    return "–" if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def reference_choices(keys: Sequence[str] | None) -> list[str]:

@@ -223,7 +223,7 @@ def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
 # ---------------------------------------------------------------------- Compare
 def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     keys = [f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")]
-    heading, versus, summary, groups, accuracy, margin, frontier, _notes, files = client.predict(
+    heading, versus, summary, groups, accuracy, margin, frontier, calibration, diff, _notes, files = client.predict(
         "fundus", "race", keys, api_name="/compare"
     )
     assert [row[0].split(" ⚠ ")[0] for row in summary["data"]] == keys  # a flag may follow the run's name
@@ -270,7 +270,9 @@ def test_compare_returns_the_tables_figures_and_csv_of_the_runs(client):
     assert [header.removesuffix(" ⚠") for header in groups["headers"]] == ["Group", *keys]
     assert [row[0] for row in groups["data"]] == ["Asian", "Black", "White"]
     assert all(cell.endswith(")") and "(n=" in cell for row in groups["data"] for cell in row[1:])
-    assert all(json.loads(figure["plot"])["data"] for figure in (accuracy, margin, frontier))
+    assert all(json.loads(figure["plot"])["data"] for figure in (accuracy, margin, frontier, calibration))
+    # what differs between the runs: the method (and λ, w_max where a method uses them), nothing else
+    assert diff["headers"] == ["Setting", *keys] and [row[0] for row in diff["data"]] == ["method", "lam", "w_max"]
     table = pd.read_csv(files[0])
     assert table["run"].tolist() == keys and table["accuracy"].between(0, 1).all()
     assert set(pd.read_csv(files[1])["group"]) == {"Asian", "Black", "White"}

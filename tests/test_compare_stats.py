@@ -200,3 +200,34 @@ def test_noise_floor_is_in_the_row_and_equals_the_permutation_test():
     for gap in metrics.GAPS:
         assert shown[f"{gap}_floor"] == pytest.approx(expected[gap]["expected"])
         assert shown[f"{gap}_floor_p"] == pytest.approx(expected[gap]["p_value"])
+
+
+def test_calibration_and_roc_per_group_use_each_groups_own_figures():
+    from inference.compare_figures import calibration_figure
+
+    runs = [demo("fundus-vanilla"), demo("fundus-gr")]
+    comparison = compare_runs(runs, "race", bootstrap=0, permutations=0)
+    figure = calibration_figure(comparison)
+    groups = comparison.groups.set_index(["run", "group"])
+    reliability = [t for t in figure.data if t.mode == "lines+markers"]
+    roc = [t for t in figure.data if t.mode == "lines" and t.name in {"Asian", "Black", "White"}]
+    assert len(reliability) == len(roc) == 6  # 2 runs × 3 groups, in each panel kind
+    for trace in reliability:
+        assert 0 <= min(trace.x) and max(trace.x) <= 1 and sum(trace.customdata) > 0
+    first = reliability[0]
+    ece = groups.loc[(runs[0].label(), first.name), "ece"]
+    assert f"ECE {ece:.3f}" in first.hovertemplate
+    own = runs[0].eval()["report"]["attributes"]["race"]["groups"][first.name]["ece"]
+    assert ece == pytest.approx(own, abs=1e-9)  # the same figure as the run's eval.json
+
+
+def test_the_config_diff_lists_only_what_differs(tmp_path):
+    from inference import compare_view
+
+    vanilla = demo("fundus-vanilla")
+    longer = copy_run(vanilla, tmp_path, "fundus-longer", epochs=6)
+    diff = compare_view.config_diff([vanilla, longer])
+    assert diff.columns.tolist() == ["Setting", vanilla.label(), longer.label()]
+    assert diff["Setting"].tolist() == ["epochs"] and diff.iloc[0, 1:].tolist() == ["4", "6"]
+    with_gr = compare_view.config_diff([vanilla, demo("fundus-gr")])
+    assert with_gr.set_index("Setting").loc["w_max"].tolist() == [compare_view.NOT_USED, "10.0"]
