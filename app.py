@@ -127,7 +127,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         runs_seen = gr.State(())
 
         # ------------------------------------------------------------------ Diagnose
-        image, task, adapter, button, label, summary, details = diagnose_parts
+        image, task, adapter, button, label, summary, details, all_button, agreement, every = diagnose_parts
 
         @guarded
         def diagnose(image, task: str, adapter: str):
@@ -146,6 +146,17 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         button.click(check_diagnose, [image, task, adapter], None, api_visibility="private").success(
             diagnose, [image, task, adapter], [label, summary, details], api_name="diagnose", concurrency_limit=2
         )
+
+        @guarded
+        def diagnose_all(image, task: str):
+            """Every adapter of the task on one image (API /diagnose_all): which objective changes the decision."""
+            image = diagnose_view.check_image(image)
+            chosen = diagnose_view.task_adapters(runs(), task)
+            results = [(pool.predict(image, run), run) for run in chosen]
+            return diagnose_view.agreement(results), diagnose_view.all_adapters_table(results)
+
+        all_button.click(diagnose_all, [image, task], [agreement, every], api_name="diagnose_all", concurrency_limit=1)
+        image.change(lambda: ("", None), None, [agreement, every], api_visibility="private", show_progress="hidden")
         for changed in (image.change, adapter.change):  # an old result never sits next to a new image
             changed(clear_result, None, [label, summary, details], api_visibility="private", show_progress="hidden")
 
@@ -346,12 +357,22 @@ def _diagnose_tab(all_runs, settings: Settings):
                 allow_custom_value=True,
                 elem_id="diagnose-adapter",
             )
-            button = gr.Button("Diagnose", variant="primary", elem_id="diagnose-btn")
+            with gr.Row():
+                button = gr.Button("Diagnose", variant="primary", elem_id="diagnose-btn")
+                all_button = gr.Button("Every adapter on this image", elem_id="diagnose-all-btn")
         with gr.Column(scale=1):
             label = gr.Label(num_top_classes=2, label="Diagnosis", elem_id="diagnose-label")
             summary = gr.Markdown(elem_id="diagnose-summary")
             with gr.Accordion("Details (JSON)", open=False):
                 details = gr.JSON(elem_id="diagnose-details", show_label=False)
+    agreement = gr.Markdown(elem_id="diagnose-all-agreement")
+    every = gr.Dataframe(
+        headers=diagnose_view.ALL_COLUMNS,
+        label="Every adapter of the task on this image, with its own validated test figures",
+        interactive=False,
+        wrap=True,
+        elem_id="diagnose-all-table",
+    )
     rows, labels = diagnose_view.example_rows()
     if rows:
         gr.Examples(
@@ -362,7 +383,7 @@ def _diagnose_tab(all_runs, settings: Settings):
             api_visibility="private",
             elem_id="diagnose-examples",
         )
-    return image, task, adapter, button, label, summary, details
+    return image, task, adapter, button, label, summary, details, all_button, agreement, every
 
 
 def _compare_tab(all_runs):

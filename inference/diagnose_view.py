@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from PIL import Image
 
 from inference.catalog import find_run, of_task, run_choices, run_key
@@ -114,6 +115,100 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
         "guard_reasons": run.guard_reasons,
     }
     return DiagnosisView(confidences, summary, details)
+
+
+ALL_COLUMNS = [
+    "Adapter",
+    "Answer (argmax)",
+    "P(positive)",
+    "Certainty margin",
+    "At its validated threshold",
+    "Test sensitivity",
+    "Test specificity",
+    "Worst-group accuracy",
+    "Flags",
+]
+NO_ADAPTERS = "no complete runs of task {task} to diagnose with; train one in the Studio"
+
+
+def validated_figures(run: RunInfo) -> dict[str, Any]:
+    """A run's own test figures from its eval.json, at the threshold it chose on validation: sensitivity
+    (TPR), specificity (1 − FPR) and the worst-off group's accuracy on the attribute it was trained on
+    (the groups that enter its gaps); None where eval.json lacks them."""
+    report = run.evaluation
+    overall = report.get("overall") or {}
+    tpr, fpr = overall.get("tpr"), overall.get("fpr")
+    attribute = run.settings.fairness_attribute or run.settings.attribute
+    groups = ((report.get("attributes") or {}).get(attribute) or {}).get("groups") or {}
+    accuracies = {
+        g: f["accuracy"] for g, f in groups.items() if f.get("in_gaps", True) and f.get("accuracy") is not None
+    }
+    worst = min(accuracies, key=accuracies.__getitem__) if accuracies else None
+    return {
+        "threshold": run.threshold,
+        "sensitivity": tpr,
+        "specificity": None if fpr is None else 1 - fpr,
+        "worst_group": worst,
+        "worst_group_accuracy": accuracies.get(worst) if worst else None,
+        "attribute": attribute,
+    }
+
+
+def task_adapters(runs: Sequence[RunInfo], task: str) -> list[RunInfo]:
+    """Every complete run of the task, in the adapter list's order (ValueError when there is none)."""
+    check_task(task)
+    chosen = list(of_task(runs, task))
+    if not chosen:
+        raise ValueError(NO_ADAPTERS.format(task=task))
+    return chosen
+
+
+def all_adapters_table(results: Sequence[tuple[Diagnosis, RunInfo]]) -> pd.DataFrame:
+    """One row per adapter of the task: its answer for this image, and how far its answers can be trusted
+    (its own validated test sensitivity, specificity and worst-group accuracy), so one sees which
+    objective changes the decision. The answer is given twice: the argmax (as Diagnose reports it) and
+    at the run's validated threshold, the operating point its test figures are measured at."""
+    rows = []
+    for diagnosis, run in results:
+        figures = validated_figures(run)
+        classes = get_task(diagnosis.task).classes
+        at_threshold = classes[int(diagnosis.prob_positive >= figures["threshold"])]
+        worst = figures["worst_group_accuracy"]
+        rows.append(
+            {
+                "Adapter": f"{run_key(run)} · {methods.title(run.method)}",
+                "Answer (argmax)": diagnosis.label,
+                "P(positive)": f"{diagnosis.prob_positive:.3f}",
+                "Certainty margin": f"{diagnosis.margin:.2f} ({diagnosis.certainty})",
+                "At its validated threshold": f"{at_threshold} (t = {figures['threshold']:.3f})",
+                "Test sensitivity": _percent(figures["sensitivity"]),
+                "Test specificity": _percent(figures["specificity"]),
+                "Worst-group accuracy": (
+                    f"{_percent(worst)} ({figures['worst_group']}, {figures['attribute']})"
+                    if worst is not None
+                    else "–"
+                ),
+                "Flags": "⚠ degenerate" if run.degenerate else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=ALL_COLUMNS)
+
+
+def agreement(results: Sequence[tuple[Diagnosis, RunInfo]]) -> str:
+    """'4 of 5 adapters call it glaucoma at their validated thresholds (flagged runs left out).'"""
+    trusted = [(d, r) for d, r in results if not r.degenerate]
+    if not trusted:
+        return "No unflagged adapter to compare."
+    classes = get_task(trusted[0][0].task).classes
+    calls = [classes[int(d.prob_positive >= r.threshold)] for d, r in trusted]
+    top = max(set(calls), key=calls.count)
+    left_out = len(results) - len(trusted)
+    note = f" ({left_out} flagged run{'s' if left_out != 1 else ''} left out)" if left_out else ""
+    return f"**{calls.count(top)} of {len(calls)} adapters call it {top}** at their validated thresholds{note}."
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
 
 
 def example_rows(folder: Path = EXAMPLES_DIR) -> tuple[list[list[str]], list[str]]:

@@ -213,6 +213,19 @@ def test_a_text_file_named_png_gets_the_not_an_image_message(client, tmp_path):
     assert str(caught.value) == NOT_AN_IMAGE
 
 
+def test_diagnose_all_gives_every_adapter_of_the_task_on_one_image(client):
+    agreement, table = client.predict(handle_file(str(EXAMPLE)), "fundus", api_name="/diagnose_all")
+    assert table["headers"] == diagnose_view.ALL_COLUMNS
+    adapters = [row[0].split(" · ")[0] for row in table["data"]]
+    assert {f"fundus-{m}" for m in ("vanilla", "fr", "gr", "hybrid", "cmac")} <= set(adapters)
+    assert all(row[1] in ("no glaucoma", "glaucoma") for row in table["data"])
+    # one call of /diagnose per adapter gives the same probabilities
+    for row in table["data"][:2]:
+        details = client.predict(handle_file(str(EXAMPLE)), "fundus", row[0].split(" · ")[0], api_name="/diagnose")[2]
+        assert row[2] == f"{details['prob_positive']:.3f}"
+    assert "adapters call it" in agreement or agreement == "No unflagged adapter to compare."
+
+
 def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
     for adapter in ("fundus-nope", str(runs / "fundus-fr")):
         with pytest.raises(AppError) as caught:
@@ -366,7 +379,7 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_and_its_run_is_served(clien
 
 def test_api_lists_the_named_endpoints_only(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert named == {"/diagnose", "/compare", "/report"} | STUDIO_ENDPOINTS
+    assert named == {"/diagnose", "/diagnose_all", "/compare", "/report"} | STUDIO_ENDPOINTS
 
 
 def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
@@ -377,6 +390,7 @@ def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
         client = Client(url, auth=("alice", "s3cret"), verbose=False)
         assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
             "/diagnose",
+            "/diagnose_all",
             "/compare",
             "/report",
         }

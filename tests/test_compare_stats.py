@@ -213,7 +213,7 @@ def test_calibration_and_roc_per_group_use_each_groups_own_figures():
     roc = [t for t in figure.data if t.mode == "lines" and t.name in {"Asian", "Black", "White"}]
     assert len(reliability) == len(roc) == 6  # 2 runs × 3 groups, in each panel kind
     for trace in reliability:
-        assert 0 <= min(trace.x) and max(trace.x) <= 1 and sum(trace.customdata) > 0
+        assert min(trace.x) >= 0 and max(trace.x) <= 1 and sum(trace.customdata) > 0
     first = reliability[0]
     ece = groups.loc[(runs[0].label(), first.name), "ece"]
     assert f"ECE {ece:.3f}" in first.hovertemplate

@@ -647,3 +647,35 @@ def test_the_form_enables_lambda_and_w_max_for_the_methods_that_read_them(tmp_pa
     assert [m for m in methods.NAMES if by_name["lam"].enabled_for(m)] == list(methods.LAMBDA_METHODS)
     assert [m for m in methods.NAMES if by_name["w_max"].enabled_for(m)] == list(methods.WEIGHT_METHODS)
     assert by_name["epochs"].enabled_for(methods.VANILLA.name)
+
+
+# ---------------------------------------------------------------------- every adapter on one image
+def test_every_skin_adapter_on_a_bundled_example_with_its_validated_figures():
+    from inference.serving import ModelPool
+
+    runs = [run for run in rundir.list_runs(rundir.DEMO_RUNS_DIR) if run.task == "skin"]
+    image = Image.open(diagnose_view.EXAMPLES_DIR / "skin-positive-1.png")
+    pool = ModelPool()
+    results = [(pool.predict(image, run), run) for run in diagnose_view.task_adapters(runs, "skin")]
+    table = diagnose_view.all_adapters_table(results)
+    assert table.columns.tolist() == diagnose_view.ALL_COLUMNS and len(table) == 5
+    for (diagnosis, run), row in zip(results, table.to_dict("records"), strict=True):
+        overall = run.eval()["report"]["overall"]
+        assert row["Adapter"].startswith(run.label())
+        assert (
+            row["Test sensitivity"] == f"{overall['tpr']:.0%}"
+            and row["Test specificity"] == f"{1 - overall['fpr']:.0%}"
+        )
+        called = "malignant" if diagnosis.prob_positive >= run.threshold else "benign"
+        assert row["At its validated threshold"] == f"{called} (t = {run.threshold:.3f})"
+        groups = run.eval()["report"]["attributes"]["sex+age_group"]["groups"]
+        worst = min((f["accuracy"], g) for g, f in groups.items() if f["in_gaps"])
+        assert row["Worst-group accuracy"] == f"{worst[0]:.0%} ({worst[1]}, sex+age_group)"
+    calls = [r["At its validated threshold"].split(" (")[0] for r in table.to_dict("records")]
+    top = max(set(calls), key=calls.count)
+    assert (
+        diagnose_view.agreement(results)
+        == f"**{calls.count(top)} of 5 adapters call it {top}** at their validated thresholds."
+    )
+    with pytest.raises(ValueError, match="no complete runs of task fundus"):
+        diagnose_view.task_adapters(runs, "fundus")
