@@ -127,7 +127,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         runs_seen = gr.State(())
 
         # ------------------------------------------------------------------ Diagnose
-        image, task, adapter, button, label, summary, details, all_button, agreement, every = diagnose_parts
+        image, task, adapter, button, label, summary, details, all_button, agreement, every, examples = diagnose_parts
 
         @guarded
         def diagnose(image, task: str, adapter: str):
@@ -167,6 +167,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 value=diagnose_view.keep_or_default(all_runs, task, current),
             )
 
+        if examples is not None:  # picking an example diagnoses it with the task's adapter
+            examples.load_input_event.then(adapters_for, [task, adapter], adapter, api_visibility="private").then(
+                diagnose, [image, task, adapter], [label, summary, details], api_visibility="private"
+            )
         task.change(adapters_for, [task, adapter], adapter, api_visibility="private")
         demo.load(adapters_for, [task, adapter], adapter, api_visibility="private")
         diagnose_tab.select(adapters_for, [task, adapter], adapter, api_visibility="private")
@@ -374,16 +378,17 @@ def _diagnose_tab(all_runs, settings: Settings):
         elem_id="diagnose-all-table",
     )
     rows, labels = diagnose_view.example_rows()
+    examples = None
     if rows:
-        gr.Examples(
+        examples = gr.Examples(
             rows,
             [image, task],
             example_labels=labels,
-            label="Examples (synthetic images)",
+            label="Examples (synthetic images; picking one diagnoses it)",
             api_visibility="private",
             elem_id="diagnose-examples",
         )
-    return image, task, adapter, button, label, summary, details, all_button, agreement, every
+    return image, task, adapter, button, label, summary, details, all_button, agreement, every, examples
 
 
 def _compare_tab(all_runs):

@@ -6,6 +6,8 @@ browser. Demographics are never asked for: a diagnosis is a function of the imag
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,11 @@ NOTICE = (
     "**Research demo — not a medical device.** The models here are tiny and trained on synthetic images; "
     "a result is not a diagnosis and must not inform care. No demographic information is asked for or used."
 )
+MARGIN_SCALE = (
+    "*The margin is the predicted class's logit minus the other's, on the log-odds scale: 0 is a coin flip, "
+    "0.62 means 65 % for the predicted class, 1.73 means 85 %, 2.94 means 95 %. It reads the model's own "
+    "confidence, only as trustworthy as its calibration (see Compare's calibration per group).*"
+)
 NO_IMAGE = "Upload an image (or pick an example below) first."
 WRONG_TASK = "adapter '{key}' was trained for task {run_task}, not {task}; pick one of the {task} adapters"
 UNKNOWN_TASK = "task must be one of: {choices} (got {task!r})"
@@ -40,8 +47,19 @@ def check_task(task: str | None) -> str:
 
 
 def adapter_choices(runs: Sequence[RunInfo], task: str) -> list[tuple[str, str]]:
-    """(title, key) of every complete run of the task: demo runs first, in the papers' method order."""
-    return run_choices(runs, task)
+    """(title, key) of every complete run of the task: demo runs first, in the papers' method order. The
+    title carries what a clinician weighs before trusting the adapter: its test AUC and its worst-off
+    group's accuracy ('… · AUC 0.73, worst group 43%'), and a degenerate run's flag."""
+    by_key = {run_key(run): run for run in runs}
+    return [(f"{title}{_trust(by_key[key])}", key) for title, key in run_choices(runs, task)]
+
+
+def _trust(run: RunInfo) -> str:
+    auc = (run.evaluation.get("overall") or {}).get("auc")
+    worst = validated_figures(run)["worst_group_accuracy"]
+    parts = [f"AUC {auc:.2f}" if auc is not None else None, f"worst group {worst:.0%}" if worst is not None else None]
+    shown = ", ".join(p for p in parts if p)
+    return f" · {shown}" if shown else ""
 
 
 def default_adapter(runs: Sequence[RunInfo], task: str) -> str | None:
@@ -97,11 +115,14 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
     method = methods.title(diagnosis.method)
     lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
     warning = [f"> ⚠️ {guard.warning_text(run.guard_reasons)}", ""] if run.degenerate else []
+    truth = example_truth(image)
+    known = [f"**Bundled example** — its true label is **{truth}** (a synthetic image).", ""] if truth else []
     summary = "\n".join(
         [
             *warning,
-            f"### {diagnosis.label} — {diagnosis.probability:.0%}",
-            f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.",
+            *known,
+            f"**Certainty margin {diagnosis.margin:.2f}** — {diagnosis.reading}.  ",
+            MARGIN_SCALE,
             "",
             f"**Adapter** `{run_key(run)}` ({method}{lam}) on base model `{diagnosis.base_model}`  ",
             f"**Latency** {diagnosis.latency_ms:.0f} ms · image {describe_image(image)}",
@@ -109,6 +130,7 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
     )
     details = {
         **diagnosis.as_dict(),
+        "true_label": truth,
         "adapter": run_key(run),
         "image": describe_image(image),
         "degenerate": run.degenerate,
@@ -209,6 +231,32 @@ def agreement(results: Sequence[tuple[Diagnosis, RunInfo]]) -> str:
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+@functools.cache
+def _example_digests(folder: Path = EXAMPLES_DIR) -> dict[str, str]:
+    """Pixel digest → true label of each bundled example (file names say it: fundus-positive-1.png)."""
+    digests = {}
+    for path in sorted(folder.glob("*.png")):
+        task, _, rest = path.stem.partition("-")
+        if task not in TASKS:
+            continue
+        classes = get_task(task).classes
+        truth = rest.partition("-")[0]
+        if truth in ("positive", "negative"):
+            with Image.open(path) as image:
+                digests[_digest(image)] = classes[1] if truth == "positive" else classes[0]
+    return digests
+
+
+def _digest(image: Image.Image) -> str:
+    rgb = image.convert("RGB")
+    return hashlib.sha1(rgb.tobytes() + repr(rgb.size).encode()).hexdigest()
+
+
+def example_truth(image: Image.Image | None) -> str | None:
+    """The true label when the image is one of the bundled (synthetic) examples, else None."""
+    return None if image is None else _example_digests().get(_digest(image))
 
 
 def example_rows(folder: Path = EXAMPLES_DIR) -> tuple[list[list[str]], list[str]]:

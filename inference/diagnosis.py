@@ -43,8 +43,8 @@ LOW_CERTAINTY_BELOW = 0.15  # |p − 0.5| below this: borderline
 HIGH_CERTAINTY_FROM = 0.35  # |p − 0.5| from this on: high certainty
 
 READING_LOW = "low certainty: borderline case — consider a second opinion"
-READING_MODERATE = "moderate certainty: leans towards {label} — read it together with the clinical findings"
-READING_HIGH = "high certainty: {label} — a decision aid, not a diagnosis"
+READING_MODERATE = "moderate certainty — read it together with the clinical findings"
+READING_HIGH = "high certainty — a decision aid, not a diagnosis"
 READINGS = {"low": READING_LOW, "moderate": READING_MODERATE, "high": READING_HIGH}
 
 # Methods whose objective has a fairness weight λ (training.config: "fr, hybrid, cmac").

@@ -123,6 +123,21 @@ def test_diagnose_an_uploaded_image(page, shots):
     screenshot(page, shots, "1-diagnose")
 
 
+def test_picking_an_example_diagnoses_it_and_every_adapter_can_answer(page, shots):
+    open_tab(page, "Diagnose")
+    page.locator("#diagnose-examples").get_by_text("skin · malignant 1").click()
+    summary = page.locator("#diagnose-summary")
+    expect(summary).to_contain_text("its true label is malignant", timeout=30_000)
+    expect(summary).to_contain_text("log-odds scale")
+    expect(page.locator("#diagnose-adapter input")).to_have_value(re.compile(r"^skin-cmac \(demo\)"))
+    page.locator("#diagnose-all-btn").click()
+    table = page.locator("#diagnose-all-table")
+    for method in ("Vanilla", "FR", "GR", "Hybrid", "CMAC-MMD"):
+        expect(table).to_contain_text(f"skin-{'cmac' if method == 'CMAC-MMD' else method.lower()} (demo) · {method}")
+    expect(page.locator("#diagnose-all-agreement")).to_contain_text("adapters call it")
+    screenshot(page, shots, "1b-diagnose-every-adapter")
+
+
 def test_a_non_image_upload_shows_the_specific_message(page, shots, tmp_path):
     fake = tmp_path / "scan.png"
     fake.write_text("this is a text file, not a scan\n")

@@ -168,10 +168,9 @@ def test_certainty_thresholds_on_distance_from_a_coin_flip():
     assert margin_for_probability(0.65) == pytest.approx(0.6190, abs=1e-4)
     assert margin_for_probability(0.85) == pytest.approx(1.7346, abs=1e-4)
     assert diagnosis.reading("glaucoma", 0.55) == "low certainty: borderline case — consider a second opinion"
-    assert diagnosis.reading("benign", 0.7) == (
-        "moderate certainty: leans towards benign — read it together with the clinical findings"
-    )
-    assert diagnosis.reading("malignant", 0.95) == "high certainty: malignant — a decision aid, not a diagnosis"
+    # the label is shown once, by the Diagnosis label; the reading does not repeat it
+    assert diagnosis.reading("benign", 0.7) == "moderate certainty — read it together with the clinical findings"
+    assert diagnosis.reading("malignant", 0.95) == "high certainty — a decision aid, not a diagnosis"
 
 
 def test_predict_takes_images_only_and_checks_them(runs, images):

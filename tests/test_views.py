@@ -353,7 +353,16 @@ def runs_on_disk(tmp_path, monkeypatch) -> tuple[Path, Path]:
 
 def test_adapters_of_a_task_demo_runs_first_in_method_order(runs_on_disk):
     runs = catalog.available_runs(runs_on_disk)
-    assert diagnose_view.adapter_choices(runs, "fundus") == [
+    choices = diagnose_view.adapter_choices(runs, "fundus")
+    for title, key in choices:  # each title ends with what to weigh before trusting the adapter
+        run = catalog.find_run(key, runs)
+        auc = run.eval()["report"]["overall"]["auc"]
+        attribute = run.settings.fairness_attribute or run.settings.attribute
+        groups = run.eval()["report"]["attributes"].get(attribute, {}).get("groups", {})
+        kept = [g["accuracy"] for g in groups.values() if g["in_gaps"]]  # the groups its gaps count
+        worst = f", worst group {min(kept):.0%}" if kept else ""
+        assert title.endswith(f" · AUC {auc:.2f}{worst}")
+    assert [(title.split(" · AUC")[0], key) for title, key in choices] == [
         ("fundus-vanilla (demo) · Vanilla", "fundus-vanilla (demo)"),
         ("fundus-fr (demo) · FR, λ=0.5", "fundus-fr (demo)"),
         ("fundus-gr (demo) · GR", "fundus-gr (demo)"),
@@ -397,8 +406,8 @@ def test_a_diagnosis_shows_both_classes_the_margin_reading_and_the_adapter(runs_
     )
     assert diagnosis.prob_positive == pytest.approx(torch.tensor([0.2, 2.2]).softmax(0)[1].item())
     assert view.summary.splitlines() == [
-        "### glaucoma — 88%",
-        "**Certainty margin 2.00** — high certainty: glaucoma — a decision aid, not a diagnosis.",
+        "**Certainty margin 2.00** — high certainty — a decision aid, not a diagnosis.  ",
+        diagnose_view.MARGIN_SCALE,
         "",
         "**Adapter** `fundus-hybrid (demo)` (Hybrid, λ = 0.5) on base model `assets/backbones/tiny-qwen2.5-vl`  ",
         "**Latency** 42 ms · image 224×200 RGB (PNG, was L)",
@@ -406,6 +415,18 @@ def test_a_diagnosis_shows_both_classes_the_margin_reading_and_the_adapter(runs_
     assert view.details["adapter"] == "fundus-hybrid (demo)" and view.details["margin"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match=re.escape(diagnose_view.NO_IMAGE)):
         diagnose_view.check_image(None)
+
+
+def test_a_bundled_example_shows_its_true_label_and_nothing_else_does(runs_on_disk):
+    run = catalog.find_run("fundus-hybrid (demo)", catalog.available_runs(runs_on_disk))
+    diagnosis = Diagnosis.from_logits(torch.tensor([0.2, 2.2]), run_config=run.config, run_id=run.run_id, latency_ms=1)
+    for name, truth in (("fundus-positive-1.png", "glaucoma"), ("skin-negative-2.png", "benign")):
+        with Image.open(diagnose_view.EXAMPLES_DIR / name) as image:
+            assert diagnose_view.example_truth(image) == truth
+            view = diagnose_view.show(diagnosis, run, image)
+        assert view.summary.startswith(f"**Bundled example** — its true label is **{truth}**")
+        assert view.details["true_label"] == truth
+    assert diagnose_view.example_truth(Image.new("RGB", (224, 224))) is None
 
 
 def test_bundled_examples_are_offered_with_their_task():
