@@ -30,6 +30,11 @@ NOTICE = (
     "**Research demo — not a medical device.** The models here are tiny and trained on synthetic images; "
     "a result is not a diagnosis and must not inform care. No demographic information is asked for or used."
 )
+OUT_OF_DISTRIBUTION = (
+    "> ⚠️ **This image does not look like this adapter's training data** (out-of-distribution score {score:.1f}; "
+    "99 % of its validation images score below {threshold:.1f}). Is it the right task and kind of image? "
+    "The answer below is not meaningful for it."
+)
 MARGIN_SCALE = (
     "*The margin is the predicted class's logit minus the other's, on the log-odds scale: 0 is a coin flip, "
     "0.62 means 65 % for the predicted class, 1.73 means 85 %, 2.94 means 95 %. It reads the model's own "
@@ -115,6 +120,8 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
     method = methods.title(diagnosis.method)
     lam = "" if diagnosis.lam is None else f", λ = {diagnosis.lam:g}"
     warning = [f"> ⚠️ {guard.warning_text(run.guard_reasons)}", ""] if run.degenerate else []
+    if diagnosis.in_distribution is False:
+        warning += [OUT_OF_DISTRIBUTION.format(score=diagnosis.ood_score, threshold=diagnosis.ood_threshold), ""]
     truth = example_truth(image)
     known = [f"**Bundled example** — its true label is **{truth}** (a synthetic image).", ""] if truth else []
     summary = "\n".join(
@@ -148,6 +155,7 @@ ALL_COLUMNS = [
     "Test sensitivity",
     "Test specificity",
     "Worst-group accuracy",
+    "Like its training data?",
     "Flags",
 ]
 NO_ADAPTERS = "no complete runs of task {task} to diagnose with; train one in the Studio"
@@ -210,6 +218,7 @@ def all_adapters_table(results: Sequence[tuple[Diagnosis, RunInfo]]) -> pd.DataF
                     if worst is not None
                     else "–"
                 ),
+                "Like its training data?": _likeness(diagnosis),
                 "Flags": "⚠ degenerate" if run.degenerate else "",
             }
         )
@@ -227,6 +236,13 @@ def agreement(results: Sequence[tuple[Diagnosis, RunInfo]]) -> str:
     left_out = len(results) - len(trusted)
     note = f" ({left_out} flagged run{'s' if left_out != 1 else ''} left out)" if left_out else ""
     return f"**{calls.count(top)} of {len(calls)} adapters call it {top}** at their validated thresholds{note}."
+
+
+def _likeness(diagnosis: Diagnosis) -> str:
+    if diagnosis.in_distribution is None:
+        return "– (no out-of-distribution model)"
+    verdict = "yes" if diagnosis.in_distribution else "⚠ no"
+    return f"{verdict} ({diagnosis.ood_score:.1f} vs {diagnosis.ood_threshold:.1f})"
 
 
 def _percent(value: float | None) -> str:

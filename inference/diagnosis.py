@@ -79,6 +79,8 @@ class Diagnosis:
     certainty / reading: 'low' | 'moderate' | 'high' and the sentence for it.
     run_id, method, lam: the adapter; lam is None for methods without a fairness weight (vanilla, gr).
     base_model: the backbone id the run records; task: the task name.
+    in_distribution / ood_score / ood_threshold: does the image look like the adapter's training data
+    (training.ood: Mahalanobis distance of its embedding, threshold set on the validation split)?
     latency_ms: wall time of the predict call that produced it (a batch shares one figure), including
     waiting for the base model and loading the adapter the first time.
     """
@@ -95,6 +97,9 @@ class Diagnosis:
     base_model: str
     task: str
     latency_ms: float
+    in_distribution: bool | None = None  # None: the run has no out-of-distribution model (training.ood)
+    ood_score: float | None = None  # Mahalanobis distance of the image's embedding to the training embeddings
+    ood_threshold: float | None = None  # the 99 % quantile of the validation images' distances
 
     @classmethod
     def from_logits(cls, logits: Tensor, *, run_config: dict[str, Any], run_id: str, latency_ms: float) -> Diagnosis:

@@ -32,6 +32,8 @@ A file that changes on disk after it was loaded (same run folder, new mtime or s
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import re
@@ -53,7 +55,7 @@ from torch import Tensor, nn
 
 from inference import memory
 from inference.diagnosis import Diagnosis
-from training import rundir
+from training import ood, rundir
 from training.backbones import Classifier, load_adapter, load_classifier, resolve_backbone, set_adapter
 from training.backbones.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS
 from training.config import DType
@@ -200,18 +202,39 @@ class ModelPool:
         return self.predict_batch([image], run)[0]
 
     def predict_batch(self, images: Sequence[Image.Image], run: RunInfo | str | Path) -> list[Diagnosis]:
-        """Diagnose several images in one forward pass; every `Diagnosis` carries the batch's latency."""
+        """Diagnose several images in one forward pass; every `Diagnosis` carries the batch's latency and,
+        when the run has an out-of-distribution model (training.ood), whether each image looks like its
+        training data."""
         start = time.perf_counter()
         run = _as_run(run)
-        logits = self.logits(images, run)
+        ood_model = _ood_model(run)
+        logits, embeddings = self._forward(images, run, embed=ood_model is not None)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        return [
+        diagnoses = [
             Diagnosis.from_logits(row, run_config=run.config, run_id=run.run_id, latency_ms=latency_ms)
             for row in logits
+        ]
+        if ood_model is None or embeddings is None:
+            return diagnoses
+        distances = ood_model.distance(embeddings.numpy())
+        return [
+            dataclasses.replace(
+                d,
+                in_distribution=bool(distance <= ood_model.threshold),
+                ood_score=float(distance),
+                ood_threshold=ood_model.threshold,
+            )
+            for d, distance in zip(diagnoses, distances, strict=True)
         ]
 
     def logits(self, images: Sequence[Image.Image], run: RunInfo | str | Path) -> Tensor:
         """Class logits [B, 2] (float32, CPU) of `images` under `run`'s adapter."""
+        return self._forward(images, run, embed=False)[0]
+
+    def _forward(
+        self, images: Sequence[Image.Image], run: RunInfo | str | Path, *, embed: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits [B, 2] and, with `embed`, the embeddings ``Classifier.embed`` [B, D] (float32, CPU)."""
         images = list(images)
         if not images:
             raise ValueError(NO_IMAGES)
@@ -223,7 +246,9 @@ class ModelPool:
         with memory.in_use(), base.lock:  # the processor's arrays go back to the OS after a burst
             clf = self._activate(base, run)
             with torch.inference_mode():
-                return clf(clf.preprocess(images)).cpu()
+                batch = clf.preprocess(images)
+                logits = clf(batch).cpu()
+                return logits, clf.embed(batch).float().cpu() if embed else None
 
     def activate(self, run: RunInfo | str | Path) -> None:
         """Load `run`'s base and adapter if needed and make it the active one (warm-up; switch timing)."""
@@ -475,6 +500,20 @@ def _tensor_shapes(run_id: str, path: Path) -> dict[str, list[int]]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+@functools.lru_cache(maxsize=64)
+def _ood_file(path: str, mtime_ns: int) -> ood.OodModel:
+    return ood.OodModel.load(path)
+
+
+def _ood_model(run: RunInfo) -> ood.OodModel | None:
+    """The run's out-of-distribution model (ood.npz, cached until the file changes), None without one."""
+    path = run.path / ood.FILE
+    try:
+        return _ood_file(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _as_run(run: RunInfo | str | Path) -> RunInfo:
     return run if isinstance(run, RunInfo) else read_run(run)
 

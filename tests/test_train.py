@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from tests.conftest import FUNDUS_SPEC, REPO, SKIN_SPEC, run_cli
-from training import data_spec, rundir
+from training import data_spec, ood, rundir
 from training.backbones import load_classifier, pool_last_token, resolve_backbone
 from training.config import TrainConfig
 from training.evaluate import load_run_classifier
@@ -73,6 +73,9 @@ def test_each_method_writes_a_complete_run(runs, method):
     assert set(predictions.columns) >= {"id", "split", "label", "prob", "margin", "race", "ethnicity", "gender"}
     assert predictions["prob"].between(0, 1).all()
     report = json.loads((run / "eval.json").read_text())["report"]
+    assert "race+ethnicity" in report["attributes"]  # every pair of attributes, as Compare offers them
+    model = ood.OodModel.load(run / ood.FILE)  # Diagnose's "does this look like the training data?"
+    assert model.n_train == min(len(dataset.split("train")), ood.MAX_TRAIN) and model.threshold > 0
     race = report["attributes"]["race"]
     accuracies = [g["accuracy"] for g in race["groups"].values() if g["accuracy"] is not None]
     assert race["max_acc_gap"] == pytest.approx(max(accuracies) - min(accuracies))

@@ -19,22 +19,12 @@ import pandas as pd
 import torch
 
 from training import data_spec, rundir
-from training.backbones import Classifier, load_adapter, load_classifier
+from training.backbones import load_run_classifier
 from training.data import DatasetError
 from training.metrics import GAP_MIN_N, MetricsError, evaluate_run, format_report, read_predictions
-from training.train import DTYPES, predict
+from training.train import predict
 
 TASK_MISMATCH = "run '{run}' was trained for task '{task}' but {data} is a '{other}' dataset"
-
-
-def load_run_classifier(run: rundir.RunInfo) -> Classifier:
-    """The run's base model with its adapter (and head) loaded, in eval mode."""
-    cfg = run.settings
-    clf = load_classifier(
-        run.backbone, task=run.task, dtype=DTYPES[cfg.dtype], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
-    )
-    load_adapter(clf, run.path / rundir.ADAPTER, adapter_name="default")
-    return clf.eval()
 
 
 def report_attributes(run: rundir.RunInfo, columns: Container[str], requested: Sequence[str]) -> list[str]:

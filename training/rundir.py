@@ -6,6 +6,7 @@
       metrics.jsonl    one line per logged step: step, epoch, loss parts, lr, samples/s
       predictions.csv  per val/test sample: id, split, label, prob, margin, every attribute
       eval.json        training.metrics.evaluate_run: threshold, per attribute, intervals, guard
+      ood.npz          training.ood: class means, shared precision and the val-set threshold (optional)
       README.md        model card
 
 A run is written into a hidden staging folder ``runs/.staging-<run_id>/`` (which also holds the

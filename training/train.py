@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from training import data_spec, metrics, rundir
+from training import data_spec, metrics, ood, rundir
 from training.backbones import (
     Classifier,
     add_lora,
@@ -691,6 +691,10 @@ def publish(
     save_adapter(clf, staging / rundir.ADAPTER)
     predictions = predict(clf, dataset.split("val") + dataset.split("test"), attributes, progress)
     predictions.to_csv(staging / rundir.PREDICTIONS, index=False, float_format="%.8g", lineterminator="\n")
+    try:  # "does this image look like the training data?" for Diagnose (training.ood); optional
+        ood.fit(clf, dataset.split("train"), dataset.split("val"), seed=cfg.seed).save(staging / ood.FILE)
+    except ValueError as error:
+        print(f"no out-of-distribution model: {error}", file=sys.stderr)
     reported = eval_attributes(cfg, dataset)
     report = evaluate_run(
         predictions,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig
@@ -29,6 +30,9 @@ from training.backbones.clip import ClipClassifier
 from training.backbones.lora import add_lora, load_adapter, save_adapter, set_adapter
 from training.backbones.qwen2_5_vl import QwenVLClassifier, pool_last_token
 from training.tasks import Task, get_task
+
+if TYPE_CHECKING:  # a type only: backbones sit below the run directory's code
+    from training.rundir import RunInfo
 
 FAMILIES: dict[str, type[Classifier]] = {"qwen2_5_vl": QwenVLClassifier, "clip": ClipClassifier}
 
@@ -130,3 +134,18 @@ def load_classifier(
         )
     clf.base_model_id = recorded_id
     return clf
+
+
+def load_run_classifier(run: RunInfo) -> Classifier:
+    """A finished run's base model with its adapter (and head) loaded, in eval mode, as it was trained
+    (dtype and image budget from its settings)."""
+    cfg = run.settings
+    clf = load_classifier(
+        run.backbone,
+        task=run.task,
+        dtype=getattr(torch, cfg.dtype),
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+    )
+    load_adapter(clf, run.path / "adapter", adapter_name="default")
+    return clf.eval()
