@@ -661,9 +661,14 @@ class JobStore:
         )
 
     def _new_run_id(self, con: sqlite3.Connection, cfg: TrainConfig, task: str | None, taken: set[str]) -> str:
-        """<task>-<method>-<attr>-l<λ>-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable, never reused."""
+        """<task>-<method>-<attr>[-l<λ>][-w<w_max>]-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable, never
+        reused; λ and w_max only for the methods that use them (a vanilla run has neither)."""
         attribute = re.sub(r"[^A-Za-z0-9_.+-]", "_", cfg.attribute)
-        stem = f"{task}-{cfg.method}-{attribute}-l{cfg.lam:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+        objective = cfg.objective
+        used = (f"-l{cfg.lam:g}" if objective.uses_lambda else "") + (
+            f"-w{cfg.w_max:g}" if objective.uses_w_max else ""
+        )
+        stem = f"{task}-{cfg.method}-{attribute}{used}-{time.strftime('%Y%m%d-%H%M%S')}"
         while True:
             run_id = f"{stem}-{secrets.token_hex(2)}"
             if run_id not in taken and not self._run_taken(con, run_id):

@@ -58,13 +58,15 @@ from studio.jobs import (
 )
 from studio.progress import TAIL_BLOCK, read_metrics, read_progress, summarize, tail_lines
 from tests.conftest import exactly, run_cli
-from training import rundir
+from training import methods, rundir
 from training.config import ConfigError, TrainConfig
 from training.data_spec import materialize
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = "synth:fundus:n=200,test_min=0"
-RUN_ID = re.compile(r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)-l(?P<lam>[\d.]+)-\d{8}-\d{6}-[0-9a-f]{4}$")
+RUN_ID = re.compile(
+    r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)(?:-l(?P<lam>[\d.]+))?(?:-w(?P<w_max>[\d.]+))?-\d{8}-\d{6}-[0-9a-f]{4}$"
+)
 WAIT_S = 20.0
 REAL_WAIT_S = 180.0
 
@@ -681,6 +683,19 @@ def test_generated_run_id_avoids_a_staging_folder(stores, monkeypatch):
     job = store.submit(cfg(method="fr", lam=0.1))
     assert job.run_id == "fundus-fr-race-l0.1-20250102-030405-ef01"
     assert RUN_ID.match(job.run_id).group("method", "attr", "lam") == ("fr", "race", "0.1")
+
+
+def test_run_ids_carry_only_the_parameters_the_method_uses(stores, monkeypatch):
+    store = stores(max_concurrent=1)
+    monkeypatch.setattr(jobs_module.time, "strftime", lambda fmt: "20250102-030405")
+    names = {m: store.submit(cfg(method=m, lam=0.5, w_max=10.0)).run_id.rsplit("-", 3)[0] for m in methods.NAMES}
+    assert names == {
+        "vanilla": "fundus-vanilla-race",
+        "fr": "fundus-fr-race-l0.5",
+        "gr": "fundus-gr-race-w10",
+        "hybrid": "fundus-hybrid-race-l0.5-w10",
+        "cmac": "fundus-cmac-race-l0.5",
+    }
 
 
 def test_sweep_queues_one_job_per_lambda_or_none(stores):
