@@ -375,6 +375,7 @@ def _diagnose_tab(all_runs, settings: Settings):
         label="Every adapter of the task on this image, with its own validated test figures",
         interactive=False,
         wrap=True,
+        column_widths=diagnose_view.ALL_COLUMN_WIDTHS,
         elem_id="diagnose-all-table",
     )
     rows, labels = diagnose_view.example_rows()

@@ -158,6 +158,7 @@ ALL_COLUMNS = [
     "Like its training data?",
     "Flags",
 ]
+ALL_COLUMN_WIDTHS = ["16%", "8%", "6%", "10%", "12%", "7%", "7%", "15%", "13%", "6%"]  # fits a laptop screen
 NO_ADAPTERS = "no complete runs of task {task} to diagnose with; train one in the Studio"
 
 

@@ -136,6 +136,8 @@ def test_picking_an_example_diagnoses_it_and_every_adapter_can_answer(page, shot
         expect(table).to_contain_text(f"skin-{'cmac' if method == 'CMAC-MMD' else method.lower()} (demo) · {method}")
     expect(page.locator("#diagnose-all-agreement")).to_contain_text("adapters call it")
     screenshot(page, shots, "1b-diagnose-every-adapter")
+    page.locator("#diagnose-task").get_by_text("Glaucoma").click()  # the next tests expect the fundus task
+    expect(page.locator("#diagnose-adapter input")).to_have_value(re.compile(r"^fundus-"))
 
 
 def test_a_non_image_upload_shows_the_specific_message(page, shots, tmp_path):
@@ -205,7 +207,7 @@ def test_compare_audits_an_uploaded_predictions_csv(page, shots, tmp_path):
     page.locator("#compare-upload button[aria-label='Clear']").first.click()
     upload.set_input_files(str(model))
     expect(page.locator("#compare-upload-status")).to_contain_text("added", timeout=30_000)
-    expect(page.locator("#compare-table")).to_contain_text("Uploaded model", timeout=30_000)
+    expect(page.locator("#compare-table")).to_contain_text("Uploaded model", timeout=60_000)
     expect(page.locator("#compare-versus")).to_contain_text("their-model-")
     expect(page.locator("#compare-groups")).to_contain_text("(uploaded)")
     screenshot(page, shots, "3c-compare-uploaded")

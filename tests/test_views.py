@@ -700,3 +700,8 @@ def test_every_skin_adapter_on_a_bundled_example_with_its_validated_figures():
     )
     with pytest.raises(ValueError, match="no complete runs of task fundus"):
         diagnose_view.task_adapters(runs, "fundus")
+
+
+def test_every_adapter_table_has_a_width_per_column():
+    assert len(diagnose_view.ALL_COLUMN_WIDTHS) == len(diagnose_view.ALL_COLUMNS)
+    assert sum(float(w.rstrip("%")) for w in diagnose_view.ALL_COLUMN_WIDTHS) <= 100
