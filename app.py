@@ -28,6 +28,7 @@ from inference.safe_image import SafeImage
 from inference.serving import ModelPool, ServingError
 from studio import actions, jobs_view
 from studio.form import (
+    CONFIRM_LAMBDA,
     FORM_FIELDS,
     FieldSpec,
     attribute_choices,
@@ -568,6 +569,9 @@ def _info(spec: FieldSpec) -> str:
     return spec.help + (f" ({'; '.join(limits)})" if limits else "")
 
 
+METHOD_FIELDS = ("lam", CONFIRM_LAMBDA, "w_max")  # live only for the methods whose objective reads them
+
+
 def _studio_tab(settings: Settings, store: JobStore):
     specs = form_fields(settings)
     if settings.on_space:
@@ -580,6 +584,7 @@ def _studio_tab(settings: Settings, store: JobStore):
                 layout = (
                     ("method",),
                     ("lam", "w_max"),
+                    (CONFIRM_LAMBDA,),
                     ("data", "attribute"),
                     ("backbone", "lr"),
                     ("epochs", "lora_r"),
@@ -752,7 +757,7 @@ def _wire_studio(
 
     def method_changed(method: str):
         """λ and w_max are live only for the methods whose objective reads them (training.methods)."""
-        return tuple(gr.update(interactive=by_name[name].enabled_for(method)) for name in ("lam", "w_max"))
+        return tuple(gr.update(interactive=by_name[name].enabled_for(method)) for name in METHOD_FIELDS)
 
     launch_outputs = [parts["status"], parts["jobs_table"], job]
     for button, check, fn, inputs, name in (
@@ -776,7 +781,7 @@ def _wire_studio(
     parts["fields"]["method"].change(
         method_changed,
         parts["fields"]["method"],
-        [parts["fields"]["lam"], parts["fields"]["w_max"]],
+        [parts["fields"][name] for name in METHOD_FIELDS],
         api_visibility="private",
     )
     parts["fields"]["data"].change(

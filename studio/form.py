@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,9 +29,12 @@ from training.data_spec import SYNTH_ATTRIBUTES, SYNTH_PREFIX, data_dir, load, p
 from training.demos import DEMOS, RECIPE
 
 # The fields a visitor sets, in the order the form shows them; every other field keeps its default.
+CONFIRM_LAMBDA = "confirm_large_lambda"  # a form-only field: it is no setting of the run
+LAMBDA_TESTED_MAX = 10.0  # the papers test λ up to 1 (Gu et al., Table 2) and 0.1-10 (CMAC-MMD)
 FORM_FIELDS = (
     "method",
     "lam",
+    CONFIRM_LAMBDA,
     "w_max",
     "attribute",
     "data",
@@ -46,6 +49,7 @@ FORM_FIELDS = (
 LABELS = {
     "method": "Method",
     "lam": "λ (fairness weight)",
+    CONFIRM_LAMBDA: "λ beyond 10: I mean it",
     "w_max": "w_max (group weight clip)",
     "attribute": "Sensitive attribute",
     "data": "Dataset",
@@ -61,6 +65,14 @@ LAMBDA_SPLIT = re.compile(r"[,;\s]+")
 
 # Problems the form adds to the CLI's (asserted word for word by the tests).
 ERR_REQUIRED = "{label} is required"
+ERR_LARGE_LAMBDA = (
+    "λ = {lam:g} is beyond the range the papers test (0 to {limit:g}): the fairness term then outweighs the "
+    "diagnosis (a λ = 10⁹ job trained a worse-than-chance model). Tick '{confirm}' to launch it anyway"
+)
+CONFIRM_HELP = (
+    "λ above 10 is outside what Gu et al. and CMAC-MMD test and tends to give a constant, useless classifier; "
+    "tick this to launch such a job on purpose."
+)
 ERR_NOT_A_NUMBER = "{label} must be a number (got {value!r})"
 ERR_DATASET = "dataset '{value}' is not offered here; choose one of: {choices}"
 ERR_BACKBONE = "base model '{value}' is not offered here; choose one of: {choices}"
@@ -116,6 +128,7 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
     specs: dict[str, dict[str, Any]] = {  # FieldSpec keyword arguments per field
         "method": dict(kind="radio", choices=tuple((m.title, m.name) for m in methods.REGISTRY.values())),
         "lam": dict(kind="number", minimum=0.0, used_by=_users("lam")),
+        CONFIRM_LAMBDA: dict(kind="checkbox", default=False, used_by=_users("lam")),
         "w_max": dict(kind="number", minimum=1.0, used_by=_users("w_max")),
         "attribute": dict(
             kind="dropdown",
@@ -150,8 +163,9 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
     }
     result = []
     for name in FORM_FIELDS:
-        spec = {"default": getattr(defaults, name), **specs[name]}
-        result.append(FieldSpec(name=name, label=LABELS[name], help=help_of(name), **spec))
+        spec = {"default": getattr(defaults, name, None), **specs[name]}
+        text = CONFIRM_HELP if name == CONFIRM_LAMBDA else help_of(name)
+        result.append(FieldSpec(name=name, label=LABELS[name], help=text, **spec))
     return result
 
 
@@ -227,8 +241,8 @@ def sweep_from_form(
     values: Mapping[str, Any], lambdas_text: str, settings: Settings
 ) -> tuple[TrainConfig, list[float]]:
     """The config and λ values of a sweep (one job per λ), or one ConfigError naming every problem."""
-    config, problems = _config_and_problems(values, settings)
     lambdas, lambda_problems = parse_lambdas(lambdas_text, settings.max_sweep)
+    config, problems = _config_and_problems(values, settings, lambdas)
     problems += lambda_problems
     if values.get("method") not in methods.LAMBDA_METHODS:
         problems.append(ERR_SWEEP_METHOD.format(method=values.get("method")))
@@ -260,7 +274,10 @@ def parse_lambdas(text: str | None, cap: int) -> tuple[list[float], list[str]]:
     return lambdas, problems
 
 
-def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple[TrainConfig | None, list[str]]:
+def _config_and_problems(
+    values: Mapping[str, Any], settings: Settings, lambdas: Sequence[float] | None = None
+) -> tuple[TrainConfig | None, list[str]]:
+    """The config and every problem of the form; `lambdas`: a sweep's λ values (else the form's λ)."""
     specs = {spec.name: spec for spec in form_fields(settings)}
     problems: list[str] = []
     chosen: dict[str, Any] = {}
@@ -276,6 +293,10 @@ def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple
         problems.append(ERR_BACKBONE.format(value=chosen["backbone"], choices=", ".join(settings.backbones)))
         chosen["backbone"] = None
     problems += _cap_problems(chosen, settings)
+    confirmed = bool(chosen.pop(CONFIRM_LAMBDA))
+    if lambdas is None:
+        lambdas = [chosen["lam"]] if isinstance(chosen["lam"], float) else []
+    problems += _large_lambda_problems(chosen, lambdas, confirmed)
 
     values = {
         **studio_base().to_dict(),
@@ -292,6 +313,18 @@ def _config_and_problems(values: Mapping[str, Any], settings: Settings) -> tuple
     except ConfigError as err:
         problems += [settings.redact(p) for p in err.problems if p not in problems]
     return config, problems
+
+
+def _large_lambda_problems(chosen: Mapping[str, Any], lambdas: Sequence[float], confirmed: bool) -> list[str]:
+    """λ beyond the papers' range needs the visitor's explicit confirmation (only for methods that use λ)."""
+    if confirmed or chosen.get("method") not in _users("lam"):
+        return []
+    too_large = [lam for lam in lambdas if lam > LAMBDA_TESTED_MAX]
+    return (
+        [ERR_LARGE_LAMBDA.format(lam=max(too_large), limit=LAMBDA_TESTED_MAX, confirm=LABELS[CONFIRM_LAMBDA])]
+        if too_large
+        else []
+    )
 
 
 def _convert(spec: FieldSpec, raw: Any, problems: list[str]) -> Any:

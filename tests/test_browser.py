@@ -255,3 +255,15 @@ def test_form_mistakes_are_listed_in_one_toast(page, shots):
     expect(toast.first).to_be_visible()
     expect(toast.first).to_contain_text("epochs must be a whole number ≥ 1 (got 0)")
     screenshot(page, shots, "6-studio-invalid")
+
+
+def test_a_huge_lambda_needs_the_confirmation_box(page, shots):
+    open_tab(page, "Studio")
+    page.locator("#studio-method").get_by_text("FR", exact=True).click()  # a method that reads λ
+    fill_form(page, {"lam": "1000000000", "epochs": "1", "max-samples": "32"})
+    page.locator("#launch-btn").click()
+    toast = page.locator(".toast-body").filter(has_text="is beyond the range the papers test")
+    expect(toast.first).to_be_visible()
+    expect(toast.first).to_contain_text("λ beyond 10: I mean it")
+    expect(page.locator("#studio-confirm-large-lambda")).to_be_visible()
+    screenshot(page, shots, "7-studio-large-lambda")

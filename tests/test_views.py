@@ -172,17 +172,35 @@ def test_only_offered_synthetic_data_not_yet_generated_is_generated_at_start(tmp
 
 
 # ---------------------------------------------------------------------- the Studio form
+def test_a_lambda_beyond_the_papers_range_needs_an_explicit_confirmation(tmp_path):
+    s = local_settings(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        form.config_from_form(form_input(lam=1e9), s)
+    assert caught.value.problems == [
+        form.ERR_LARGE_LAMBDA.format(lam=1e9, limit=10, confirm=form.LABELS[form.CONFIRM_LAMBDA])
+    ]
+    assert form.config_from_form(form_input(lam=1e9, confirm_large_lambda=True), s).lam == 1e9
+    assert form.config_from_form(form_input(lam=10.0), s).lam == 10.0  # the papers' range is fine
+    assert form.config_from_form(form_input(method="gr", lam=1e9), s).method == "gr"  # GR never reads λ
+    with pytest.raises(ConfigError, match="λ = 50 is beyond the range"):
+        form.sweep_from_form(form_input(), "0.5, 50", s)
+    config, lambdas = form.sweep_from_form(form_input(lam=1e9), "0.5, 1", s)  # the sweep's λ values count
+    assert lambdas == [0.5, 1.0]
+    assert "confirm_large_lambda" not in config.to_dict()
+
+
 def test_form_is_built_from_train_config_fields_and_their_help(tmp_path):
     s = local_settings(tmp_path)
     specs = form.form_fields(s)
     help_of = {name: info.description for name, info in TrainConfig.model_fields.items()}
     assert [spec.name for spec in specs] == list(form.FORM_FIELDS)
-    assert all(spec.help == help_of[spec.name] for spec in specs)
+    assert all(spec.help == help_of.get(spec.name, form.CONFIRM_HELP) for spec in specs)
     by_name = {spec.name: spec for spec in specs}
     assert [value for _, value in by_name["method"].choices] == ["vanilla", "fr", "gr", "hybrid", "cmac"]
     assert {name: (spec.kind, spec.default) for name, spec in by_name.items()} == {
         "method": ("radio", "vanilla"),
         "lam": ("number", 0.5),
+        form.CONFIRM_LAMBDA: ("checkbox", False),  # a form-only field: λ beyond the papers' range
         "w_max": ("number", 10.0),
         "attribute": ("dropdown", "race"),
         "data": ("dropdown", FUNDUS_SPEC),
