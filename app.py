@@ -367,10 +367,10 @@ def _diagnose_tab(all_runs, settings: Settings):
                 all_button = gr.Button("Every adapter on this image", elem_id="diagnose-all-btn")
         with gr.Column(scale=1):
             label = gr.Label(num_top_classes=2, label="Diagnosis", elem_id="diagnose-label")
-            summary = gr.Markdown(elem_id="diagnose-summary")
+            summary = gr.Markdown(label="Summary", show_label=False, elem_id="diagnose-summary")
             with gr.Accordion("Details (JSON)", open=False):
-                details = gr.JSON(elem_id="diagnose-details", show_label=False)
-    agreement = gr.Markdown(elem_id="diagnose-all-agreement")
+                details = gr.JSON(label="Details", elem_id="diagnose-details", show_label=False)
+    agreement = gr.Markdown(label="Agreement", show_label=False, elem_id="diagnose-all-agreement")
     every = gr.Dataframe(
         headers=diagnose_view.ALL_COLUMNS,
         label="Every adapter of the task on this image, with its own validated test figures",
@@ -432,7 +432,7 @@ def _compare_tab(all_runs):
     with gr.Row():
         button = gr.Button("Compare", variant="primary", elem_id="compare-btn")
         report_button = gr.Button("Build reproduction report", elem_id="compare-report-btn")
-    versus_heading = gr.Markdown(elem_id="compare-versus-heading")
+    versus_heading = gr.Markdown(label="Reference", show_label=False, elem_id="compare-versus-heading")
     versus = gr.Dataframe(
         label=compare_view.VERSUS_LABEL,
         interactive=False,
@@ -484,7 +484,7 @@ def _compare_tab(all_runs):
             elem_id="compare-report",
         )
     with gr.Accordion("Notes on small or one-label groups", open=False):
-        notes = gr.Markdown(elem_id="compare-notes")
+        notes = gr.Markdown(label="Notes", show_label=False, elem_id="compare-notes")
     return CompareParts(
         task,
         attribute,
@@ -605,7 +605,7 @@ def _studio_tab(settings: Settings, store: JobStore):
                         info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}).",
                     )
                     sweep = gr.Button("Sweep λ", scale=1, elem_id="sweep-btn")
-            status = gr.Markdown(elem_id="studio-status")
+            status = gr.Markdown(label="Status", show_label=False, elem_id="studio-status")
         with gr.Column(scale=6):
             jobs_table = gr.Dataframe(
                 jobs_view.jobs_table(store),

@@ -379,8 +379,17 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_and_its_run_is_served(clien
 
 
 def test_api_lists_the_named_endpoints_only(client):
-    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert named == {"/diagnose", "/diagnose_all", "/compare", "/report"} | STUDIO_ENDPOINTS
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/diagnose", "/diagnose_all", "/compare", "/report"} | STUDIO_ENDPOINTS
+    # every output is named for what it holds (no Gradio 'value_17')
+    unnamed = [(name, r.get("label")) for name, e in endpoints.items() for r in e["returns"] if not r.get("label")]
+    assert not unnamed and not any(r["label"].startswith("value_") for e in endpoints.values() for r in e["returns"])
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == [
+        "task",
+        "attribute",
+        "keys",
+        "reference",
+    ]
 
 
 def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
