@@ -81,7 +81,9 @@ def user_errors(settings: Settings) -> Callable:
             except gr.Error:
                 raise
             except USER_ERRORS as err:
-                raise gr.Error(settings.redact(str(err)), print_exception=False) from err
+                message = settings.redact(str(err))
+                log.info("%s refused: %s", fn.__name__, message.replace("\n", " ")[:500])  # one line, no traceback
+                raise gr.Error(message, print_exception=False) from err
             except Exception as err:
                 log.exception("handler %s failed", fn.__name__)
                 raise gr.Error(INTERNAL_ERROR, print_exception=False) from err
@@ -124,7 +126,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare_parts = _compare_tab(runs())
             with gr.Tab("Studio", id="studio"):
-                studio_parts = _studio_tab(settings, store) if store else _studio_disabled_tab()
+                studio_parts = _studio_tab(settings, store) if store else _studio_disabled_tab(settings, guarded)
         runs_seen = gr.State(())
 
         # ------------------------------------------------------------------ Diagnose
@@ -579,22 +581,7 @@ def _studio_tab(settings: Settings, store: JobStore):
     with gr.Row():
         with gr.Column(scale=5):
             with gr.Accordion("New training job", open=True):
-                fields = {}
-                by_name = {spec.name: spec for spec in specs}
-                layout = (
-                    ("method",),
-                    ("lam", "w_max"),
-                    (CONFIRM_LAMBDA,),
-                    ("data", "attribute"),
-                    ("backbone", "lr"),
-                    ("epochs", "lora_r"),
-                    ("seed", "max_samples"),
-                    ("balanced_sampling",),
-                )
-                for row in layout:
-                    with gr.Row():
-                        for name in row:
-                            fields[name] = _field(by_name[name], settings)
+                fields = _form(specs, settings)
                 launch = gr.Button("Launch", variant="primary", elem_id="launch-btn")
                 with gr.Row():
                     lambdas = gr.Textbox(
@@ -653,8 +640,44 @@ def _studio_tab(settings: Settings, store: JobStore):
     )
 
 
-def _studio_disabled_tab() -> None:
+FORM_LAYOUT = (
+    ("method",),
+    ("lam", "w_max"),
+    (CONFIRM_LAMBDA,),
+    ("data", "attribute"),
+    ("backbone", "lr"),
+    ("epochs", "lora_r"),
+    ("seed", "max_samples"),
+    ("balanced_sampling",),
+)
+
+
+def _form(specs: list[FieldSpec], settings: Settings) -> dict[str, Any]:
+    """The Studio form's widgets, by field name, in FORM_LAYOUT's rows."""
+    by_name = {spec.name: spec for spec in specs}
+    fields = {}
+    for row in FORM_LAYOUT:
+        with gr.Row():
+            for name in row:
+                fields[name] = _field(by_name[name], settings)
+    return fields
+
+
+def _studio_disabled_tab(settings: Settings, guarded) -> None:
+    """Training is off here (e.g. a public Space): the same form, validated the same way, gives the exact
+    command to train the job on one's own machine ('duplicate this Space' or a local clone)."""
     gr.Markdown(STUDIO_DISABLED, elem_id="studio-disabled")
+    with gr.Accordion("Build a training job to run elsewhere", open=True):
+        fields = _form(form_fields(settings), settings)
+        button = gr.Button("Show the command", variant="primary", elem_id="studio-command-btn")
+        command = gr.Markdown(label="Command", show_label=False, elem_id="studio-command")
+    inputs = [fields[name] for name in FORM_FIELDS]
+    button.click(
+        guarded(lambda *values: actions.command(settings, actions.form_values(values))),
+        inputs,
+        command,
+        api_visibility="private",
+    )
 
 
 # ---------------------------------------------------------------------- Studio wiring

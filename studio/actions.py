@@ -14,6 +14,7 @@ from studio import jobs_view
 from studio.form import FORM_FIELDS, config_from_form, sweep_from_form
 from studio.jobs import JobStore
 from studio.settings import Settings, check_may_control
+from training.config import command_line
 
 
 def form_values(values: Sequence[Any]) -> dict[str, Any]:
@@ -34,6 +35,21 @@ def sweep(
     config, lambdas = sweep_from_form(values, lambdas_text, settings)
     submitted = store.submit_sweep(config, lambdas, owner=owner)
     return jobs_view.sweep_message(submitted, lambdas), submitted[0].id
+
+
+COMMAND = (
+    "Run this where FairDx is installed (a clone of this Space, or `pip install -e .` of the repository); "
+    "the run appears in Diagnose and Compare there:\n\n```bash\n{command}\n```\n\n"
+    "For the full-size models use `--backbone Qwen/Qwen2.5-VL-7B-Instruct` (fundus) or "
+    "`--backbone openai/clip-vit-base-patch16` (skin) on a GPU, and `accelerate launch -m training.train ...` "
+    "for several GPUs."
+)
+
+
+def command(settings: Settings, values: Mapping[str, Any]) -> str:
+    """Where training is off: the form checked exactly as Launch checks it, then the command that trains
+    the job elsewhere (ConfigError naming every problem)."""
+    return COMMAND.format(command=command_line(config_from_form(values, settings)))
 
 
 def cancel(store: JobStore, settings: Settings, job_id: str | None, owner: str) -> str:

@@ -437,3 +437,17 @@ def test_on_a_space_launching_needs_a_signed_in_user(tmp_path, monkeypatch):
     finally:
         demo.close()
         demo.fairdx_store.close()
+
+
+def test_a_refused_request_logs_one_line_and_no_traceback(caplog, tmp_path):
+    settings = Settings.from_env({"FAIRDX_RUNS_DIR": str(tmp_path)})
+
+    @fairdx_app.user_errors(settings)
+    def handler():
+        raise ValueError("attribute must be a column name\nor names joined by '+'")
+
+    with caplog.at_level("INFO", logger="fairdx.app"), pytest.raises(gradio.Error):
+        handler()
+    records = [r for r in caplog.records if r.name == "fairdx.app"]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert records[0].getMessage() == "handler refused: attribute must be a column name or names joined by '+'"

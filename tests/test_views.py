@@ -723,3 +723,35 @@ def test_every_skin_adapter_on_a_bundled_example_with_its_validated_figures():
 def test_every_adapter_table_has_a_width_per_column():
     assert len(diagnose_view.ALL_COLUMN_WIDTHS) == len(diagnose_view.ALL_COLUMNS)
     assert sum(float(w.rstrip("%")) for w in diagnose_view.ALL_COLUMN_WIDTHS) <= 100
+
+
+# ---------------------------------------------------------------------- the Studio where training is off
+def test_where_training_is_off_the_form_gives_the_exact_command(tmp_path):
+    import argparse
+    import shlex
+
+    from studio import actions
+    from training.config import add_arguments, from_args
+
+    s = local_settings(tmp_path)
+    text = actions.command(s, form_input(method="hybrid", lam=0.25, epochs=2))
+    command = text.split("```bash\n")[1].split("\n```")[0]
+    assert command.startswith("python -m training.train ") and "--lambda 0.25" in command
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    again = from_args(parser.parse_args(shlex.split(command)[3:]))
+    expected = form.config_from_form(form_input(method="hybrid", lam=0.25, epochs=2), s)
+    assert again.to_dict() == expected.replace(runs_dir=TrainConfig().runs_dir).to_dict()  # the same job
+    with pytest.raises(ConfigError, match="λ = 1e\\+09 is beyond"):
+        actions.command(s, form_input(lam=1e9))  # checked exactly as Launch checks it
+
+
+def test_the_studio_tab_offers_the_form_when_training_is_off(tmp_path):
+    import app as fairdx_app
+
+    demo = fairdx_app.build_app(
+        settings_module.Settings.from_env({"FAIRDX_RUNS_DIR": str(tmp_path), "FAIRDX_STUDIO": "off"})
+    )
+    ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert {"studio-disabled", "studio-command-btn", "studio-command", "studio-method", "studio-lam"} <= ids
+    assert "launch-btn" not in ids

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -494,3 +495,23 @@ def from_args(ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Tra
     values = settings_of(base or {})
     values.update({k: v for k, v in vars(ns).items() if k in FIELDS})
     return parse(values)
+
+
+def command_line(cfg: TrainConfig, *, program: str = "python -m training.train") -> str:
+    """The exact command that trains `cfg`: one flag per setting that differs from the defaults (where the
+    run lives is left to the reader's machine). ``from_args`` of its flags gives `cfg` back."""
+    defaults = TrainConfig().to_dict()
+    parts = [program]
+    for name, value in cfg.to_dict().items():
+        if name in BOOKKEEPING_KEYS or value == defaults.get(name):
+            continue
+        flag = cli_flag(name)
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            parts += [flag, *(shlex.quote(str(v)) for v in value)]
+        elif value is None:
+            parts += [flag, "none"]
+        else:
+            parts += [flag, shlex.quote(f"{value:g}" if isinstance(value, float) else str(value))]
+    return " ".join(parts)
