@@ -149,7 +149,8 @@ def _bar(fraction: float, width: int = 30) -> str:
 
 
 def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
-    """Loss per optimiser step, with its cross-entropy and fairness parts when the objective has them."""
+    """Loss per optimiser step, with its cross-entropy and fairness parts when the objective has them, and
+    once per epoch the validation loss and the validation MaxAccGap on the training attribute."""
     figure = go.Figure()
     curve = progress.curve
     if curve:
@@ -159,6 +160,29 @@ def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
             values = [point[index] for point in curve]
             if any(values) and values != [point[1] for point in curve]:  # vanilla: CE = loss, no fairness term
                 figure.add_scatter(x=steps, y=values, name=name, mode="lines", line={"dash": "dot"})
+        val = progress.val_curve
+        if val:  # validation, once per epoch: loss beside the training loss, the gap on a right-hand axis
+            figure.add_scatter(
+                x=[p[0] for p in val], y=[p[1] for p in val], name="validation loss", mode="lines+markers"
+            )
+            if any(p[2] is not None for p in val):
+                figure.add_scatter(
+                    x=[p[0] for p in val],
+                    y=[p[2] for p in val],
+                    name=f"validation MaxAccGap ({progress.val_attribute})",
+                    mode="lines+markers",
+                    line={"dash": "dash"},
+                    yaxis="y2",
+                )
+                figure.update_layout(
+                    yaxis2={
+                        "title": "MaxAccGap",
+                        "overlaying": "y",
+                        "side": "right",
+                        "range": [0, 1],
+                        "showgrid": False,
+                    }
+                )
     else:
         figure.add_annotation(
             text="No training steps logged yet",
@@ -177,7 +201,7 @@ def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
         yaxis_title="loss",
         template="plotly_white",
         height=320,
-        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        margin={"l": 50, "r": 60, "t": 50, "b": 40},
         legend={"orientation": "h", "y": -0.25},
     )
     return figure

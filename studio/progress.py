@@ -36,6 +36,8 @@ class Progress:
     finished: bool = False
     curve: list[tuple[int, float, float | None, float | None]] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
+    val_curve: list[tuple[int, float | None, float | None]] = field(default_factory=list)  # step, loss, gap
+    val_attribute: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -74,15 +76,20 @@ def summarize(records: list[dict[str, Any]]) -> Progress:
     total: int | None = None
     finished = False
     steps: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
     for r in records:
-        if r.get("event") in ("start", "resume") and isinstance(r.get("total_steps"), int):
+        if r.get("event") == "val" and isinstance(r.get("step"), int):
+            val.append(r)
+        elif r.get("event") in ("start", "resume") and isinstance(r.get("total_steps"), int):
             total = r["total_steps"]
         elif r.get("event") == "end":
             finished = True
         elif isinstance(r.get("step"), int) and as_float(r.get("loss"), allow_nan=True) is not None:
             steps.append(r)
+    val_curve = [(r["step"], as_float(r.get("val_loss")), as_float(r.get("val_gap"))) for r in val]
+    val_attribute = val[-1].get("val_gap_attribute") if val else None
     if not steps:
-        return Progress(total_steps=total, finished=finished)
+        return Progress(total_steps=total, finished=finished, val_curve=val_curve, val_attribute=val_attribute)
     last = steps[-1]
     total = _int(last.get("total_steps")) or total
     elapsed = as_float(last.get("elapsed_s"), allow_nan=True)
@@ -107,6 +114,8 @@ def summarize(records: list[dict[str, Any]]) -> Progress:
         eta_s=0.0 if finished else eta,
         finished=finished,
         curve=curve,
+        val_curve=val_curve,
+        val_attribute=val_attribute,
     )
 
 

@@ -685,6 +685,25 @@ def test_generated_run_id_avoids_a_staging_folder(stores, monkeypatch):
     assert RUN_ID.match(job.run_id).group("method", "attr", "lam") == ("fr", "race", "0.1")
 
 
+def test_the_validation_curve_is_read_and_drawn_beside_the_loss():
+    from studio import jobs_view
+
+    records = [
+        {"event": "start", "total_steps": 4},
+        {"step": 2, "loss": 0.7, "ce": 0.7, "fairness": 0.0, "epoch": 1.0},
+        {"event": "val", "step": 2, "epoch": 1.0, "val_loss": 0.69, "val_gap": 0.3, "val_gap_attribute": "race"},
+        {"step": 4, "loss": 0.5, "ce": 0.5, "fairness": 0.0, "epoch": 2.0},
+        {"event": "val", "step": 4, "epoch": 2.0, "val_loss": 0.61, "val_gap": None, "val_gap_attribute": "race"},
+    ]
+    progress = summarize(records)
+    assert progress.step == 4 and [p[0] for p in progress.curve] == [2, 4]  # val records are no training steps
+    assert progress.val_curve == [(2, 0.69, 0.3), (4, 0.61, None)] and progress.val_attribute == "race"
+    figure = jobs_view.loss_figure(progress)
+    names = [trace.name for trace in figure.data]
+    assert names == ["loss", "validation loss", "validation MaxAccGap (race)"]
+    assert figure.data[2].yaxis == "y2" and list(figure.layout.yaxis2.range) == [0, 1]
+
+
 def test_run_ids_carry_only_the_parameters_the_method_uses(stores, monkeypatch):
     store = stores(max_concurrent=1)
     monkeypatch.setattr(jobs_module.time, "strftime", lambda fmt: "20250102-030405")

@@ -83,6 +83,10 @@ def test_each_method_writes_a_complete_run(runs, method):
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [s for s in steps if "step" in s and "loss" in s]
     assert len(logged) == n_steps and all(s["loss"] > 0 for s in logged)
+    # the validation curve: once per epoch (one epoch here), loss and the gap on the training attribute
+    val = [s for s in steps if s.get("event") == "val"]
+    assert [v["step"] for v in val] == [n_steps] and val[0]["val_loss"] > 0 and 0 <= val[0]["val_accuracy"] <= 1
+    assert val[0]["val_gap_attribute"] == "race"
     if method in ("fr", "hybrid", "cmac"):
         assert any(s["fairness"] > 0 for s in logged), "the fairness term must be active"
     else:
@@ -309,11 +313,8 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_result(tmp_p
     straight = pd.read_csv(tmp_path / "straight" / "predictions.csv")
     resumed = pd.read_csv(tmp_path / "killed" / "predictions.csv")
     pd.testing.assert_frame_equal(straight, resumed, rtol=0, atol=1e-6)
-    steps = [
-        json.loads(line).get("step")
-        for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-        if "loss" in line
-    ]
+    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "loss" in record]  # training steps, not the val records
     assert steps == sorted(set(steps)) == list(range(1, 25)), "each step logged once after the resume"
 
 

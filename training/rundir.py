@@ -3,7 +3,8 @@
     runs/<run_id>/
       config.json      fully resolved TrainConfig + task, family, versions, training summary
       adapter/         adapter_config.json, adapter_model.safetensors (+ head.safetensors)
-      metrics.jsonl    one line per logged step: step, epoch, loss parts, lr, samples/s
+      metrics.jsonl    one line per logged step: step, epoch, loss parts, lr, samples/s; and per epoch a
+                       "val" record: validation loss, accuracy and MaxAccGap on the training attribute
       predictions.csv  per val/test sample: id, split, label, prob, margin, every attribute
       eval.json        training.metrics.evaluate_run: threshold, per attribute, intervals, guard
       ood.npz          training.ood: class means, shared precision and the val-set threshold (optional)

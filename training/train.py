@@ -443,6 +443,32 @@ def predict(clf: Classifier, samples: Sequence[Sample], attributes: Sequence[str
     return pd.DataFrame(rows)
 
 
+def validation_figures(clf: Classifier, samples: Sequence[Sample], attribute: str, gap_min_n: int) -> dict[str, Any]:
+    """Validation loss (cross-entropy), accuracy and MaxAccGap on `attribute` (Gu et al. Eq. 1, over the
+    groups with at least `gap_min_n` validation samples) at the argmax: the curve the Studio draws beside
+    the training loss, so over-fitting or a gap that stops closing shows while the job runs. No RNG is
+    drawn (eval mode: no dropout), so training goes on exactly as without it."""
+    clf.eval()
+    losses, correct = [], []
+    with torch.inference_mode():
+        for chunk in batches(list(samples), EVAL_BATCH):
+            logits = clf(clf.preprocess([s.load_image() for s in chunk])).float()
+            labels = torch.tensor([s.label for s in chunk])
+            losses += torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
+            correct += (logits.argmax(dim=1) == labels).tolist()
+    keys = [group_key(s, attribute) for s in samples]
+    by_group: dict[str, list[bool]] = {}
+    for key, right in zip(keys, correct, strict=True):
+        by_group.setdefault(key, []).append(right)
+    accuracies = [sum(v) / len(v) for v in by_group.values() if len(v) >= gap_min_n]
+    return {
+        "val_loss": float(np.mean(losses)),
+        "val_accuracy": float(np.mean(correct)),
+        "val_gap": float(max(accuracies) - min(accuracies)) if len(accuracies) >= 2 else None,
+        "val_gap_attribute": attribute,
+    }
+
+
 def eval_attributes(cfg: TrainConfig, dataset: Dataset) -> list[str]:
     """What eval.json reports: the training attribute(s), every single attribute of the dataset and every
     pair of them as an intersection ('race+ethnicity'), the same choices Compare offers, so a gap read
@@ -565,6 +591,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         unit="step",
         disable=not (progress and main_process),
     )
+    val_samples = list(dataset.split("val"))
     started, step_times, loss, done, active, stopped = time.perf_counter(), [], float("nan"), start_step, 0, False
     order: Tensor | None = None  # the sample order of epoch order_epoch
     order_epoch = -1
@@ -630,6 +657,13 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
             _write_line(log, record)
             accelerator.log({k: v for k, v in record.items() if k != "total_steps"}, step=step + 1)
         done = step + 1
+        if main_process and val_samples and ((step + 1) % steps_per_epoch == 0 or step + 1 == total_steps):
+            # the validation curve, drawn live in the Studio: loss and the gap on the training attribute
+            figures = validation_figures(clf, val_samples, cfg.attribute, cfg.eval_gap_min_n)
+            model.train()
+            _write_line(
+                log, {"event": "val", "step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), **figures}
+            )
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", fair=f"{parts.fairness.item():.4f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
