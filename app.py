@@ -35,7 +35,7 @@ from studio.form import (
     config_from_form,
     default_attribute,
     form_fields,
-    sweep_from_form,
+    grid_from_form,
 )
 from studio.jobs import JobLimitError, JobStore, UnknownJobError
 from studio.settings import (
@@ -47,7 +47,7 @@ from studio.settings import (
     synthetic_to_generate,
 )
 from training.config import ConfigError
-from training.methods import LAMBDA_METHODS
+from training.methods import LAMBDA_METHODS, WEIGHT_METHODS
 
 log = logging.getLogger("fairdx.app")
 
@@ -587,11 +587,19 @@ def _studio_tab(settings: Settings, store: JobStore):
                     lambdas = gr.Textbox(
                         "0.1, 0.5, 1.0",
                         label="λ sweep",
-                        scale=3,
+                        scale=2,
                         elem_id="sweep-lambdas",
-                        info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}).",
+                        info=f"One job per λ value (methods {', '.join(LAMBDA_METHODS)}); empty: λ not swept.",
                     )
-                    sweep = gr.Button("Sweep λ", scale=1, elem_id="sweep-btn")
+                    w_maxes = gr.Textbox(
+                        "",
+                        label="w_max sweep (optional)",
+                        scale=2,
+                        elem_id="sweep-w-max",
+                        info=f"e.g. 5, 10, 20 (methods {', '.join(WEIGHT_METHODS)}).",
+                    )
+                    seeds = gr.Textbox("", label="Seeds (optional)", scale=1, elem_id="sweep-seeds", info="e.g. 0 1 2")
+                sweep = gr.Button("Sweep (every combination)", elem_id="sweep-btn")
             status = gr.Markdown(label="Status", show_label=False, elem_id="studio-status")
         with gr.Column(scale=6):
             jobs_table = gr.Dataframe(
@@ -625,6 +633,8 @@ def _studio_tab(settings: Settings, store: JobStore):
         fields=fields,
         launch=launch,
         lambdas=lambdas,
+        w_maxes=w_maxes,
+        seeds=seeds,
         sweep=sweep,
         status=status,
         jobs_table=jobs_table,
@@ -700,11 +710,17 @@ def _wire_studio(
         message, job_id = actions.launch(store, settings, actions.form_values(values), owner_of(request, profile))
         return message, jobs_view.jobs_table(store), job_id
 
-    @_named_form_parameters("lambdas_text")
+    @_named_form_parameters("lambdas_text", "w_max_text", "seeds_text")
     @guarded
     def sweep(request: gr.Request, profile: gr.OAuthProfile | None, *values):
         message, job_id = actions.sweep(
-            store, settings, actions.form_values(values[:-1]), values[-1], owner_of(request, profile)
+            store,
+            settings,
+            actions.form_values(values[:-3]),
+            values[-3],
+            owner_of(request, profile),
+            w_max_text=values[-2],
+            seeds_text=values[-1],
         )
         return message, jobs_view.jobs_table(store), job_id
 
@@ -776,7 +792,7 @@ def _wire_studio(
 
     @guarded
     def check_sweep(*values):
-        sweep_from_form(actions.form_values(values[:-1]), values[-1], settings)
+        grid_from_form(actions.form_values(values[:-3]), *values[-3:], settings)
 
     def method_changed(method: str):
         """λ and w_max are live only for the methods whose objective reads them (training.methods)."""
@@ -785,7 +801,7 @@ def _wire_studio(
     launch_outputs = [parts["status"], parts["jobs_table"], job]
     for button, check, fn, inputs, name in (
         (parts["launch"], check_launch, launch, fields, "launch"),
-        (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"]], "sweep"),
+        (parts["sweep"], check_sweep, sweep, [*fields, parts["lambdas"], parts["w_maxes"], parts["seeds"]], "sweep"),
         (parts["cancel"], None, cancel, [job], "cancel"),
         (parts["resume"], None, resume, [job], "resume"),
     ):

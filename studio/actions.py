@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from studio import jobs_view
-from studio.form import FORM_FIELDS, config_from_form, sweep_from_form
+from studio.form import FORM_FIELDS, config_from_form, grid_from_form
 from studio.jobs import JobStore
 from studio.settings import Settings, check_may_control
 from training.config import command_line
@@ -29,12 +29,21 @@ def launch(store: JobStore, settings: Settings, values: Mapping[str, Any], owner
 
 
 def sweep(
-    store: JobStore, settings: Settings, values: Mapping[str, Any], lambdas_text: str, owner: str
+    store: JobStore,
+    settings: Settings,
+    values: Mapping[str, Any],
+    lambdas_text: str,
+    owner: str,
+    w_max_text: str = "",
+    seeds_text: str = "",
 ) -> tuple[str, str]:
-    """Queue one job per λ of the sweep, all or none: (message, the first job's id)."""
-    config, lambdas = sweep_from_form(values, lambdas_text, settings)
-    submitted = store.submit_sweep(config, lambdas, owner=owner)
-    return jobs_view.sweep_message(submitted, lambdas), submitted[0].id
+    """Queue one job per point of the sweep (λ values, and optionally w_max values and seeds: the grid
+    of all of them), all or none: (message, the first job's id)."""
+    config, axes = grid_from_form(values, lambdas_text, w_max_text, seeds_text, settings)
+    submitted = store.submit_grid(
+        config, lambdas=axes.get("lam"), w_maxes=axes.get("w_max"), seeds=axes.get("seed"), owner=owner
+    )
+    return jobs_view.grid_message(submitted, axes), submitted[0].id
 
 
 COMMAND = (

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from studio.jobs import ERR_SWEEP_METHOD
+from studio.jobs import ERR_GRID_W_MAX_METHOD, ERR_SWEEP_METHOD
 from studio.settings import Settings
 from training import methods
 from training.config import ConfigError, TrainConfig, help_of, parse
@@ -240,18 +240,69 @@ def config_from_form(values: Mapping[str, Any], settings: Settings) -> TrainConf
 def sweep_from_form(
     values: Mapping[str, Any], lambdas_text: str, settings: Settings
 ) -> tuple[TrainConfig, list[float]]:
-    """The config and λ values of a sweep (one job per λ), or one ConfigError naming every problem."""
-    lambdas, lambda_problems = parse_lambdas(lambdas_text, settings.max_sweep)
-    config, problems = _config_and_problems(values, settings, lambdas)
-    problems += lambda_problems
-    if values.get("method") not in methods.LAMBDA_METHODS:
-        problems.append(ERR_SWEEP_METHOD.format(method=values.get("method")))
+    """The config and λ values of a λ sweep (one job per λ), or one ConfigError naming every problem."""
+    if not (lambdas_text or "").strip():
+        raise ConfigError([*_config_and_problems(values, settings)[1], ERR_LAMBDAS_EMPTY])
+    config, axes = grid_from_form(values, lambdas_text, "", "", settings)
+    return config, axes["lam"]
+
+
+ERR_GRID_NOTHING = "enter the values to sweep: λ values, w_max values or seeds (e.g. 0.1, 0.5, 1.0)"
+ERR_GRID_VALUE = "{name} value {value!r} is not {rule}"
+ERR_GRID_TOO_MANY = "a sweep runs at most {cap} jobs on this server; this grid has {n} ({shape})"
+GRID_RULES = {"w_max": ("a number ≥ 1", 1.0, False), "seed": ("a whole number ≥ 0", 0.0, True)}
+
+
+def parse_values(text: str, name: str) -> tuple[list[float] | list[int], list[str]]:
+    """'5, 10' for w_max or '0 1 2' for seeds -> (values, problems)."""
+    rule, minimum, whole = GRID_RULES[name]
+    values: list = []
+    problems = []
+    for token in (t for t in LAMBDA_SPLIT.split(text) if t):
+        try:
+            value = float(token)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (whole and not value.is_integer()):
+            problems.append(ERR_GRID_VALUE.format(name=name, value=token, rule=rule))
+        else:
+            values.append(int(value) if whole else value)
+    return values, problems
+
+
+def grid_from_form(
+    values: Mapping[str, Any], lambdas_text: str, w_max_text: str, seeds_text: str, settings: Settings
+) -> tuple[TrainConfig, dict[str, list]]:
+    """The config and the axes of a grid sweep (λ × w_max × seed; an empty text is an axis not swept),
+    or one ConfigError naming every problem. The grid's size counts against the sweep cap."""
+    axes: dict[str, list] = {}
+    problems: list[str] = []
+    if (lambdas_text or "").strip():
+        axes["lam"], found = parse_lambdas(lambdas_text, settings.max_sweep)
+        problems += found
+    for name, text in (("w_max", w_max_text), ("seed", seeds_text)):
+        if (text or "").strip():
+            axes[name], found = parse_values(text, name)
+            problems += found
+    config, config_problems = _config_and_problems(values, settings, axes.get("lam"))
+    problems = config_problems + problems
+    if not axes:
+        problems.append(ERR_GRID_NOTHING)
+    method = values.get("method")
+    if "lam" in axes and method not in methods.LAMBDA_METHODS:
+        problems.append(ERR_SWEEP_METHOD.format(method=method))
+    if "w_max" in axes and method not in methods.WEIGHT_METHODS:
+        problems.append(ERR_GRID_W_MAX_METHOD.format(method=method))
+    n = math.prod(len(v) for v in axes.values()) if axes else 0
+    shape = " × ".join(f"{len(v)} {'λ' if k == 'lam' else k}" for k, v in axes.items())
+    if n > settings.max_sweep:
+        problems.append(ERR_GRID_TOO_MANY.format(cap=settings.max_sweep, n=n, shape=shape))
     cap = settings.max_jobs_per_user
-    if cap is not None and len(lambdas) > cap:
-        problems.append(ERR_SWEEP_USER_LIMIT.format(n=len(lambdas), cap=cap))
+    if cap is not None and n > cap:
+        problems.append(ERR_SWEEP_USER_LIMIT.format(n=n, cap=cap))
     if problems or config is None:
         raise ConfigError(problems)
-    return config, lambdas
+    return config, axes
 
 
 def parse_lambdas(text: str | None, cap: int) -> tuple[list[float], list[str]]:

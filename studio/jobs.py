@@ -35,6 +35,7 @@ No Gradio here: app.py wires these calls to buttons and a ``gr.Timer``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -105,6 +106,12 @@ ERR_SWEEP_METHOD = (
     "a λ sweep needs a method with λ (" + ", ".join(methods.LAMBDA_METHODS) + "); λ has no effect on method '{method}'"
 )
 ERR_SWEEP_EMPTY = "a λ sweep needs at least one λ value"
+ERR_GRID_W_MAX_METHOD = (
+    "a w_max sweep needs a method with w_max (" + ", ".join(methods.WEIGHT_METHODS) + "); "
+    "w_max has no effect on method '{method}'"
+)
+ERR_GRID_EMPTY = "a sweep over {name} needs at least one value"
+ERR_GRID_DUPLICATES = "{name} values of a sweep must differ (got {values})"
 ERR_SWEEP_DUPLICATES = "λ values of a sweep must differ (got {lambdas})"
 ERR_BAD_LIMIT = "{name} must be a whole number ≥ {minimum} (got {value!r})"
 ERR_BAD_GRACE = "cancel_grace_s must be ≥ 0 (got {value!r})"
@@ -579,18 +586,49 @@ class JobStore:
 
         A given run_name gets the λ as a suffix (``name-l0.5``); generated run ids carry it anyway.
         """
+        return self.submit_grid(config, lambdas=lambdas, owner=owner)
+
+    def submit_grid(
+        self,
+        config: TrainConfig,
+        *,
+        lambdas: Sequence[float] | None = None,
+        w_maxes: Sequence[float] | None = None,
+        seeds: Sequence[int] | None = None,
+        owner: str = "local",
+    ) -> list[Job]:
+        """One job per point of the grid λ × w_max × seed (an axis left None keeps the config's value);
+        all are queued or none is. λ values need a method that reads λ, w_max values one that reads
+        w_max; a given run_name gets the swept values as suffixes (``name-l0.5-w10-s1``)."""
         problems = []
-        if not config.objective.uses_lambda:
-            problems.append(ERR_SWEEP_METHOD.format(method=config.method))
-        if not lambdas:
-            problems.append(ERR_SWEEP_EMPTY)
-        elif len(set(lambdas)) != len(lambdas):
-            problems.append(ERR_SWEEP_DUPLICATES.format(lambdas=", ".join(f"{lam:g}" for lam in lambdas)))
+        axes: dict[str, Sequence] = {}
+        for name, values, uses, method_error in (
+            ("lam", lambdas, config.objective.uses_lambda, ERR_SWEEP_METHOD),
+            ("w_max", w_maxes, config.objective.uses_w_max, ERR_GRID_W_MAX_METHOD),
+            ("seed", seeds, True, None),
+        ):
+            if values is None:
+                continue
+            if not uses and method_error:
+                problems.append(method_error.format(method=config.method))
+            if not values:
+                problems.append(ERR_SWEEP_EMPTY if name == "lam" else ERR_GRID_EMPTY.format(name=name))
+            elif len(set(values)) != len(values):
+                shown = ", ".join(f"{v:g}" for v in values)
+                problems.append(
+                    ERR_SWEEP_DUPLICATES.format(lambdas=shown)
+                    if name == "lam"
+                    else ERR_GRID_DUPLICATES.format(name=name, values=shown)
+                )
+            axes[name] = list(values)
+        suffix = {"lam": "l", "w_max": "w", "seed": "s"}
         configs = []
-        for lam in lambdas:
+        for point in itertools.product(*axes.values()):
+            changes = dict(zip(axes, point, strict=True))
+            tail = "".join(f"-{suffix[k]}{v:g}" for k, v in changes.items())
             try:
                 configs.append(
-                    config.replace(lam=lam, run_name=f"{config.run_name}-l{lam:g}" if config.run_name else None)
+                    config.replace(**changes, run_name=f"{config.run_name}{tail}" if config.run_name else None)
                 )
             except ConfigError as err:
                 problems += [p for p in err.problems if p not in problems]
@@ -661,13 +699,15 @@ class JobStore:
         )
 
     def _new_run_id(self, con: sqlite3.Connection, cfg: TrainConfig, task: str | None, taken: set[str]) -> str:
-        """<task>-<method>-<attr>[-l<λ>][-w<w_max>]-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable, never
-        reused; λ and w_max only for the methods that use them (a vanilla run has neither)."""
+        """<task>-<method>-<attr>[-l<λ>][-w<w_max>][-s<seed>]-<yyyymmdd-hhmmss>-<4 hex>: readable, sortable,
+        never reused; λ and w_max only for the methods that use them (a vanilla run has neither), the seed
+        when it is not the default."""
         attribute = re.sub(r"[^A-Za-z0-9_.+-]", "_", cfg.attribute)
         objective = cfg.objective
         used = (f"-l{cfg.lam:g}" if objective.uses_lambda else "") + (
             f"-w{cfg.w_max:g}" if objective.uses_w_max else ""
         )
+        used += f"-s{cfg.seed}" if cfg.seed != TrainConfig.model_fields["seed"].default else ""
         stem = f"{task}-{cfg.method}-{attribute}{used}-{time.strftime('%Y%m%d-%H%M%S')}"
         while True:
             run_id = f"{stem}-{secrets.token_hex(2)}"

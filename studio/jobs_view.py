@@ -8,7 +8,7 @@ reasons go through ``Settings.redact`` so a visitor never sees this server's abs
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -205,6 +205,16 @@ def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
         legend={"orientation": "h", "y": -0.25},
     )
     return figure
+
+
+GRID_LAUNCHED = "Queued {n} jobs ({grid}): {jobs}."
+AXIS_NAMES = {"lam": "λ", "w_max": "w_max", "seed": "seed"}
+
+
+def grid_message(jobs: Sequence[Job], axes: Mapping[str, Sequence]) -> str:
+    """'Queued 4 jobs (λ = 0.1, 1 × w_max = 5, 10): `a`, `b`, …'."""
+    grid = " × ".join(f"{AXIS_NAMES[k]} = {', '.join(f'{v:g}' for v in values)}" for k, values in axes.items())
+    return GRID_LAUNCHED.format(n=len(jobs), grid=grid, jobs=", ".join(f"`{job.id}`" for job in jobs))
 
 
 def sweep_message(jobs: Sequence[Job], lambdas: Sequence[float]) -> str:

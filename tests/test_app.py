@@ -346,6 +346,17 @@ def test_invalid_launch_names_every_problem_and_queues_nothing(client, runs):
     assert client.predict(api_name="/jobs")["data"] == before
 
 
+def test_a_grid_sweep_through_the_api_is_checked_as_a_whole(client):
+    before = client.predict(api_name="/jobs")["data"]
+    with pytest.raises(AppError) as caught:
+        client.predict(**TINY_JOB, lambdas_text="0.1, 1", w_max_text="5 10", seeds_text="0 x", api_name="/sweep")
+    assert str(caught.value).splitlines()[1:] == [
+        "  - seed value 'x' is not a whole number ≥ 0",
+        "  - a w_max sweep needs a method with w_max (gr, hybrid); w_max has no effect on method 'fr'",
+    ]
+    assert client.predict(api_name="/jobs")["data"] == before  # all or none
+
+
 def test_cancel_stops_a_job(client):
     _, _, job_id = client.predict(**{**TINY_JOB, "epochs": 3, "max_samples": 200}, api_name="/launch")
     message, _, selected = client.predict(job_id, api_name="/cancel")

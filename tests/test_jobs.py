@@ -65,7 +65,8 @@ from training.data_spec import materialize
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = "synth:fundus:n=200,test_min=0"
 RUN_ID = re.compile(
-    r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)(?:-l(?P<lam>[\d.]+))?(?:-w(?P<w_max>[\d.]+))?-\d{8}-\d{6}-[0-9a-f]{4}$"
+    r"^fundus-(?P<method>\w+)-(?P<attr>[\w+]+)(?:-l(?P<lam>[\d.]+))?(?:-w(?P<w_max>[\d.]+))?(?:-s(?P<seed>\d+))?"
+    r"-\d{8}-\d{6}-[0-9a-f]{4}$"
 )
 WAIT_S = 20.0
 REAL_WAIT_S = 180.0
@@ -715,6 +716,24 @@ def test_run_ids_carry_only_the_parameters_the_method_uses(stores, monkeypatch):
         "hybrid": "fundus-hybrid-race-l0.5-w10",
         "cmac": "fundus-cmac-race-l0.5",
     }
+
+
+def test_a_grid_sweep_queues_every_point_or_none(stores):
+    store = stores(max_concurrent=1)
+    jobs = store.submit_grid(cfg(method="hybrid", run_name="grid"), lambdas=[0.1, 1], w_maxes=[5, 10], seeds=[0, 1])
+    assert len(jobs) == 8 and jobs[0].run_id == "grid-l0.1-w5-s0" and jobs[-1].run_id == "grid-l1-w10-s1"
+    points = {(c["lam"], c["w_max"], c["seed"]) for c in (json.loads(j.config_path.read_text()) for j in jobs)}
+    assert points == {(lam, w, seed) for lam in (0.1, 1.0) for w in (5.0, 10.0) for seed in (0, 1)}
+    generated = store.submit_grid(cfg(method="gr"), w_maxes=[3], seeds=[7])
+    assert RUN_ID.match(generated[0].run_id).group("w_max", "seed") == ("3", "7")
+    before = len(store.list_jobs())
+    with pytest.raises(ConfigError) as err:
+        store.submit_grid(cfg(method="fr"), lambdas=[0.5], w_maxes=[5, 5])  # FR never reads w_max
+    assert err.value.problems[:2] == [
+        jobs_module.ERR_GRID_W_MAX_METHOD.format(method="fr"),
+        jobs_module.ERR_GRID_DUPLICATES.format(name="w_max", values="5, 5"),
+    ]
+    assert len(store.list_jobs()) == before  # all or none
 
 
 def test_sweep_queues_one_job_per_lambda_or_none(stores):

@@ -24,7 +24,7 @@ from inference.compare_engine import NO_RUNS, PICKED_TWICE, wilson_interval
 from inference.diagnosis import Diagnosis
 from studio import form, jobs_view
 from studio import settings as settings_module
-from studio.jobs import ERR_SWEEP_METHOD, Job, JobStore
+from studio.jobs import ERR_GRID_W_MAX_METHOD, ERR_SWEEP_METHOD, Job, JobStore
 from studio.progress import Progress
 from studio.settings import (
     NOT_YOUR_JOB,
@@ -340,6 +340,27 @@ def test_lambda_sweep_text_is_parsed_and_checked(tmp_path):
         ERR_SWEEP_METHOD.format(method="vanilla"),
         form.ERR_SWEEP_USER_LIMIT.format(n=3, cap=2),
     ]
+
+
+def test_a_grid_sweep_is_parsed_checked_and_capped(tmp_path):
+    s = local_settings(tmp_path, max_sweep=8)
+    config, axes = form.grid_from_form(form_input(method="hybrid"), "0.1, 1", "5 10", "0 1", s)
+    assert config.method == "hybrid" and axes == {"lam": [0.1, 1.0], "w_max": [5.0, 10.0], "seed": [0, 1]}
+    _, axes = form.grid_from_form(form_input(method="gr"), "", "5, 20", "", s)  # GR sweeps w_max alone
+    assert axes == {"w_max": [5.0, 20.0]}
+    with pytest.raises(ConfigError) as caught:
+        form.grid_from_form(form_input(method="fr"), "", "0.5, x", "1.5", s)
+    assert caught.value.problems == [
+        form.ERR_GRID_VALUE.format(name="w_max", value="0.5", rule="a number ≥ 1"),
+        form.ERR_GRID_VALUE.format(name="w_max", value="x", rule="a number ≥ 1"),
+        form.ERR_GRID_VALUE.format(name="seed", value="1.5", rule="a whole number ≥ 0"),
+        ERR_GRID_W_MAX_METHOD.format(method="fr"),
+    ]
+    with pytest.raises(ConfigError, match="enter the values to sweep"):
+        form.grid_from_form(form_input(), " ", "", "", s)
+    big = " ".join(str(i) for i in range(s.max_sweep))
+    with pytest.raises(ConfigError, match=f"at most {s.max_sweep} jobs on this server; this grid has"):
+        form.grid_from_form(form_input(method="hybrid"), "0.1 0.5", "", big, s)
 
 
 # ---------------------------------------------------------------------- runs on offer
