@@ -550,9 +550,14 @@ class RunCheckboxes(gr.CheckboxGroup):
         return list(payload or [])
 
 
-def _field(spec: FieldSpec, settings: Settings):
+def _field(spec: FieldSpec, settings: Settings, *, interactive: bool = True):
     """One Studio form widget from its FieldSpec (bounds are checked by studio.form, all at once)."""
-    common = dict(label=spec.label, info=_info(spec), elem_id=f"studio-{spec.name.replace('_', '-')}")
+    common = dict(
+        label=spec.label,
+        info=_info(spec),
+        elem_id=f"studio-{spec.name.replace('_', '-')}",
+        interactive=interactive,
+    )
     if spec.kind == "radio":
         return gr.Radio(list(spec.choices), value=spec.default, **common)
     if spec.kind == "dropdown":
@@ -665,11 +670,12 @@ FORM_LAYOUT = (
 def _form(specs: list[FieldSpec], settings: Settings) -> dict[str, Any]:
     """The Studio form's widgets, by field name, in FORM_LAYOUT's rows."""
     by_name = {spec.name: spec for spec in specs}
+    method = by_name["method"].default  # λ, its confirmation and w_max start live only if it reads them
     fields = {}
     for row in FORM_LAYOUT:
         with gr.Row():
             for name in row:
-                fields[name] = _field(by_name[name], settings)
+                fields[name] = _field(by_name[name], settings, interactive=by_name[name].enabled_for(method))
     return fields
 
 

@@ -249,6 +249,9 @@ def test_a_cancelled_job_resumes_from_the_studio(page, shots):
 
 def test_form_mistakes_are_listed_in_one_toast(page, shots):
     open_tab(page, "Studio")
+    expect(page.locator("#studio-lam input")).to_be_disabled()  # the default method, vanilla, reads no λ
+    page.locator("#studio-method").get_by_text("FR", exact=True).click()
+    expect(page.locator("#studio-lam input")).to_be_enabled()
     fill_form(page, {"lam": "-1", "epochs": "0", "max-samples": "5"})
     page.locator("#launch-btn").click()
     toast = page.locator(".toast-body").filter(has_text="invalid training configuration (3 problems)")

@@ -776,3 +776,15 @@ def test_the_studio_tab_offers_the_form_when_training_is_off(tmp_path):
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     assert {"studio-disabled", "studio-command-btn", "studio-command", "studio-method", "studio-lam"} <= ids
     assert "launch-btn" not in ids
+
+
+def test_fields_the_default_method_does_not_read_start_disabled(tmp_path):
+    import app as fairdx_app
+
+    demo = fairdx_app.build_app(local_settings(tmp_path))
+    blocks = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    method = form.studio_base().method  # vanilla: reads neither λ nor w_max
+    assert method == "vanilla"
+    assert blocks["studio-lam"].interactive is False and blocks["studio-w-max"].interactive is False
+    assert blocks["studio-confirm-large-lambda"].interactive is False and blocks["studio-epochs"].interactive
+    demo.fairdx_store.close()
