@@ -89,27 +89,6 @@ class Versus:
         return self.table.empty
 
 
-FRAME_COLUMNS = [
-    "setting",
-    "method",
-    "runs",
-    "seeds",
-    "figure",
-    "value",
-    "reference_value",
-    "difference",
-    "ci_lo",
-    "ci_hi",
-    "p_value",
-    "equivalence_lo",
-    "equivalence_hi",
-    "equivalent",
-    "verdict",
-    "n_failed",
-    "flagged",
-]
-
-
 NUMBER_COLUMNS = (
     "value",
     "reference_value",
@@ -120,6 +99,18 @@ NUMBER_COLUMNS = (
     "equivalence_lo",
     "equivalence_hi",
 )  # the float columns of Versus.table (NaN where undefined)
+FRAME_COLUMNS = [
+    "setting",
+    "method",
+    "runs",
+    "seeds",
+    "figure",
+    *NUMBER_COLUMNS,
+    "equivalent",
+    "verdict",
+    "n_failed",
+    "flagged",
+]
 
 
 def setting_key(run: Source) -> tuple:

@@ -20,6 +20,7 @@ session ends), never into the runs folders.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -90,8 +91,9 @@ class UploadedRun:
     def guard_reasons(self) -> list[str]:
         return list(self.guard.get("reasons") or [])
 
-    @property
+    @functools.cached_property
     def attributes(self) -> list[str]:
+        """The attribute columns of the checked file (read once: the copy never changes)."""
         header = pd.read_csv(self.path / PREDICTIONS, nrows=0).columns
         return [c for c in header if c not in metrics.RESERVED_COLUMNS]
 
