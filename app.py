@@ -59,6 +59,10 @@ HEADER = (
 INTERNAL_ERROR = "Something went wrong on the server; the error was logged. Try again, or pick another adapter."
 POLL_S = 1.5
 MAX_FILE_SIZE = "10mb"  # = inference.images.DEFAULT_MAX_BYTES; SafeImage says the same in words
+# A refresh asked for while the same refresh is still pending must run after it, not be dropped:
+# Gradio's default trigger_mode "once" ignores the request, so under load the newest choice (an upload,
+# another attribute) never reached the tables. "always_last" keeps the latest request and runs it next.
+LATEST = "always_last"
 CACHE_CLEANUP = (3600, 3600)  # uploads and outputs older than an hour are deleted, checked hourly
 USER_ERRORS = (ValueError, ServingError, CompareError, ConfigError, JobLimitError, UnknownJobError, StudioAccessError)
 CSS = """
@@ -263,9 +267,9 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         choice_outputs = [cp.attribute, c_runs, cp.reference]
         c_task.change(
             functools.partial(compare_choices, keep=False), choice_inputs, choice_outputs, api_visibility="private"
-        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private")
-        cp.attribute.input(do_compare, compare_inputs, compare_outputs, api_visibility="private")
-        cp.reference.input(do_compare, compare_inputs, compare_outputs, api_visibility="private")
+        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
+        cp.attribute.input(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
+        cp.reference.input(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
         c_runs.input(
             lambda keys, current: gr.Dropdown(
                 choices=compare_view.reference_choices(keys),
@@ -276,7 +280,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             api_visibility="private",
         )
         compare_tab.select(compare_choices, choice_inputs, choice_outputs, api_visibility="private").then(
-            do_compare, compare_inputs, compare_outputs, api_visibility="private"
+            do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST
         )
 
         def do_upload(path: str | None, task: str, keys: list[str] | None, uploaded, request: gr.Request):
@@ -303,7 +307,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             [cp.upload, c_task, c_runs, uploads],
             [uploads, c_runs, cp.reference, cp.upload_status],
             api_visibility="private",
-        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private")
+            trigger_mode=LATEST,
+        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
 
         # ------------------------------------------------------------------ Studio
         if studio_parts is not None:
