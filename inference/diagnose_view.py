@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from inference import saliency
 from inference.catalog import find_run, of_task, run_choices, run_key
 from inference.diagnosis import Diagnosis
 from inference.images import describe_image
@@ -144,6 +145,11 @@ def show(diagnosis: Diagnosis, run: RunInfo, image: Image.Image) -> DiagnosisVie
         "guard_reasons": run.guard_reasons,
     }
     return DiagnosisView(confidences, summary, details)
+
+
+def explanation(attribution: saliency.Attribution, run: RunInfo) -> tuple[Image.Image, str]:
+    """The saliency overlay (inference.saliency) and its caption, naming the method and the adapter."""
+    return attribution.overlay(), f"*{attribution.caption()} Adapter `{run_key(run)}`.*"
 
 
 ALL_COLUMNS = [

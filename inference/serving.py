@@ -53,7 +53,7 @@ from PIL import Image
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from inference import memory
+from inference import memory, saliency
 from inference.diagnosis import Diagnosis
 from training import ood, rundir
 from training.backbones import Classifier, load_adapter, load_classifier, resolve_backbone, set_adapter
@@ -249,6 +249,19 @@ class ModelPool:
                 batch = clf.preprocess(images)
                 logits = clf(batch).cpu()
                 return logits, clf.embed(batch).float().cpu() if embed else None
+
+    def explain(
+        self, image: Image.Image, run: RunInfo | str | Path, *, steps: int = saliency.DEFAULT_STEPS
+    ) -> saliency.Attribution:
+        """Integrated Gradients of `run`'s answer for one image (inference.saliency), with the base locked:
+        `steps` forward and backward passes that change nothing in the model."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(NOT_AN_IMAGE.format(type=type(image).__name__))
+        saliency.check_steps(steps)
+        run = _as_run(run)
+        base = self._base(run)
+        with memory.in_use(), base.lock:
+            return saliency.integrated_gradients(self._activate(base, run), image, steps=steps)
 
     def activate(self, run: RunInfo | str | Path) -> None:
         """Load `run`'s base and adapter if needed and make it the active one (warm-up; switch timing)."""

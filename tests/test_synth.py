@@ -292,6 +292,22 @@ def test_lesion_contrast_drops_on_dark_skin_only_with_bias():
     assert biased[1] < 0.6 * biased[0]
 
 
+def test_evidence_masks_mark_the_disc_and_the_lesion_and_leave_the_image_unchanged():
+    """The masks saliency is checked against (tests/test_saliency.py) draw nothing from the image streams."""
+    plan = synth.plan_fundus(60, seed=5, bias=DEFAULT).to_dict("records")
+    for i, row in enumerate(plan[:6]):
+        image, disc = synth.render_fundus_with_evidence(synth.fundus_params(row, 5, DEFAULT, i + 1), 96)
+        assert np.array_equal(image, synth.render_fundus(synth.fundus_params(row, 5, DEFAULT, i + 1), 96))
+        assert 0.01 < disc.mean() < 0.05  # disc radius 0.13-0.16 of the half-width: ~2 % of the image
+        assert image[disc].mean() > image[~disc].mean()  # the disc is the brightest part of a fundus
+    for row in synth.plan_skin(60, seed=6, bias=DEFAULT).drop_duplicates("lesion_id").head(6).to_dict("records"):
+        lesion = synth.skin_lesion_params(row, 6, DEFAULT)
+        image, inside = synth.render_skin_with_evidence(lesion, np.random.default_rng(0), 96)
+        assert np.array_equal(image, synth.render_skin(lesion, np.random.default_rng(0), 96))
+        assert 0.02 < inside.mean() < 0.5  # lesion radius 0.26-0.42 of the half-width, zoomed 0.85-1.15
+        assert image[inside].mean() < image[~inside].mean()  # a lesion is darker than the skin around it
+
+
 def test_malignant_cues_are_subtler_for_young_women_only_with_bias():
     plan = synth.plan_skin(4000, seed=7, bias=NO_BIAS)
     mal = plan[(plan.malignant == 1) & plan.fitzpatrick.isin(["I", "II"])].drop_duplicates("lesion_id")

@@ -497,6 +497,14 @@ def fundus_params(row: dict, seed: int, bias: BiasConfig, index: int) -> dict:
 
 def render_fundus(params: dict, size: int) -> np.ndarray:
     """Draw a colour-fundus-like uint8 RGB image (vectorised numpy + PIL lines for vessels)."""
+    return render_fundus_with_evidence(params, size)[0]
+
+
+def render_fundus_with_evidence(params: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image of `render_fundus` and its evidence region: a bool [size, size] mask of the optic disc
+    (disc ellipse grown by 10 %), where the cup-to-disc ratio and the notch -- the only drawn signs of
+    glaucoma -- are. The mask draws nothing from the image's stream: the image is the same either way.
+    Saliency checks (inference.saliency) measure how much attribution falls inside it."""
     rng = params["rng"]
     x, y = _grid(size)
     r = np.sqrt(x * x + y * y)
@@ -529,6 +537,8 @@ def render_fundus(params: dict, size: int) -> np.ndarray:
     cup_r = params["cdr"] * (1.0 + params["notch_depth"] * np.exp(-(dtheta**2) / (2 * 0.4**2)))
     cup_a = (_ramp(rho - np.minimum(cup_r, 0.97), 0.12) * dc)[..., None]
     img[win] = patch * (1 - cup_a) + np.array([1.0, 0.93, 0.78], np.float32) * cup_a
+    evidence = np.zeros((size, size), bool)
+    evidence[win] = rho <= 1.1
 
     # vessels: dark red branching lines from the disc
     vmask = _vessel_mask(rng, size, cx, cy, rd, side, fx, fy)
@@ -538,7 +548,7 @@ def render_fundus(params: dict, size: int) -> np.ndarray:
     img = mean + (img - mean) * params["contrast"]
     fov = _ramp(r - 0.93, 0.02)
     img = img * fov[..., None]
-    return _finish(img, rng, params["blur"] * size / 224.0, params["noise"], noise_mask=fov > 0)
+    return _finish(img, rng, params["blur"] * size / 224.0, params["noise"], noise_mask=fov > 0), evidence
 
 
 def _window(size: int, cx: float, cy: float, half: float) -> tuple[slice, slice]:
@@ -976,6 +986,13 @@ def _lesion_colours(rng, dx: str, cue: float) -> list[tuple[str, float]]:
 
 def render_skin(lesion: dict, view_rng: np.random.Generator, size: int) -> np.ndarray:
     """Draw one dermoscopy-like uint8 RGB image of `lesion` from a random view (crop/rotation/light)."""
+    return render_skin_with_evidence(lesion, view_rng, size)[0]
+
+
+def render_skin_with_evidence(lesion: dict, view_rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image of `render_skin` and its evidence region: a bool [size, size] mask of the lesion (its
+    opacity above one half), which holds every drawn sign of malignancy -- asymmetry, border, colours,
+    structures. Drawing the mask takes nothing from the view's stream."""
     x, y = _grid(size)
     rng = view_rng
     phi, zoom = rng.uniform(0, 2 * np.pi), rng.uniform(0.85, 1.15)
@@ -1032,7 +1049,7 @@ def render_skin(lesion: dict, view_rng: np.random.Generator, size: int) -> np.nd
     img = img * (1.0 - _hair_mask(rng, size)[..., None] * 0.85)
     if rng.random() < 0.3:  # dermatoscope's dark circular border
         img = img * _ramp(r - rng.uniform(1.0, 1.3), 0.05)[..., None]
-    return _finish(img, rng, 0.5 * size / 224.0, 2.0)
+    return _finish(img, rng, 0.5 * size / 224.0, 2.0), alpha > 0.5
 
 
 def _structure_mask(lesion, size, zoom, phi, tx, ty) -> np.ndarray | None:

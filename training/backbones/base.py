@@ -11,7 +11,7 @@ wraps it) plus whatever small task-specific part sits outside it (the Qwen head)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -57,6 +57,7 @@ class Classifier(nn.Module):
 
     family: ClassVar[str]
     lora_target_modules: ClassVar[str | list[str]]
+    image_processor: Any  # the checkpoint's Hugging Face image processor (set by each family)
 
     def __init__(self, model: PreTrainedModel, *, base_model_id: str, task: Task) -> None:
         super().__init__()
@@ -96,6 +97,19 @@ class Classifier(nn.Module):
 
     def input_description(self) -> str:
         return ""
+
+    def image_layout(self, values: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """`values` shaped like ``batch["pixel_values"]`` (the pixels, a gradient, an attribution) laid out as
+        the first image the model read: [K, C, H, W], K copies of each pixel (Qwen's temporal patches; 1
+        for a plain image tensor). Sum over K for an attribution, average for the pixels. Saliency
+        (inference.saliency) maps attributions back onto the image with it."""
+        raise NotImplementedError
+
+    def pixels_for_display(self, pixels: Tensor) -> Tensor:
+        """Normalised pixels [C, H, W] back in [0, 1] (the processor's mean and std undone)."""
+        mean = torch.tensor(self.image_processor.image_mean, dtype=pixels.dtype, device=pixels.device)
+        std = torch.tensor(self.image_processor.image_std, dtype=pixels.dtype, device=pixels.device)
+        return (pixels * std[:, None, None] + mean[:, None, None]).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ image budget
     @property

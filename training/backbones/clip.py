@@ -85,6 +85,11 @@ class ClipClassifier(Classifier):
     def input_description(self) -> str:
         return f"image {self.image_size}x{self.image_size}"
 
+    def image_layout(self, values: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """CLIP reads an image tensor [B, 3, S, S] as it is: the first image, one copy of each pixel."""
+        del batch
+        return values[:1]
+
     def _outputs(self, batch: dict[str, Tensor]):
         return self.model(
             input_ids=self.prompt_input_ids,

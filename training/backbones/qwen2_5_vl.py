@@ -132,6 +132,20 @@ class QwenVLClassifier(Classifier):
         size = self.image_processor.size
         return f"pixels {size['shortest_edge']}..{size['longest_edge']}"
 
+    def image_layout(self, values: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Undo the image processor's patchify for the first image: its rows of ``pixel_values`` run over
+        (rows of 2x2 merge windows, their columns, the window's row, its column), each row holding (channel,
+        temporal copy, patch row, patch column) -- transformers' Qwen2VLImageProcessor.patchify read
+        backwards. Returns [temporal copies, C, H, W] (a still image is repeated over the copies)."""
+        t, h, w = (int(v) for v in batch["image_grid_thw"][0])
+        if t != 1:
+            raise ValueError(f"image_layout reads still images (temporal grid 1), got a grid of {t}")
+        p, m = self.image_processor.patch_size, self.image_processor.merge_size
+        copies = self.image_processor.temporal_patch_size
+        rows = values[: h * w].reshape(h // m, w // m, m, m, -1, copies, p, p)
+        # (blocks_h, blocks_w, m_h, m_w, C, T, p_h, p_w) -> (T, C, blocks_h, m_h, p_h, blocks_w, m_w, p_w)
+        return rows.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(copies, -1, h * p, w * p)
+
     @property
     def image_budget(self) -> tuple[int | None, int | None]:
         return self._image_budget
