@@ -53,7 +53,7 @@ def measure(run_dir: Path, *, workers: int = 2) -> dict:
     features = synth_bias.compute_features(FEATURES[task], frame["path"].tolist(), workers)
     baseline = synth_bias.baseline(frame, features)
     test = (frame["split"] == "test").to_numpy()
-    latent = synth.latent_scores(task, spec.n, spec.seed, synth.BiasConfig(spec.strength), spec.test_min)
+    latent = synth.latent_scores(task, spec.n, spec.seed, synth.BiasConfig(spec.strength), spec.test_min, spec.val_min)
     predictions = pd.read_csv(run_dir / "predictions.csv")
     predictions = predictions[predictions["split"] == "test"]
     labels = frame.loc[test, "label"].to_numpy()

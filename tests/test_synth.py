@@ -430,6 +430,25 @@ def test_skin_enrichment_gives_every_sex_age_subgroup_test_min_malignant_test_im
     assert set(rare.index) <= set(train.groupby(["sex", "age_group"]).size().index), "every stratum trains"
 
 
+def test_validation_enrichment_adds_validation_samples_and_leaves_every_other_row_as_it_was():
+    """val_min draws from streams of its own after everything else: training and test images are unchanged."""
+    fundus = synth.plan_fundus(2000, 0, BiasConfig(), 300)
+    with_val = synth.plan_fundus(2000, 0, BiasConfig(), 300, 300)
+    assert with_val.iloc[: len(fundus)].equals(fundus)
+    val = with_val[with_val["split"] == 1]
+    assert val.groupby("race").size().min() >= 300 and with_val["filename"].is_unique
+    assert (with_val.iloc[len(fundus) :]["split"] == 1).all()
+
+    skin = synth.plan_skin(2000, 0, BiasConfig(), 50)
+    skin_val = synth.plan_skin(2000, 0, BiasConfig(), 50, 50)
+    kept = skin_val.set_index("image_id").loc[skin["image_id"]].reset_index()
+    assert kept.equals(skin[kept.columns]), "every existing image keeps its row (lesion, view, dx, split)"
+    val = skin_val[(skin_val["split"] == "val") & (skin_val["sex"] != "unknown")]
+    assert val[val["malignant"] == 1].groupby(["sex", "age_group"]).size().min() >= 50
+    assert skin_val["image_id"].is_unique and skin_val.groupby("lesion_id")["split"].nunique().max() == 1
+    assert (skin_val.loc[~skin_val["image_id"].isin(skin["image_id"]), "split"] == "val").all()
+
+
 def test_latent_scores_are_the_ceiling_and_the_bias_lowers_it_for_young_women():
     from sklearn.metrics import roc_auc_score
 
@@ -443,3 +462,16 @@ def test_latent_scores_are_the_ceiling_and_the_bias_lowers_it_for_young_women():
             assert auc_all > 0.97 and auc_young > 0.95
         else:
             assert auc_young < auc_all - 0.05
+
+
+def test_a_val_min_spec_names_its_own_folder_and_older_specs_keep_theirs():
+    from training import data_spec
+
+    plain = data_spec.parse_synth("synth:skin")
+    enriched = data_spec.parse_synth("synth:skin:val_min=50")
+    assert plain.val_min == 0 and enriched.val_min == 50 and enriched.test_min == plain.test_min == 50
+    assert "val" not in plain.folder_name and "val" not in str(plain)  # data written before val_min: same folder
+    assert enriched.folder_name == plain.folder_name.replace("-t50-", "-t50-val50-")
+    assert data_spec.parse_synth(str(enriched)) == enriched
+    with pytest.raises(ValueError, match="val_min=-1 must be an integer"):
+        data_spec.parse_synth("synth:fundus:val_min=-1")

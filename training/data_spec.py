@@ -8,7 +8,9 @@ so the demo exercises the real code path. Anything else is a folder path.
 
 ``test_min`` enriches the test split (``training.synth.TEST_ENRICHMENT``) so that every group the
 benchmark's claims are judged on has enough test samples: by default at least 300 test samples per
-race group (fundus) and at least 50 malignant test images per sex x age subgroup (skin).
+race group (fundus) and at least 50 malignant test images per sex x age subgroup (skin). ``val_min``
+(default 0: off) enriches the validation split the same way (``training.synth.VAL_ENRICHMENT``), so a
+threshold chosen on it for a target sensitivity holds on test; training and test images are unchanged.
 
 `data_problems` is the data half of `training.config.validate`: it reads nothing and generates
 nothing (a folder must exist; a synthetic spec's attributes are known from its generator), so a form
@@ -53,7 +55,7 @@ class SynthDefaults(TypedDict):
 
 
 SYNTH_DEFAULTS: SynthDefaults = {"n": 2000, "seed": 0, "strength": 1.0, "image_size": 224}
-SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int, "test_min": int}
+SYNTH_KEYS = {"n": int, "seed": int, "strength": float, "image_size": int, "test_min": int, "val_min": int}
 TEST_MIN_DEFAULTS = {"fundus": 300, "skin": 50}
 SYNTH_ATTRIBUTES = {"fundus": FUNDUS_ATTRIBUTES, "skin": (*SKIN_ATTRIBUTES, "fitzpatrick")}
 """The attributes each generator writes (training.synth's metadata columns, read by training.data)."""
@@ -74,16 +76,18 @@ class SynthSpec:
     strength: float = SYNTH_DEFAULTS["strength"]
     image_size: int = SYNTH_DEFAULTS["image_size"]
     test_min: int = 0
+    val_min: int = 0  # off unless asked for: every spec written before it names the same data
 
     @property
     def folder_name(self) -> str:
         return (
             f"synth-{self.task}-n{self.n}-seed{self.seed}-s{self.strength:g}-px{self.image_size}"
-            f"-t{self.test_min}-v{synth.VERSION}"
+            f"-t{self.test_min}{f'-val{self.val_min}' if self.val_min else ''}-v{synth.VERSION}"
         )
 
     def __str__(self) -> str:
-        return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g},test_min={self.test_min}"
+        val = f",val_min={self.val_min}" if self.val_min else ""
+        return f"synth:{self.task}:n={self.n},seed={self.seed},strength={self.strength:g},test_min={self.test_min}{val}"
 
 
 def data_dir() -> Path:
@@ -121,6 +125,7 @@ def parse_synth(spec: str) -> SynthSpec:
             image_size=parsed.image_size,
             workers=1,
             test_min=parsed.test_min,
+            val_min=parsed.val_min,
         )
     except ValueError as err:
         raise ValueError(BAD_SYNTH_SPEC.format(spec=spec, reason=str(err))) from None
@@ -151,6 +156,7 @@ def materialize(spec: str, *, progress: bool = True) -> Path:
                 image_size=parsed.image_size,
                 workers=min(2, os.cpu_count() or 1),
                 test_min=parsed.test_min,
+                val_min=parsed.val_min,
                 progress=progress,
             )
     return out

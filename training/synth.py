@@ -146,6 +146,7 @@ MAX_TEST_MIN = 2000
 _STREAM_FUNDUS_PLAN, _STREAM_FUNDUS_IMAGE = 101, 102
 _STREAM_SKIN_PLAN, _STREAM_SKIN_LESION, _STREAM_SKIN_VIEW, _STREAM_SKIN_EXTRA = 201, 202, 203, 204
 _STREAM_FUNDUS_EXTRA = 103
+_STREAM_FUNDUS_EXTRA_VAL, _STREAM_SKIN_EXTRA_VAL = 104, 205
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,14 @@ class BiasConfig:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_args(*, n: int, seed: int, bias: BiasConfig, image_size: int, workers: int, test_min: int = 0) -> None:
+def validate_args(
+    *, n: int, seed: int, bias: BiasConfig, image_size: int, workers: int, test_min: int = 0, val_min: int = 0
+) -> None:
     """Collect every problem with the generator's arguments and raise one ValueError naming them all."""
     problems = []
-    if not isinstance(test_min, (int, np.integer)) or isinstance(test_min, bool) or not 0 <= test_min <= MAX_TEST_MIN:
-        problems.append(f"test_min={test_min!r} must be an integer in [0, {MAX_TEST_MIN}]")
+    for name, value in (("test_min", test_min), ("val_min", val_min)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value <= MAX_TEST_MIN:
+            problems.append(f"{name}={value!r} must be an integer in [0, {MAX_TEST_MIN}]")
     if not isinstance(n, (int, np.integer)) or n < MIN_N:
         problems.append(f"n={n!r} is too small (use at least {MIN_N} samples)")
     elif n > 99_999:
@@ -372,16 +376,20 @@ def _group_weight(race: int, eth: int, by_race: dict, by_eth: dict) -> float:
     return float(np.clip(by_race[race] + by_eth[eth], 0.0, 1.0))
 
 
-def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.DataFrame:
+def plan_fundus(
+    n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0, val_min: int = 0
+) -> pd.DataFrame:
     """Every sample's metadata (no pixels): demographics, label, split, filename, note.
 
     Rows are in filename order (Training first, then Validation, then Test), like the real release.
     ``test_min`` > 0 adds test-only samples to every race group with fewer than ``test_min`` test
     samples, each drawn like a population sample of that race (ethnicity, gender and age by their
     shares, glaucoma with the group's prevalence), so only the race mix of the test split changes
-    (see `TEST_ENRICHMENT`); column ``enriched`` marks them.
+    (see `TEST_ENRICHMENT`); column ``enriched`` marks them. ``val_min`` does the same for the
+    validation split, from a stream of its own, appending its samples after all others: every other
+    row, and so every training and test image, is the same with or without it (`VAL_ENRICHMENT`).
     """
-    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min)
+    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min, val_min=val_min)
     rng = np.random.default_rng([seed, _STREAM_FUNDUS_PLAN])
     race = _exact_assignment(rng, n, RACE_CODES, RACE_SHARES)
     eth = _exact_assignment(rng, n, ETH_CODES, ETH_SHARES)
@@ -436,13 +444,41 @@ def plan_fundus(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: in
     df = df.iloc[np.lexsort((rng.permutation(total), df["split"].to_numpy()))].reset_index(drop=True)
     df.insert(0, "filename", [f"data_{i + 1:05d}.npz" for i in range(total)])
     df["use"] = [FUNDUS_USE[s] for s in df["split"]]
+    if val_min:
+        df = _append_fundus_val(df, np.random.default_rng([seed, _STREAM_FUNDUS_EXTRA_VAL]), val_min, b0, P)
     return df
+
+
+def _append_fundus_val(df: pd.DataFrame, rng: np.random.Generator, val_min: int, b0: float, P: float) -> pd.DataFrame:
+    """`df` plus validation-only samples bringing every race group to `val_min`, drawn like the test-only
+    ones (`_fundus_test_samples`) and numbered after every existing file."""
+    extra = _fundus_test_samples(rng, df.loc[df["split"] == 1, "race"].to_numpy(), val_min, b0, P)
+    m = len(extra["race"])
+    lang_p = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}
+    added = pd.DataFrame(
+        dict(
+            filename=[f"data_{len(df) + i + 1:05d}.npz" for i in range(m)],
+            race=extra["race"],
+            ethnicity=extra["eth"],
+            gender=extra["gender"],
+            age=extra["age"],
+            language=[LANGUAGES[rng.choice(4, p=lang_p[bool(e == 1)])] for e in extra["eth"]],
+            maritalstatus=[MARITAL[i] for i in rng.choice(len(MARITAL), m, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))],
+            note=[_fundus_note(rng, a, g) for a, g in zip(extra["age"], extra["gender"], strict=True)],
+            split=1,
+            glaucoma=extra["label"],
+            enriched=True,
+            use=FUNDUS_USE[1],
+        )
+    )
+    return pd.concat([df, added[df.columns]], ignore_index=True)
 
 
 def _fundus_test_samples(
     rng: np.random.Generator, test_race: np.ndarray, test_min: int, b0: float, P: float
 ) -> dict[str, np.ndarray]:
-    """Demographics and labels of the test-only samples that bring every race group to `test_min`."""
+    """Demographics and labels of the held-out-only samples that bring every race group of a split (its
+    races `test_race`) to `test_min`."""
     race = np.concatenate([np.full(max(0, test_min - int((test_race == r).sum())), r) for r in RACE_CODES])
     m = len(race)
     eth = np.asarray(ETH_CODES)[rng.choice(len(ETH_CODES), m, p=np.array(ETH_SHARES) / sum(ETH_SHARES))]
@@ -625,17 +661,18 @@ def generate_fundus(
     workers: int = 2,
     *,
     test_min: int = 0,
+    val_min: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Write a Harvard-FairVLMed-layout glaucoma set into `out` (atomically); return `out`.
 
-    ``test_min``: see `TEST_ENRICHMENT` (0 = a plain 70/10/20 split of the n samples).
+    ``test_min`` / ``val_min``: see `TEST_ENRICHMENT` / `VAL_ENRICHMENT` (0 = a plain 70/10/20 split).
     """
     out = Path(out)
-    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min)
+    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min, val_min=val_min)
     _check_out(out, overwrite)
-    plan = plan_fundus(n, seed, bias, test_min)
+    plan = plan_fundus(n, seed, bias, test_min, val_min)
 
     def write(tmp: Path) -> None:
         for folder in FUNDUS_SPLITS:
@@ -660,7 +697,7 @@ def generate_fundus(
             }
         )
         summary.to_csv(tmp / "data_summary.csv", index=False, lineterminator="\n")
-        _write_json(tmp / CONFIG_NAME, _config("fundus", n, seed, bias, image_size, test_min, plan))
+        _write_json(tmp / CONFIG_NAME, _config("fundus", n, seed, bias, image_size, test_min, plan, val_min))
 
     return _atomic_write(out, write)
 
@@ -744,7 +781,7 @@ def age_group(age: float) -> str:
     raise ValueError(f"age={age!r} is outside every bin")
 
 
-def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.DataFrame:
+def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0, val_min: int = 0) -> pd.DataFrame:
     """Every image's metadata (no pixels), one row per image, in metadata-file order.
 
     Lesions (not images) are split 70/10/20 within each (sex, age group, label) stratum, so a rare
@@ -752,12 +789,14 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     then adds test-only lesions to every known-sex x age-group subgroup whose malignant *test images*
     number fewer than ``test_min``; the added lesions follow their subgroup's own prevalence and
     appearance, so per-subgroup figures are unbiased and only the subgroup mix of the test split
-    departs from the population's (see `TEST_ENRICHMENT`).
+    departs from the population's (see `TEST_ENRICHMENT`). ``val_min`` does the same for the validation
+    split, from streams of its own, after everything else is drawn: every other row -- every training
+    and test image -- is the same with or without it (`VAL_ENRICHMENT`).
 
     Extra columns (not written to the CSV except ``split``): lesion_index, view, image_index,
     malignant, true_age, age_group, part, enriched.
     """
-    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min)
+    validate_args(n=n, seed=seed, bias=bias, image_size=224, workers=1, test_min=test_min, val_min=val_min)
     rng = np.random.default_rng([seed, _STREAM_SKIN_PLAN])
     per_lesion: list[int] = []
     while sum(per_lesion) < n:
@@ -805,13 +844,58 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
     lesion_number = np.sort(rng.choice(int(L * 1.02) + 1, L, replace=False))[rng.permutation(L)]
     image_number = FIRST_IMAGE_NUMBER + rng.permutation(n_images)
 
-    rows, k = [], 0
-    for j, lesion in enumerate(lesions.to_dict("records")):
+    half = FIRST_IMAGE_NUMBER + (n_images + 1) // 2  # images numbered below it go to part 1
+    df = _skin_rows(lesions, dx, dx_type, loc, lesion_number, image_number, half)
+    if val_min:
+        rng = np.random.default_rng([seed, _STREAM_SKIN_EXTRA_VAL])
+        extra = _skin_test_lesions(rng, lesions, val_min, b0, P, split=1)
+        extra.index = extra.index + L  # lesion_index continues after every existing lesion
+        m, images = len(extra), int(extra["images"].sum())
+        df = pd.concat(
+            [
+                df,
+                _skin_rows(
+                    extra,
+                    [_choice(rng, SKIN_MALIGNANT if v else SKIN_BENIGN, SKIN_DX_SHARES) for v in extra["malignant"]],
+                    None,
+                    [_choice(rng, tuple(SKIN_LOCALIZATIONS), SKIN_LOCALIZATIONS) for _ in range(m)],
+                    int(lesion_number.max()) + 1 + rng.permutation(m),
+                    FIRST_IMAGE_NUMBER + n_images + rng.permutation(images),
+                    half,
+                    first_image=n_images,
+                    rng=rng,
+                ),
+            ],
+            ignore_index=True,
+        )
+    return df.sort_values(["lesion_id", "image_id"], kind="stable").reset_index(drop=True)
+
+
+def _skin_rows(
+    lesions: pd.DataFrame,
+    dx: Sequence[str],
+    dx_type: Sequence[str] | None,
+    loc: Sequence[str],
+    lesion_number: np.ndarray,
+    image_number: np.ndarray,
+    half: int,
+    *,
+    first_image: int = 0,
+    rng: np.random.Generator | None = None,
+) -> pd.DataFrame:
+    """One metadata row per image of `lesions` (indexed by lesion_index); dx_type None: drawn from `rng`
+    after the rest (the validation-only lesions draw theirs in this order)."""
+    if dx_type is None:
+        assert rng is not None
+        dx_type = [_choice(rng, tuple(SKIN_DX_TYPES[d]), SKIN_DX_TYPES[d]) for d in dx]
+    rows, k = [], first_image
+    for j, (index, lesion) in enumerate(zip(lesions.index, lesions.to_dict("records"), strict=True)):
         for v in range(lesion["images"]):
+            number = image_number[k - first_image]
             rows.append(
                 dict(
                     lesion_id=f"HAM_{lesion_number[j]:07d}",
-                    image_id=f"ISIC_{image_number[k]:07d}",
+                    image_id=f"ISIC_{number:07d}",
                     dx=dx[j],
                     dx_type=dx_type[j],
                     age=np.nan if lesion["missing"] else float(lesion["true_age"]),
@@ -819,19 +903,18 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
                     localization=loc[j],
                     fitzpatrick=FITZPATRICK[lesion["fitz"]],
                     split=SKIN_SPLITS[lesion["split"]],
-                    lesion_index=j,
+                    lesion_index=int(index),
                     view=v,
                     image_index=k,
                     malignant=int(lesion["malignant"]),
                     true_age=float(lesion["true_age"]),
                     age_group=lesion["age_group"],
                     enriched=bool(lesion["enriched"]),
-                    part=1 if image_number[k] < FIRST_IMAGE_NUMBER + (n_images + 1) // 2 else 2,
+                    part=1 if number < half else 2,
                 )
             )
             k += 1
-    df = pd.DataFrame(rows)
-    return df.sort_values(["lesion_id", "image_id"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def _images_of_lesion(rng: np.random.Generator) -> int:
@@ -857,9 +940,10 @@ def _stratified_split(rng: np.random.Generator, strata: list[tuple]) -> np.ndarr
 
 
 def _skin_test_lesions(
-    rng: np.random.Generator, lesions: pd.DataFrame, test_min: int, b0: float, P: float
+    rng: np.random.Generator, lesions: pd.DataFrame, test_min: int, b0: float, P: float, split: int = 2
 ) -> pd.DataFrame:
-    """Test-only lesions for each known-sex x age-group subgroup until it has `test_min` malignant test images.
+    """Lesions only for `split` (2 test, 1 validation) for each known-sex x age-group subgroup until it has
+    `test_min` malignant images in that split.
 
     Each added lesion is drawn like a population lesion of that subgroup: age from the population's age
     distribution restricted to the bin, Fitzpatrick type by its shares, malignant with the subgroup's
@@ -870,7 +954,7 @@ def _skin_test_lesions(
     for sex in SKIN_SEX_NAMES[:2]:
         for lo, hi, group in AGE_BINS:
             mine = lesions[(lesions["sex"] == sex) & (lesions["age_group"] == group) & ~lesions["missing"]]
-            have = int((mine["images"] * ((mine["split"] == 2) & (mine["malignant"] == 1))).sum())
+            have = int((mine["images"] * ((mine["split"] == split) & (mine["malignant"] == 1))).sum())
             p = float(_sigmoid(b0 + P * (np.log(SKIN_OR_AGE[group]) + np.log(SKIN_OR_SEX[sex]))))
             while have < test_min:
                 age = _skin_ages(rng, 64)
@@ -887,7 +971,7 @@ def _skin_test_lesions(
                             age_group=group,
                             missing=False,
                             malignant=malignant,
-                            split=2,
+                            split=split,
                             enriched=True,
                         )
                     )
@@ -1161,17 +1245,18 @@ def generate_skin(
     workers: int = 2,
     *,
     test_min: int = 0,
+    val_min: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Write a HAM10000-layout skin-lesion set into `out` (atomically); return `out`.
 
-    ``test_min``: see `TEST_ENRICHMENT` (0 = a plain 70/10/20 split of the n samples).
+    ``test_min`` / ``val_min``: see `TEST_ENRICHMENT` / `VAL_ENRICHMENT` (0 = a plain 70/10/20 split).
     """
     out = Path(out)
-    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min)
+    validate_args(n=n, seed=seed, bias=bias, image_size=image_size, workers=workers, test_min=test_min, val_min=val_min)
     _check_out(out, overwrite)
-    plan = plan_skin(n, seed, bias, test_min)
+    plan = plan_skin(n, seed, bias, test_min, val_min)
 
     def write(tmp: Path) -> None:
         for part in (1, 2):
@@ -1182,7 +1267,7 @@ def generate_skin(
         ]
         _run_pool(_render_skin_task, tasks, workers, progress, "skin")
         plan[SKIN_COLUMNS].to_csv(tmp / "HAM10000_metadata.csv", index=False, lineterminator="\n")
-        _write_json(tmp / CONFIG_NAME, _config("skin", n, seed, bias, image_size, test_min, plan))
+        _write_json(tmp / CONFIG_NAME, _config("skin", n, seed, bias, image_size, test_min, plan, val_min))
 
     return _atomic_write(out, write)
 
@@ -1190,9 +1275,16 @@ def generate_skin(
 # ============================================================================= shared machinery
 
 
-def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, test_min: int, plan: pd.DataFrame) -> dict:
+def _config(
+    kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, test_min: int, plan: pd.DataFrame, val_min: int = 0
+) -> dict:
     """What synth_config.json records: everything that determines the bytes (not `workers`), and how
-    many test-only samples the enrichment added."""
+    many held-out-only samples the enrichment added (val_min only when set: older files stay equal)."""
+    split = plan["split"].map(lambda s: s if isinstance(s, str) else SKIN_SPLITS[s])
+    val = {}
+    if val_min:
+        added = int((plan["enriched"] & (split == SKIN_SPLITS[1])).sum())
+        val = dict(val_min=int(val_min), val_enrichment=dict(rule=VAL_ENRICHMENT[kind], added=added))
     return dict(
         generator="training.synth",
         version=VERSION,
@@ -1203,7 +1295,12 @@ def _config(kind: str, n: int, seed: int, bias: BiasConfig, image_size: int, tes
         bias=asdict(bias),
         effective_bias=bias.effective,
         test_min=int(test_min),
-        test_enrichment=dict(rule=TEST_ENRICHMENT[kind], added=int(plan["enriched"].sum()), total=len(plan)),
+        test_enrichment=dict(
+            rule=TEST_ENRICHMENT[kind],
+            added=int((plan["enriched"] & (split == SKIN_SPLITS[2])).sum()),
+            total=len(plan),
+        ),
+        **val,
     )
 
 
@@ -1248,19 +1345,21 @@ def _atomic_write(out: Path, write: Callable[[Path], None]) -> Path:
     return out
 
 
-def latent_scores(kind: str, n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0) -> pd.Series:
+def latent_scores(
+    kind: str, n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int = 0, val_min: int = 0
+) -> pd.Series:
     """The generator's own disease score per sample id (the file stem / image_id), drawn exactly as the
     images are: fundus, the cup-to-disc ratio the image shows (after label noise); skin, the lesion's
     malignancy cue c. Its AUC on a split is the benchmark's ceiling there -- what a model that read the
     one latent perfectly would reach; the visible findings are noisier still."""
     if kind == "fundus":
-        plan = plan_fundus(n, seed, bias, test_min)
+        plan = plan_fundus(n, seed, bias, test_min, val_min)
         scores = [
             fundus_params({**row, "index": i + 1}, seed, bias, i + 1)["cdr"]
             for i, row in enumerate(plan.to_dict("records"))
         ]
         return pd.Series(scores, index=[Path(f).stem for f in plan["filename"]], name="latent")
-    plan = plan_skin(n, seed, bias, test_min)
+    plan = plan_skin(n, seed, bias, test_min, val_min)
     scores = [skin_lesion_params(row, seed, bias)["cue"] for row in plan.to_dict("records")]
     return pd.Series(scores, index=plan["image_id"].tolist(), name="latent")
 
@@ -1275,6 +1374,17 @@ TEST_ENRICHMENT = {
 """What ``test_min`` does per task. A test split enriched this way estimates every group's own figures
 from enough samples; its overall figures describe the enriched mix, so `training.metrics` also reports
 them reweighted to the training split's group mix (the population's)."""
+VAL_ENRICHMENT = {
+    "fundus": "validation-only samples added to every race group with fewer than val_min validation "
+    "samples, drawn like that group's population samples, numbered after every other file",
+    "skin": "validation-only lesions added to every known-sex x age-group subgroup with fewer than val_min "
+    "malignant validation images, drawn like that subgroup's population lesions, numbered after every other",
+}
+"""What ``val_min`` does per task. A threshold chosen on validation for a target sensitivity is a quantile
+of the validation positives' scores: on the plain 10 % split (fundus ~100 positives, skin ~30) its test
+sensitivity lands several points off target by chance alone (standard error ~sqrt(0.09 / positives)).
+Drawn from streams of their own after everything else, the added samples leave every training and test
+image as it was, so training is unchanged and only the thresholds and validation figures move."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1299,6 +1409,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="enrich the test split: fundus, at least this many test samples per race group; skin, at "
         "least this many malignant test images per sex x age subgroup (default 0 = off)",
     )
+    p.add_argument(
+        "--val-min",
+        type=int,
+        default=0,
+        help="enrich the validation split the same way (thresholds chosen on it; default 0 = off)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -1319,6 +1435,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
             workers=args.workers,
             test_min=args.test_min,
+            val_min=args.val_min,
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
