@@ -18,7 +18,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -124,7 +124,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     with gr.Blocks(title=TITLE, delete_cache=CACHE_CLEANUP, fill_width=True) as demo:
         gr.Markdown(HEADER)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Diagnose", id="diagnose") as diagnose_tab:
                 diagnose_parts = _diagnose_tab(runs(), settings)
             with gr.Tab("Compare", id="compare") as compare_tab:
@@ -134,7 +134,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         runs_seen = gr.State(())
 
         # ------------------------------------------------------------------ Diagnose
-        image, task, adapter, button, label, summary, details, all_button, agreement, every, examples = diagnose_parts
+        (image, task, adapter, button, label, summary, details) = diagnose_parts[:7]
+        (all_button, agreement, every, examples, overlay, overlay_caption) = diagnose_parts[7:]
 
         @guarded
         def diagnose(image, task: str, adapter: str):
@@ -147,12 +148,19 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             diagnose_view.adapter_for(adapter, task, runs())
 
         def clear_result():
-            return None, "", None
+            return None, "", None, None, ""
+
+        @guarded
+        def explain(image, task: str, adapter: str):
+            """Where the adapter looked (API /explain): Integrated Gradients on the image as the model read it."""
+            image = diagnose_view.check_image(image)
+            run = diagnose_view.adapter_for(adapter, task, runs())
+            return diagnose_view.explanation(pool.explain(image, run), run)
 
         # Checked first by an event without outputs: a bad upload shows its toast and no red "Error" badges.
         button.click(check_diagnose, [image, task, adapter], None, api_visibility="private").success(
             diagnose, [image, task, adapter], [label, summary, details], api_name="diagnose", concurrency_limit=2
-        )
+        ).success(explain, [image, task, adapter], [overlay, overlay_caption], api_name="explain", concurrency_limit=1)
 
         @guarded
         def diagnose_all(image, task: str):
@@ -165,7 +173,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         all_button.click(diagnose_all, [image, task], [agreement, every], api_name="diagnose_all", concurrency_limit=1)
         image.change(lambda: ("", None), None, [agreement, every], api_visibility="private", show_progress="hidden")
         for changed in (image.change, adapter.change):  # an old result never sits next to a new image
-            changed(clear_result, None, [label, summary, details], api_visibility="private", show_progress="hidden")
+            changed(
+                clear_result,
+                None,
+                [label, summary, details, overlay, overlay_caption],
+                api_visibility="private",
+                show_progress="hidden",
+            )
 
         def adapters_for(task: str, current: str | None):
             all_runs = runs()
@@ -177,7 +191,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         if examples is not None:  # picking an example diagnoses it with the task's adapter
             examples.load_input_event.then(adapters_for, [task, adapter], adapter, api_visibility="private").then(
                 diagnose, [image, task, adapter], [label, summary, details], api_visibility="private"
-            )
+            ).success(explain, [image, task, adapter], [overlay, overlay_caption], api_visibility="private")
         task.change(adapters_for, [task, adapter], adapter, api_visibility="private")
         demo.load(adapters_for, [task, adapter], adapter, api_visibility="private")
         diagnose_tab.select(adapters_for, [task, adapter], adapter, api_visibility="private")
@@ -251,34 +265,53 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             do_report, [c_task, c_runs, cp.attribute, cp.reference, uploads], cp.report, api_name="report"
         )
 
-        def compare_choices(task: str, attribute: str | None, keys: list[str] | None, uploaded=(), keep: bool = True):
+        def compare_choices(
+            task: str, attribute: str | None, keys: list[str] | None, uploaded=(), sweep: str = "", keep: bool = True
+        ):
             all_runs = runs()
             attributes = compare_view.attribute_choices([*all_runs, *uploaded], task)
             if not keep or attribute not in attributes:
                 attribute = compare_view.default_attribute(all_runs, task)
             chosen = compare_view.keep_or_default_runs(all_runs, task, keys if keep else None, uploaded)
+            sweeps = compare_view.sweep_choices(all_runs, task)
             return (
                 gr.Dropdown(choices=attributes, value=attribute),
                 gr.CheckboxGroup(choices=compare_view.source_choices(all_runs, task, uploaded), value=chosen),
                 gr.Dropdown(choices=compare_view.reference_choices(chosen), value=compare_view.REFERENCE_AUTO),
+                gr.Dropdown(choices=sweeps, value=sweep if keep and sweep in dict(sweeps).values() else ""),
             )
 
-        choice_inputs = [c_task, cp.attribute, c_runs, uploads]
-        choice_outputs = [cp.attribute, c_runs, cp.reference]
-        c_task.change(
+        choice_inputs = [c_task, cp.attribute, c_runs, uploads, cp.sweep]
+        choice_outputs = [cp.attribute, c_runs, cp.reference, cp.sweep]
+        # .input, not .change: "Show in Compare" in the Studio sets the task with its own runs ticked
+        c_task.input(
             functools.partial(compare_choices, keep=False), choice_inputs, choice_outputs, api_visibility="private"
         ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
         cp.attribute.input(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
         cp.reference.input(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
         c_runs.input(
-            lambda keys, current: gr.Dropdown(
-                choices=compare_view.reference_choices(keys),
-                value=current if current in compare_view.reference_choices(keys) else compare_view.REFERENCE_AUTO,
+            lambda keys, current: (
+                gr.Dropdown(
+                    choices=compare_view.reference_choices(keys),
+                    value=current if current in compare_view.reference_choices(keys) else compare_view.REFERENCE_AUTO,
+                ),
+                "",  # ticked by hand: no longer one sweep
             ),
             [c_runs, cp.reference],
-            cp.reference,
+            [cp.reference, cp.sweep],
             api_visibility="private",
         )
+
+        @guarded
+        def pick_sweep(task: str, attribute: str | None, sweep: str, uploaded=()):
+            """The Sweep dropdown ticks that sweep's runs (and the Vanilla reference) instead of the selection."""
+            if not sweep:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return compare_choices(task, attribute, compare_view.sweep_runs(runs(), task, sweep), uploaded, sweep)
+
+        cp.sweep.input(
+            pick_sweep, [c_task, cp.attribute, cp.sweep, uploads], choice_outputs, api_visibility="private"
+        ).success(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
         compare_tab.select(compare_choices, choice_inputs, choice_outputs, api_visibility="private").then(
             do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST
         )
@@ -313,8 +346,36 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         # ------------------------------------------------------------------ Studio
         if studio_parts is not None:
             _wire_studio(
-                demo, settings, store, studio_parts, guarded, runs, runs_seen, (task, adapter), (c_task, c_runs)
+                demo,
+                settings,
+                store,
+                studio_parts,
+                guarded,
+                runs,
+                runs_seen,
+                (task, adapter),
+                (c_task, c_runs, cp.sweep),
             )
+
+            @guarded
+            def show_in_compare(job_id: str | None, attribute: str | None, uploaded=()):
+                """The selected job's sweep (or its own run) ticked in Compare, on its task, and the tab opened."""
+                if not job_id:
+                    raise ValueError(jobs_view.CHOOSE_JOB)
+                job = store.get(job_id)
+                task_of, keys = compare_view.job_selection(runs(), run_id=job.run_id, sweep=job.sweep)
+                return (
+                    gr.Tabs(selected="compare"),
+                    task_of,
+                    *compare_choices(task_of, attribute, keys, uploaded, job.sweep or ""),
+                )
+
+            studio_parts["show"].click(
+                show_in_compare,
+                [studio_parts["job"], cp.attribute, uploads],
+                [tabs, c_task, *choice_outputs],
+                api_visibility="private",
+            ).success(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
 
     demo.fairdx_settings = settings
     demo.fairdx_pool = pool
@@ -375,6 +436,16 @@ def _diagnose_tab(all_runs, settings: Settings):
         with gr.Column(scale=1):
             label = gr.Label(num_top_classes=2, label="Diagnosis", elem_id="diagnose-label")
             summary = gr.Markdown(label="Summary", show_label=False, elem_id="diagnose-summary")
+            overlay = gr.Image(
+                type="pil",
+                label="Where the model looked",
+                interactive=False,
+                height=300,
+                elem_id="diagnose-overlay",
+            )
+            overlay_caption = gr.Markdown(
+                label="How the overlay was made", show_label=False, elem_id="diagnose-overlay-caption"
+            )
             with gr.Accordion("Details (JSON)", open=False):
                 details = gr.JSON(label="Details", elem_id="diagnose-details", show_label=False)
     agreement = gr.Markdown(label="Agreement", show_label=False, elem_id="diagnose-all-agreement")
@@ -397,7 +468,21 @@ def _diagnose_tab(all_runs, settings: Settings):
             api_visibility="private",
             elem_id="diagnose-examples",
         )
-    return image, task, adapter, button, label, summary, details, all_button, agreement, every, examples
+    return DiagnoseParts(
+        image,
+        task,
+        adapter,
+        button,
+        label,
+        summary,
+        details,
+        all_button,
+        agreement,
+        every,
+        examples,
+        overlay,
+        overlay_caption,
+    )
 
 
 def _compare_tab(all_runs):
@@ -420,12 +505,22 @@ def _compare_tab(all_runs):
             allow_custom_value=True,  # an API client may name a run that finished after the page was built
             elem_id="compare-reference",
         )
-    runs = RunCheckboxes(
-        catalog.run_choices(all_runs, first_task),
-        value=compare_view.default_runs(all_runs, first_task),
-        label="Runs",
-        elem_id="compare-runs",
-    )
+    with gr.Row():
+        runs = RunCheckboxes(
+            compare_view.source_choices(all_runs, first_task),
+            value=compare_view.default_runs(all_runs, first_task),
+            label="Runs",
+            scale=4,
+            elem_id="compare-runs",
+        )
+        sweep = gr.Dropdown(
+            compare_view.sweep_choices(all_runs, first_task),
+            value="",
+            label="Sweep",
+            info=compare_view.SWEEP_HELP,
+            scale=1,
+            elem_id="compare-sweep",
+        )
     with gr.Accordion("Audit any model: upload a predictions CSV", open=False, elem_id="compare-upload-box"):
         gr.Markdown(compare_view.UPLOAD_HELP)
         upload = gr.File(
@@ -513,7 +608,24 @@ def _compare_tab(all_runs):
         downloads,
         report_button,
         report,
+        sweep,
     )
+
+
+class DiagnoseParts(NamedTuple):
+    image: Any
+    task: Any
+    adapter: Any
+    button: Any
+    label: Any
+    summary: Any
+    details: Any
+    all_button: Any
+    agreement: Any
+    every: Any
+    examples: Any
+    overlay: Any
+    overlay_caption: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,6 +650,7 @@ class CompareParts:
     downloads: Any
     report_button: Any
     report: Any
+    sweep: Any
 
 
 class RunCheckboxes(gr.CheckboxGroup):
@@ -562,6 +675,7 @@ def _field(spec: FieldSpec, settings: Settings, *, interactive: bool = True):
         info=_info(spec),
         elem_id=f"studio-{spec.name.replace('_', '-')}",
         interactive=interactive,
+        visible=spec.visible,
     )
     if spec.kind == "radio":
         return gr.Radio(list(spec.choices), value=spec.default, **common)
@@ -631,6 +745,7 @@ def _studio_tab(settings: Settings, store: JobStore):
             with gr.Row():
                 refresh = gr.Button("Refresh", elem_id="jobs-refresh-btn")
                 resume = gr.Button("Resume job", elem_id="resume-btn")
+                show = gr.Button("Show in Compare", elem_id="show-in-compare-btn")
                 cancel = gr.Button("Cancel job", variant="stop", elem_id="cancel-btn")
             progress = gr.Markdown(jobs_view.NO_JOB_SELECTED, elem_id="job-progress")
             loss = gr.Plot(label="Loss", elem_id="job-loss-plot")
@@ -652,6 +767,7 @@ def _studio_tab(settings: Settings, store: JobStore):
         refresh=refresh,
         cancel=cancel,
         resume=resume,
+        show=show,
         progress=progress,
         loss=loss,
         log=log_box,
@@ -668,7 +784,7 @@ FORM_LAYOUT = (
     ("backbone", "lr"),
     ("epochs", "lora_r"),
     ("seed", "max_samples"),
-    ("balanced_sampling",),
+    ("balanced_sampling", "processes"),
 )
 
 
@@ -772,21 +888,23 @@ def _wire_studio(
             gr.Timer(active=active),
         )
 
-    def refresh_run_choices(d_task, d_adapter, c_task, c_keys, seen):
-        """After a job finishes its run is offered in Diagnose and Compare (only redrawn when runs changed)."""
+    def refresh_run_choices(d_task, d_adapter, c_task, c_keys, c_sweep, seen):
+        """After a job finishes its run is offered in Diagnose and Compare, and its sweep under Sweep (only
+        redrawn when runs changed)."""
         all_runs = runs()
         keys = tuple(sorted(run.label() for run in all_runs))
         if keys == tuple(seen):
-            return gr.skip(), gr.skip(), seen
+            return gr.skip(), gr.skip(), gr.skip(), seen
         return (
             gr.Dropdown(
                 choices=diagnose_view.adapter_choices(all_runs, d_task),
                 value=diagnose_view.keep_or_default(all_runs, d_task, d_adapter),
             ),
             gr.CheckboxGroup(
-                choices=catalog.run_choices(all_runs, c_task),
+                choices=compare_view.source_choices(all_runs, c_task),
                 value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys),
             ),
+            gr.Dropdown(choices=compare_view.sweep_choices(all_runs, c_task), value=c_sweep),
             keys,
         )
 
@@ -838,7 +956,7 @@ def _wire_studio(
         dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"], api_visibility="private"
     )
     d_task, d_adapter = diagnose_inputs
-    c_task, c_runs = compare_inputs
+    c_task, c_runs, c_sweep = compare_inputs
     timer.tick(
         poll,
         [job, drawn],
@@ -848,8 +966,8 @@ def _wire_studio(
         show_progress="hidden",
     ).then(
         refresh_run_choices,
-        [d_task, d_adapter, c_task, c_runs, runs_seen],
-        [d_adapter, c_runs, runs_seen],
+        [d_task, d_adapter, c_task, c_runs, c_sweep, runs_seen],
+        [d_adapter, c_runs, c_sweep, runs_seen],
         api_visibility="private",
         show_progress="hidden",
     )

@@ -5,7 +5,8 @@ one implementation of the metrics; nothing is recomputed here except what evalua
 Every frame names a run by ``RunInfo.label()`` (its id, with " (demo)" for a shipped demo), so a
 user's run with a demo's id stays apart from the demo.
 
-- ``Comparison.table``  one row per run: method, λ, w_max, overall accuracy and AUC, and every gap
+- ``Comparison.table``  one row per run: method, λ, w_max, the sweep it was queued with (a Studio grid
+  sweep; the frontier draws a sweep's runs as one trace), overall accuracy and AUC, and every gap
   of ``training.metrics.GAPS`` (MaxAccGap of Gu et al. Eq. 1, ΔTPR of CMAC-MMD, equalized odds,
   demographic parity, ES-AUC), each with its bootstrap percentile interval (``<name>_lo/_hi``).
 - ``Comparison.groups`` long format, one row per (run, group): n, n_pos, accuracy with a Wilson
@@ -411,6 +412,7 @@ def run_description(run: Source) -> dict[str, Any]:
             "lambda": None,
             "w_max": None,
             "seed": None,
+            "sweep": None,
             "trained_on": None,
         }
     cfg, objective = run.settings, run.settings.objective
@@ -423,6 +425,7 @@ def run_description(run: Source) -> dict[str, Any]:
         "lambda": cfg.lam if objective.uses_lambda else None,
         "w_max": cfg.w_max if objective.uses_w_max else None,
         "seed": cfg.seed,
+        "sweep": cfg.sweep,
         "trained_on": None if untrained else cfg.fairness_attribute,
     }
 
@@ -562,7 +565,11 @@ def table_columns() -> list[str]:
     """Column order of ``Comparison.table``."""
     figures = [f"{name}{suffix}" for name in (*OVERALL_FIGURES, *metrics.GAPS) for suffix in ("", "_lo", "_hi")]
     floors = [f"{gap}_floor{suffix}" for gap in metrics.GAPS for suffix in ("", "_p")]
-    return ["run", "label", "task", "method", "lambda", "w_max", "seed", "trained_on", "n", "flags", *figures, *floors]
+    return [
+        *("run", "label", "task", "method", "lambda", "w_max", "seed", "sweep", "trained_on", "n", "flags"),
+        *figures,
+        *floors,
+    ]
 
 
 def _assemble(results: list[RunResult], arguments: _Arguments) -> Comparison:

@@ -3,7 +3,8 @@
 - ``group_accuracy_figure``  accuracy per group, one bar per run, Wilson intervals as error bars;
 - ``margin_figure``          certainty-margin distributions per group (CMAC-MMD's "certainty gap" view),
                              as violins or Gaussian KDE curves;
-- ``frontier_figure``        overall accuracy (or AUC) against a gap, one trace per method;
+- ``frontier_figure``        overall accuracy (or AUC) against a gap, one trace per method, and one per sweep
+                             joined along its Pareto front;
 - ``calibration_figure``     per run, reliability diagram and ROC curve per group (ECE and AUC per group).
 
 Every figure lists the methods in the registry's order (``training.methods``) and colours each by its
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from numpy.typing import ArrayLike
 from plotly.subplots import make_subplots
 from scipy import stats
 
@@ -35,6 +37,8 @@ NOTHING_TO_SHOW = "No runs to show: {reason}"
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0}
 FLAGGED_NAME = "⚠ flagged run (degenerate or one class): its gaps mean nothing"
 NOISE_FLOOR_NAME = "noise floor: the gap chance alone gives"
+SWEEP_NAME = "sweep {sweep} ({method})"
+SWEEP_SYMBOLS = ("diamond", "square", "triangle-up", "star", "hexagon", "pentagon")  # single runs are circles
 
 
 def _method_color(method: str) -> str:
@@ -326,11 +330,13 @@ def _maybe(value) -> str:
 def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric: str = "accuracy") -> go.Figure:
     """Accuracy (or AUC) against a gap across runs: one trace per method, intervals as error bars.
 
-    Points carry no text (labels of a few runs already overlapped): hovering names the run, the legend
-    the method. A flagged run (degenerate, or one class) is drawn as ✕ with '⚠' and its flag beside
-    it, in a legend entry of its own, so it never passes for a fair model. A dotted line marks the
-    runs' mean noise floor: gaps left of it are what chance alone gives these groups. Both axes stay
-    inside the figure's range, [0, 1].
+    The runs of one sweep (a Studio grid over λ, w_max, seeds: ``TrainConfig.sweep``) are one trace of their
+    own, named after the sweep, with a line along its Pareto front (``pareto_front``): the trade-off the
+    sweep found, which is what a sweep is run for. Points carry no text (labels of a few runs already
+    overlapped): hovering names the run, the legend the method or sweep. A flagged run (degenerate, or one
+    class) is drawn as ✕ with '⚠' and its flag beside it, in a legend entry of its own, and is never on a
+    front, so it never passes for a fair model. A dotted line marks the runs' mean noise floor: gaps left
+    of it are what chance alone gives these groups. Both axes stay inside the figure's range, [0, 1].
     """
     if gap not in metrics.GAPS:
         raise CompareError(UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value=gap))
@@ -343,13 +349,17 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
     figure = go.Figure()
     table = _in_method_order(comparison.table)
     flagged_all = np.array([unreliable(flags) for flags in table["flags"]], dtype=bool)
+    swept = table["sweep"].notna().to_numpy() & ~flagged_all
     for method in dict.fromkeys(table["method"]):
         chosen = (table["method"] == method).to_numpy()
         for flagged in (False, True):
-            rows = table[chosen & (flagged_all == flagged)]
+            rows = table[chosen & (flagged_all == flagged) & ~swept]
             if rows.empty:
                 continue
             _frontier_trace(figure, rows, method, gap, metric, flagged)
+    for index, sweep in enumerate(dict.fromkeys(table.loc[swept, "sweep"])):
+        rows = table[swept & (table["sweep"] == sweep).to_numpy()]
+        _sweep_traces(figure, rows, str(sweep), gap, metric, SWEEP_SYMBOLS[index % len(SWEEP_SYMBOLS)])
     floor = pd.to_numeric(table[f"{gap}_floor"], errors="coerce").dropna()
     if len(floor):
         figure.add_vline(
@@ -367,24 +377,88 @@ def frontier_figure(comparison: Comparison, *, gap: str = "max_acc_gap", metric:
         yaxis_title=f"{OVERALL_TITLES[metric]} ({level} bootstrap interval)",
         xaxis_range=_bounded_range(table[gap], table[f"{gap}_lo"], table[f"{gap}_hi"], floor),
         yaxis_range=_bounded_range(table[metric], table[f"{metric}_lo"], table[f"{metric}_hi"]),
-        legend_title="Method",
+        legend_title="Method or sweep",
         legend=LEGEND_BELOW,
         template="plotly_white",
     )
     return figure
 
 
-def _frontier_trace(figure: go.Figure, rows: pd.DataFrame, method: str, gap: str, metric: str, flagged: bool) -> None:
+def pareto_front(gaps: ArrayLike, scores: ArrayLike, *, lower_gap_is_fairer: bool = True) -> list[int]:
+    """Indices of the points no other point beats on both axes (at least as fair and as accurate, better on
+    one), from the fairest to the most accurate; points with a missing figure are on no front.
+
+    Walking the points from the fairest gap on, a point is on the front when it is more accurate than
+    every fairer one; among equal gaps only the most accurate can be.
+    """
+    gap, score = np.asarray(gaps, dtype=float), np.asarray(scores, dtype=float)
+    fairness = -gap if lower_gap_is_fairer else gap
+    usable = [i for i in range(len(gap)) if np.isfinite(gap[i]) and np.isfinite(score[i])]
+    front: list[int] = []
+    best = -np.inf
+    for i in sorted(usable, key=lambda i: (-fairness[i], -score[i])):
+        if score[i] > best:
+            front.append(i)
+            best = score[i]
+    return front
+
+
+def _sweep_traces(figure: go.Figure, rows: pd.DataFrame, sweep: str, gap: str, metric: str, symbol: str) -> None:
+    """A sweep's runs: their points (one legend entry, the sweep's name) and the line along their Pareto front,
+    in the colour of their method, toggled together from the legend."""
+    methods_in = list(dict.fromkeys(rows["method"]))
+    method = methods_in[0] if len(methods_in) == 1 else None
+    title = method_title(method) if method else ", ".join(method_title(m) for m in methods_in)
+    name = SWEEP_NAME.format(sweep=sweep, method=title)
+    colour = _method_color(method) if method else OTHER_COLOR
+    _frontier_trace(figure, rows, methods_in[0], gap, metric, False, name=name, colour=colour, symbol=symbol)
+    x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
+    front = pareto_front(x, y, lower_gap_is_fairer=gap not in HIGHER_IS_FAIRER)
+    if len(front) > 1:
+        figure.add_scatter(
+            name=f"{name}: Pareto front",
+            x=x[front],
+            y=y[front],
+            mode="lines",
+            line={"color": colour, "dash": "dash", "width": 2},
+            legendgroup=name,
+            showlegend=False,
+            hoverinfo="skip",
+        )
+
+
+def _frontier_trace(
+    figure: go.Figure,
+    rows: pd.DataFrame,
+    method: str,
+    gap: str,
+    metric: str,
+    flagged: bool,
+    *,
+    name: str | None = None,
+    colour: str | None = None,
+    symbol: str = "circle",
+) -> None:
+    """One trace of runs: a method's (its title, its colour), or, given `name`, `colour` and `symbol`, a sweep's
+    (`name` is then also its legend group, which its Pareto front line joins)."""
+    group = name
     x, y = rows[gap].to_numpy(float), rows[metric].to_numpy(float)
     captions = [run_caption(row) for row in rows.to_dict("records")]
+    if name is None:
+        name = f"⚠ {method_title(method)}: {FLAGGED_NAME}" if flagged else method_title(method)
     figure.add_scatter(
-        name=f"⚠ {method_title(method)}: {FLAGGED_NAME}" if flagged else method_title(method),
+        name=name,
+        legendgroup=group,
         x=x,
         y=y,
         mode="markers+text" if flagged else "markers",
         text=[f"⚠ {flags}" for flags in rows["flags"]] if flagged else None,
         textposition="bottom center",
-        marker={"size": 14 if flagged else 12, "color": _method_color(method), "symbol": "x" if flagged else "circle"},
+        marker={
+            "size": 14 if flagged else 12,
+            "color": colour or _method_color(method),
+            "symbol": "x" if flagged else symbol,
+        },
         error_x=_error_bars(x, rows[f"{gap}_lo"], rows[f"{gap}_hi"]),
         error_y=_error_bars(y, rows[f"{metric}_lo"], rows[f"{metric}_hi"]),
         customdata=list(

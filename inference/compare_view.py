@@ -34,7 +34,7 @@ from inference.diagnose_view import check_task
 from inference.report import build_report
 from inference.uploads import METHOD_TITLE as UPLOADED_TITLE
 from inference.uploads import UploadedRun, read_upload
-from training import metrics
+from training import methods, metrics
 from training.config import BOOKKEEPING_KEYS
 from training.data import ATTRIBUTE_JOINER, GROUP_JOINER
 from training.rundir import RunInfo
@@ -70,6 +70,12 @@ UPLOADED = "**{name}** added: {n} test rows, attributes {attributes}; threshold 
 NOTES_NONE = "No notes: every group is large enough and has both labels."
 NOTES_HEADER = "**Notes** ({n})"
 NO_ATTRIBUTES = "the selected runs have no attribute columns in their predictions"
+SWEEP_TITLE = " · sweep {sweep}"
+SWEEP_CHOICE = "{sweep} ({n} run{s})"
+NO_SWEEP = "– none –"
+SWEEP_HELP = "Tick every finished run of one Studio sweep (and the Vanilla reference); the frontier joins them."
+UNKNOWN_SWEEP = "no finished run of sweep '{sweep}'{task_words} yet; its runs appear here as their jobs finish"
+RUN_NOT_READY = "run '{run}' has not finished yet; it appears in Compare once its job succeeds"
 
 
 def attributes_of(run: Source) -> list[str]:
@@ -129,9 +135,55 @@ def keep_or_default_runs(
 
 
 def source_choices(runs: Sequence[RunInfo], task: str, uploads: Sequence[UploadedRun] = ()) -> list[tuple[str, str]]:
-    """(title, key) of the task's runs, then of the models uploaded in this session for the task."""
+    """(title, key) of the task's runs, each run of a sweep with its sweep's name, then of the models uploaded
+    in this session for the task."""
+    sweeps = {run_key(run): run.settings.sweep for run in runs if run.task == task and run.settings.sweep}
+    listed = [
+        (title + SWEEP_TITLE.format(sweep=sweeps[key]) if key in sweeps else title, key)
+        for title, key in run_choices(runs, task)
+    ]
     uploaded = [(f"{u.label()} · {UPLOADED_TITLE}", u.label()) for u in uploads if u.task == task]
-    return [*run_choices(runs, task), *uploaded]
+    return [*listed, *uploaded]
+
+
+# ---------------------------------------------------------------------- sweeps
+def sweep_choices(runs: Sequence[RunInfo], task: str) -> list[tuple[str, str]]:
+    """The Sweep dropdown: 'none', then each sweep of the task's finished runs ('<name> (3 runs)'), newest
+    first (a generated name ends in its time)."""
+    counts = Counter(run.settings.sweep for run in runs if run.task == task and run.settings.sweep)
+    named = [
+        (SWEEP_CHOICE.format(sweep=sweep, n=n, s="" if n == 1 else "s"), str(sweep))
+        for sweep, n in sorted(counts.items(), key=lambda item: str(item[0]), reverse=True)
+    ]
+    return [(NO_SWEEP, ""), *named]
+
+
+def sweep_runs(runs: Sequence[RunInfo], task: str, sweep: str) -> list[str]:
+    """The keys of a sweep's finished runs, and the task's first Vanilla run when the sweep has none: the
+    reference each of its settings is paired against, and the point its frontier is read from.
+    ValueError when no run of the sweep has finished."""
+    candidates = of_task(runs, task)
+    members = [run for run in candidates if sweep and run.settings.sweep == sweep]
+    if not members:
+        raise ValueError(UNKNOWN_SWEEP.format(sweep=sweep, task_words=f" for task {task}" if task else ""))
+    if not any(run.settings.objective is methods.BASELINE for run in members):
+        members += [run for run in candidates if run.settings.objective is methods.BASELINE][:1]
+    return [run_key(run) for run in members]
+
+
+def job_selection(runs: Sequence[RunInfo], *, run_id: str, sweep: str | None) -> tuple[str, list[str]]:
+    """What the Studio's "Show in Compare" shows for a job: (task, run keys) of its sweep (``sweep_runs``), or
+    of its own run for a job of its own. ValueError while nothing of it has finished."""
+    if sweep:
+        matching = [run for run in runs if run.settings.sweep == sweep and not run.is_demo]
+        if not matching:
+            raise ValueError(UNKNOWN_SWEEP.format(sweep=sweep, task_words=""))
+        task = matching[0].task
+        return task, sweep_runs(runs, task, sweep)
+    own = [run for run in runs if run.run_id == run_id and not run.is_demo]
+    if not own:
+        raise ValueError(RUN_NOT_READY.format(run=run_id))
+    return own[0].task, [run_key(own[0])]
 
 
 def selected_sources(

@@ -22,6 +22,7 @@ from typing import Any
 
 from studio.jobs import ERR_GRID_W_MAX_METHOD, ERR_SWEEP_METHOD
 from studio.settings import Settings
+from training import config as training_config
 from training import methods
 from training.config import ConfigError, TrainConfig, help_of, parse
 from training.data import ATTRIBUTE_JOINER, DatasetError
@@ -45,6 +46,7 @@ FORM_FIELDS = (
     "balanced_sampling",
     "seed",
     "max_samples",
+    "processes",
 )
 LABELS = {
     "method": "Method",
@@ -60,6 +62,7 @@ LABELS = {
     "balanced_sampling": "Group-balanced batches",
     "seed": "Seed",
     "max_samples": "Max training samples",
+    "processes": "Processes (GPUs)",
 }
 LAMBDA_SPLIT = re.compile(r"[,;\s]+")
 
@@ -96,6 +99,7 @@ class FieldSpec:
     optional: an empty value is allowed (it means the config's None, e.g. "all samples").
     custom: a dropdown that also takes a typed value (the attribute: any intersection a+b+...).
     used_by: the methods that read this field (None: every method); the form enables it for those only.
+    visible: whether the form shows it (hidden, it keeps its default: Processes on a machine without 2 GPUs).
     """
 
     name: str
@@ -109,6 +113,7 @@ class FieldSpec:
     optional: bool = False
     custom: bool = False
     used_by: tuple[str, ...] | None = None
+    visible: bool = True
 
     def enabled_for(self, method: str | None) -> bool:
         """Whether the widget is live when `method` is chosen (λ only for the λ methods, ...)."""
@@ -122,9 +127,14 @@ def studio_base() -> TrainConfig:
 
 
 def form_fields(settings: Settings) -> list[FieldSpec]:
-    """The form's widgets for this deployment, defaults and help from TrainConfig's metadata."""
+    """The form's widgets for this deployment, defaults and help from TrainConfig's metadata.
+
+    Processes (one per GPU, started with accelerate launch) is offered only where there are two CUDA
+    devices or more; elsewhere it stays hidden at 1, a plain python process.
+    """
     defaults = studio_base()
     dataset = next(iter(settings.datasets))
+    gpus = training_config.cuda_devices()
     specs: dict[str, dict[str, Any]] = {  # FieldSpec keyword arguments per field
         "method": dict(kind="radio", choices=tuple((m.title, m.name) for m in methods.REGISTRY.values())),
         "lam": dict(kind="number", minimum=0.0, used_by=_users("lam")),
@@ -160,6 +170,7 @@ def form_fields(settings: Settings) -> list[FieldSpec]:
             default=settings.max_samples,
             optional=settings.max_samples is None,
         ),
+        "processes": dict(kind="integer", minimum=1, maximum=max(gpus, 1), visible=gpus >= 2),
     }
     result = []
     for name in FORM_FIELDS:
@@ -388,6 +399,8 @@ def _convert(spec: FieldSpec, raw: Any, problems: list[str]) -> Any:
             return None
         if spec.kind == "checkbox":
             return False
+        if not spec.visible:  # a field the visitor cannot see keeps its default
+            return spec.default
         problems.append(ERR_REQUIRED.format(label=spec.label))
         return spec.default
     if spec.kind in ("number", "integer"):

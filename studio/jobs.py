@@ -44,6 +44,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -59,7 +60,7 @@ import psutil
 
 from studio.progress import DEFAULT_TAIL_LINES, Progress, read_progress, tail_lines
 from training import methods, rundir
-from training.config import ConfigError, TrainConfig, validate
+from training.config import TRAIN_MODULE, ConfigError, TrainConfig, launch_arguments, validate
 from training.data import DatasetError, detect_task
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 DB_NAME = "jobs.sqlite3"
 JOBS_DIR = ".jobs"
-SCHEMA_VERSION = 2  # 2: jobs.resume_of
+SCHEMA_VERSION = 3  # 2: jobs.resume_of; 3: jobs.command
 EXIT_INTERRUPTED = 3  # the trainer's exit code after SIGTERM, once its checkpoint is saved
 DEFAULT_LAMBDAS = (0.1, 0.5, 1.0)  # Gu et al., fair LoRA §4.2
 DEFAULT_CANCEL_GRACE_S = 30.0
@@ -145,7 +146,8 @@ SCHEMA = (
         cancel_requested REAL,
         exit_code        INTEGER,
         reason           TEXT,
-        resume_of        TEXT
+        resume_of        TEXT,
+        command          TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created)",
     "CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run_id)",
@@ -153,6 +155,7 @@ SCHEMA = (
 )
 MIGRATIONS = {  # user_version before → statements that bring a database to the next version
     1: ("ALTER TABLE jobs ADD COLUMN resume_of TEXT",),
+    2: ("ALTER TABLE jobs ADD COLUMN command TEXT",),
 }
 
 
@@ -195,6 +198,7 @@ class Job:
     config_path: Path
     log_path: Path
     resume_of: str | None = None  # the failed or cancelled job this one continues
+    command: str | None = None  # the exact command its worker was started with (None before it started)
 
     @property
     def is_active(self) -> bool:
@@ -236,6 +240,16 @@ class Job:
         return self.resume_problem() is None
 
     @property
+    def sweep(self) -> str | None:
+        """The sweep this job was queued with (``TrainConfig.sweep`` in its config file); None for a job of its
+        own, or when the file is gone."""
+        try:
+            value = json.loads(self.config_path.read_text()).get("sweep")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) and value else None
+
+    @property
     def duration_s(self) -> float | None:
         if self.started is None:
             return None
@@ -253,13 +267,19 @@ def _folder_task(folder: str) -> str:
 def training_command(job: Job) -> list[str]:
     """The training CLI for a job (the default ``command_for``); run with cwd = repository root.
 
-    A job that resumes another adds ``--resume``: the trainer then continues from the checkpoint in the
-    run's staging folder and refuses a config that differs from the checkpoint's.
+    A job of several processes (``TrainConfig.processes``, one per GPU) runs it under ``accelerate launch``
+    on a free port, so two such jobs on one machine never collide on accelerate's default one. A job that
+    resumes another adds ``--resume``: the trainer then continues from the checkpoint in the run's staging
+    folder and refuses a config that differs from the checkpoint's.
     """
+    processes = _processes_of(job)
+    launcher = [sys.executable, "-m"]
+    if processes > 1:
+        launcher += ["accelerate.commands.launch", *launch_arguments(processes)]
+        launcher += ["--main_process_port", str(free_port()), "-m"]
     return [
-        sys.executable,
-        "-m",
-        "training.train",
+        *launcher,
+        TRAIN_MODULE,
         "--config",
         str(job.config_path),
         "--run-name",
@@ -269,6 +289,22 @@ def training_command(job: Job) -> list[str]:
         "--no-progress",
         *(["--resume"] if job.resume_of else []),
     ]
+
+
+def _processes_of(job: Job) -> int:
+    """The processes a job's config asks for (1 when its file cannot be read: the trainer will say why)."""
+    try:
+        value = json.loads(job.config_path.read_text()).get("processes", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now (the OS picks it), for a launcher's main process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 # ---------------------------------------------------------------------- process identity
@@ -537,6 +573,7 @@ class JobStore:
             config_path=self.jobs_dir / f"{row['id']}.json",
             log_path=self.jobs_dir / f"{row['id']}.log",
             resume_of=row["resume_of"],
+            command=row["command"],
         )
 
     # ------------------------------------------------------------------ reading
@@ -599,7 +636,11 @@ class JobStore:
     ) -> list[Job]:
         """One job per point of the grid λ × w_max × seed (an axis left None keeps the config's value);
         all are queued or none is. λ values need a method that reads λ, w_max values one that reads
-        w_max; a given run_name gets the swept values as suffixes (``name-l0.5-w10-s1``)."""
+        w_max; a given run_name gets the swept values as suffixes (``name-l0.5-w10-s1``).
+
+        Every job records the sweep it belongs to (``TrainConfig.sweep``: the config's own, else the given
+        run_name, else ``<task>-<method>-sweep-<time>-<4 hex>``), so Compare can group its runs and draw
+        their frontier once they finish."""
         problems = []
         axes: dict[str, Sequence] = {}
         for name, values, uses, method_error in (
@@ -632,9 +673,20 @@ class JobStore:
                 )
             except ConfigError as err:
                 problems += [p for p in err.problems if p not in problems]
-        return self._submit(configs or [config], owner=owner, problems=problems)
+        return self._submit(
+            configs or [config], owner=owner, problems=problems, sweep=config.sweep or config.run_name or True
+        )
 
-    def _submit(self, configs: list[TrainConfig], *, owner: str, problems: Sequence[str] = ()) -> list[Job]:
+    def _submit(
+        self,
+        configs: list[TrainConfig],
+        *,
+        owner: str,
+        problems: Sequence[str] = (),
+        sweep: str | bool | None = None,
+    ) -> list[Job]:
+        """Validate, then queue every config (all or none). `sweep`: the name of the sweep they form, or True
+        for one generated from the task and method (False / None: separate jobs)."""
         problems = list(problems)
         for i, cfg in enumerate(configs):
             try:
@@ -654,13 +706,16 @@ class JobStore:
                 if problems:
                     raise ConfigError(problems)
                 self._check_limits(con, owner, len(configs))
+                name = sweep if isinstance(sweep, str) else None
+                if sweep is True:
+                    name = f"{task}-{configs[0].method}-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
                 taken: set[str] = set()
                 for cfg in configs:
                     run_id = cfg.run_name or self._new_run_id(con, cfg, task, taken)
                     taken.add(run_id)
                     job_id = secrets.token_hex(6)
                     path = self.jobs_dir / f"{job_id}.json"
-                    resolved = cfg.replace(run_name=run_id, runs_dir=str(self.runs_dir))
+                    resolved = cfg.replace(run_name=run_id, runs_dir=str(self.runs_dir), sweep=name or cfg.sweep)
                     rundir.write_json_atomic(path, resolved.to_dict())
                     written.append(path)
                     con.execute(
@@ -819,10 +874,12 @@ class JobStore:
     def _spawn(self, con: sqlite3.Connection, job: Job) -> None:
         """Start a job's worker in its own process group (inside the transaction that marks it running)."""
         now = time.time()
+        shown = None
         try:
             command = self.command_for(job)
+            shown = shlex.join(command)
             with open(job.log_path, "ab") as log:
-                log.write(f"$ {shlex.join(command)}\n".encode())
+                log.write(f"$ {shown}\n".encode())
                 log.flush()
                 proc = subprocess.Popen(
                     command,
@@ -831,18 +888,19 @@ class JobStore:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                    # the trainer writes the exact command into the run folder (command.txt)
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", rundir.COMMAND_ENV: shown, **self.env},
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as err:  # no such program: fail it, go on
             con.execute(
-                "UPDATE jobs SET state = ?, started = ?, finished = ?, reason = ? WHERE id = ?",
-                (FAILED, now, now, REASON_SPAWN.format(error=err), job.id),
+                "UPDATE jobs SET state = ?, started = ?, finished = ?, reason = ?, command = ? WHERE id = ?",
+                (FAILED, now, now, REASON_SPAWN.format(error=err), shown, job.id),
             )
             return
         _CHILDREN.add(proc)
         con.execute(
             "UPDATE jobs SET state = ?, started = ?, pid = ?, pid_start = ?, supervisor_pid = ?, "
-            "supervisor_start = ? WHERE id = ?",
+            "supervisor_start = ?, command = ? WHERE id = ?",
             (
                 RUNNING,
                 now,
@@ -850,6 +908,7 @@ class JobStore:
                 process_start_time(proc.pid),
                 os.getpid(),
                 process_start_time(os.getpid()),
+                shown,
                 job.id,
             ),
         )

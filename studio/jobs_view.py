@@ -26,12 +26,13 @@ CANCELLING = "cancelling…"
 NO_JOB_SELECTED = "Select a job in the table (or launch one) to follow its progress."
 NO_JOBS = "No jobs yet."
 LAUNCHED = "Queued job `{job_id}` → run `{run_id}`."
-SWEEP_LAUNCHED = "Queued {n} jobs (λ = {lambdas}): {jobs}."
 CANCEL_SENT = "Cancel sent to job `{job_id}` ({state})."
 ALREADY_FINISHED = "Job `{job_id}` has already finished ({state}); nothing to cancel."
 RESUMED = "Queued job `{job_id}`: it resumes job `{old}` from its checkpoint into run `{run_id}`."
 RESUMABLE = "It left a checkpoint: **Resume job** continues it from there into the same run."
 RESUMES = "Resumes job `{old}` from its checkpoint."
+IN_SWEEP = "Part of the sweep `{sweep}`."
+STARTED_WITH = "Started with (the run folder keeps it in `command.txt`):"
 CHOOSE_JOB = "choose a job first"
 
 
@@ -134,12 +135,17 @@ def status_markdown(job: Job, progress: Progress, settings: Settings) -> str:
     lines = [text, "", bar]
     if job.resume_of:
         lines += ["", RESUMES.format(old=job.resume_of)]
+    sweep = job.sweep
+    if sweep:
+        lines += ["", IN_SWEEP.format(sweep=sweep)]
     if job.reason:
         lines += ["", settings.redact(job.reason)]
     if job.resumable:
         lines += ["", RESUMABLE]
     if job.state == SUCCEEDED:
         lines += ["", f"Run `{job.run_id}` is ready: pick it in Diagnose or Compare."]
+    if job.command:
+        lines += ["", STARTED_WITH, "", "```bash", settings.redact(job.command), "```"]
     return "\n".join(lines)
 
 
@@ -208,16 +214,16 @@ def loss_figure(progress: Progress, *, title: str | None = None) -> go.Figure:
 
 
 GRID_LAUNCHED = "Queued {n} jobs ({grid}): {jobs}."
+SWEEP_FRONTIER = (
+    "They form the sweep `{sweep}`: as its runs finish, pick it under **Sweep** in Compare (or select one of its "
+    "jobs here and press **Show in Compare**) to see their accuracy-vs-gap frontier."
+)
 AXIS_NAMES = {"lam": "λ", "w_max": "w_max", "seed": "seed"}
 
 
 def grid_message(jobs: Sequence[Job], axes: Mapping[str, Sequence]) -> str:
-    """'Queued 4 jobs (λ = 0.1, 1 × w_max = 5, 10): `a`, `b`, …'."""
+    """'Queued 4 jobs (λ = 0.1, 1 × w_max = 5, 10): `a`, `b`, …', then where to see the sweep's frontier."""
     grid = " × ".join(f"{AXIS_NAMES[k]} = {', '.join(f'{v:g}' for v in values)}" for k, values in axes.items())
-    return GRID_LAUNCHED.format(n=len(jobs), grid=grid, jobs=", ".join(f"`{job.id}`" for job in jobs))
-
-
-def sweep_message(jobs: Sequence[Job], lambdas: Sequence[float]) -> str:
-    return SWEEP_LAUNCHED.format(
-        n=len(jobs), lambdas=", ".join(f"{lam:g}" for lam in lambdas), jobs=", ".join(f"`{job.id}`" for job in jobs)
-    )
+    text = GRID_LAUNCHED.format(n=len(jobs), grid=grid, jobs=", ".join(f"`{job.id}`" for job in jobs))
+    sweep = jobs[0].sweep if jobs else None
+    return f"{text} {SWEEP_FRONTIER.format(sweep=sweep)}" if sweep else text

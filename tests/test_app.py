@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
+from PIL import Image
 
 import app as fairdx_app
-from inference import catalog, compare_view, diagnose_view
+from inference import catalog, compare_view, diagnose_view, saliency
 from inference.images import NOT_AN_IMAGE, load_image
 from inference.serving import ModelPool
 from studio import jobs_view
@@ -227,6 +228,17 @@ def test_diagnose_all_gives_every_adapter_of_the_task_on_one_image(client):
     assert "adapters call it" in agreement or agreement == "No unflagged adapter to compare."
 
 
+def test_explain_draws_where_the_adapter_looked(client):
+    for task, example in (("fundus", EXAMPLE), ("skin", diagnose_view.EXAMPLES_DIR / "skin-positive-1.png")):
+        overlay, caption = client.predict(handle_file(str(example)), task, f"{task}-vanilla", api_name="/explain")
+        with Image.open(overlay) as image:
+            assert image.mode == "RGB" and min(image.size) >= saliency.DISPLAY_MIN_SIDE
+        assert saliency.METHOD in caption and f"`{task}-vanilla" in caption
+    with pytest.raises(AppError) as caught:
+        client.predict(None, "fundus", "fundus-vanilla", api_name="/explain")
+    assert str(caught.value) == diagnose_view.NO_IMAGE
+
+
 def test_an_unknown_adapter_or_a_server_path_is_refused_by_name(client, runs):
     for adapter in ("fundus-nope", str(runs / "fundus-fr")):
         with pytest.raises(AppError) as caught:
@@ -391,7 +403,7 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_and_its_run_is_served(clien
 
 def test_api_lists_the_named_endpoints_only(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/diagnose", "/diagnose_all", "/compare", "/report"} | STUDIO_ENDPOINTS
+    assert set(endpoints) == {"/diagnose", "/diagnose_all", "/explain", "/compare", "/report"} | STUDIO_ENDPOINTS
     # every output is named for what it holds (no Gradio 'value_17')
     unnamed = [(name, r.get("label")) for name, e in endpoints.items() for r in e["returns"] if not r.get("label")]
     assert not unnamed and not any(r["label"].startswith("value_") for e in endpoints.values() for r in e["returns"])
@@ -412,6 +424,7 @@ def test_with_the_studio_off_its_endpoints_do_not_exist(runs, tmp_path):
         assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
             "/diagnose",
             "/diagnose_all",
+            "/explain",
             "/compare",
             "/report",
         }

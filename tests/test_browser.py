@@ -120,6 +120,9 @@ def test_diagnose_an_uploaded_image(page, shots):
     expect(page.locator("#diagnose-label")).to_contain_text(re.compile("glaucoma"))
     expect(page.locator("#diagnose-summary")).to_contain_text("Adapter")
     expect(page.locator("#diagnose-notice")).to_contain_text("not a medical device")
+    # the saliency overlay follows the answer, beside the image, with the method named
+    expect(page.locator("#diagnose-overlay img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#diagnose-overlay-caption")).to_contain_text("Integrated Gradients")
     screenshot(page, shots, "1-diagnose")
 
 
@@ -129,6 +132,7 @@ def test_picking_an_example_diagnoses_it_and_every_adapter_can_answer(page, shot
     summary = page.locator("#diagnose-summary")
     expect(summary).to_contain_text("its true label is malignant", timeout=30_000)
     expect(summary).to_contain_text("log-odds scale")
+    expect(page.locator("#diagnose-overlay-caption")).to_contain_text("skin-cmac", timeout=30_000)
     expect(page.locator("#diagnose-adapter input")).to_have_value(re.compile(r"^skin-cmac \(demo\)"))
     page.locator("#diagnose-all-btn").click()
     table = page.locator("#diagnose-all-table")
@@ -270,3 +274,30 @@ def test_a_huge_lambda_needs_the_confirmation_box(page, shots):
     expect(toast.first).to_contain_text("λ beyond 10: I mean it")
     expect(page.locator("#studio-confirm-large-lambda")).to_be_visible()
     screenshot(page, shots, "7-studio-large-lambda")
+
+
+def test_a_sweeps_runs_are_shown_together_in_compare_with_their_frontier(page, shots):
+    open_tab(page, "Studio")
+    expect(page.locator("#studio-processes")).to_be_hidden()  # no GPUs here: one plain process
+    page.locator("#studio-method").get_by_text("FR", exact=True).click()
+    fill_form(page, {"lam": "0.5", "epochs": "1", "lora-r": "4", "max-samples": "32"})
+    page.locator("#sweep-lambdas textarea").fill("0.1, 1")
+    page.locator("#sweep-btn").click()
+    status = page.locator("#studio-status")
+    expect(status).to_contain_text("Queued 2 jobs (λ = 0.1, 1)")
+    sweep = re.search(r"the sweep (\S+):", status.inner_text()).group(1)
+    expect(status).to_contain_text("Show in Compare")
+    progress = page.locator("#job-progress")
+    expect(progress).to_contain_text(f"Part of the sweep {sweep}")
+    expect(progress).to_contain_text("Started with")
+    table = page.locator("#jobs-table")
+    expect(table).not_to_contain_text(re.compile(r"\b(queued|running)\b"), timeout=JOB_TIMEOUT_MS)
+    page.locator("#show-in-compare-btn").click()
+    expect(page.locator("#compare-sweep input")).to_have_value(f"{sweep} (2 runs)", timeout=30_000)
+    # the sweep's runs and the Vanilla reference, compared; one epoch on 32 images gives degenerate models,
+    # so the frontier draws them as flagged points, never as the sweep's front (tests/test_compare.py has that)
+    compared = page.locator("#compare-table")
+    for text in ("FR λ=0.1", "FR λ=1", "fundus-vanilla"):
+        expect(compared).to_contain_text(text, timeout=60_000)
+    expect(page.locator("#compare-frontier-plot")).to_contain_text("⚠ FR: ⚠ flagged run")
+    screenshot(page, shots, "8-compare-sweep")

@@ -257,6 +257,18 @@ def test_hyperparameter_table_lists_config_fields_with_their_help(fundus_card):
     assert "`--runs-dir`" not in rows
 
 
+def test_the_training_run_says_how_the_effective_batch_is_made_and_which_sweep_the_run_is_part_of(fundus_card):
+    _, _, text = fundus_card
+    assert "8 optimiser steps (effective batch 8 = 8 per micro-batch × 1 accumulated × 1 process) in" in text
+    assert "Part of the sweep" not in text
+    summary = {**make_config("fundus")["training"], "effective_batch": 32, "processes": 2}
+    config = make_config("fundus", processes=2, grad_accum=2, sweep="fundus-fr-sweep-1", training=summary)
+    text = card.render_card(config, make_eval("fundus"))
+    assert "(effective batch 32 = 8 per micro-batch × 2 accumulated × 2 processes)" in text
+    assert "Part of the sweep `fundus-fr-sweep-1`" in text
+    assert table_rows(text, "| flag | value | meaning |")["`--processes`"][0] == "2"
+
+
 @pytest.mark.parametrize(
     ("method", "reference", "settings"),
     [

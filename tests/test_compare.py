@@ -26,7 +26,14 @@ from scipy.stats import binomtest, gaussian_kde
 from inference import compare_engine as engine
 from inference.compare_engine import CompareError, cache_info, clear_cache, compare_runs
 from inference.compare_export import display_table, to_csv
-from inference.compare_figures import METHOD_COLORS, frontier_figure, group_accuracy_figure, margin_figure
+from inference.compare_figures import (
+    METHOD_COLORS,
+    SWEEP_NAME,
+    frontier_figure,
+    group_accuracy_figure,
+    margin_figure,
+    pareto_front,
+)
 from training import metrics, rundir
 from training.rundir import read_run
 
@@ -108,6 +115,7 @@ def write_run(
     cmac_attribute: str | None = None,
     data: str | None = None,
     eval_attributes: tuple[str, ...] | None = None,
+    sweep: str | None = None,
 ) -> Path:
     """A complete run directory as training.train writes it (the adapter is a placeholder)."""
     path = Path(runs_dir) / run_id
@@ -133,6 +141,7 @@ def write_run(
         "run_id": run_id,
         "created": "2026-11-22T00:00:00+00:00",
         "dataset": {"spec": data or f"synth:{task}", "attributes": attributes},
+        **({"sweep": sweep} if sweep else {}),
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "adapter" / "adapter_config.json").write_text("{}")
@@ -548,3 +557,57 @@ def test_frontier_one_trace_per_method_with_interval_error_bars(five_runs):
     with pytest.raises(CompareError) as error:
         frontier_figure(comparison, gap="gap")
     assert str(error.value) == engine.UNKNOWN_CHOICE.format(name="gap", choices=", ".join(metrics.GAPS), value="gap")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sweeps on the frontier
+
+SWEEP_POINTS = {  # race accuracies of three FR runs of one sweep: B beats C on both axes, A is the fairest
+    0.1: {"White": 0.76, "Black": 0.75, "Asian": 0.75},  # A: gap ~0.01, accuracy ~0.76
+    0.5: {"White": 0.82, "Black": 0.78, "Asian": 0.75},  # B: gap ~0.07, accuracy ~0.80
+    1.0: {"White": 0.80, "Black": 0.70, "Asian": 0.65},  # C: gap ~0.15, accuracy ~0.76: dominated by B
+}
+
+
+def test_the_pareto_front_keeps_the_points_no_other_beats_from_the_fairest_on():
+    gaps = [0.10, 0.02, 0.05, 0.05, 0.20, float("nan")]
+    accuracy = [0.70, 0.60, 0.75, 0.72, 0.80, 0.99]
+    assert pareto_front(gaps, accuracy) == [1, 2, 4]  # 0 and 3 are beaten by 2; a missing figure is on no front
+    assert pareto_front([0.9, 0.8], [0.7, 0.8], lower_gap_is_fairer=False) == [0, 1]  # ES-AUC: higher is fairer
+    assert pareto_front([], []) == []
+
+
+def test_a_sweeps_runs_are_one_trace_joined_along_its_pareto_front(five_runs, tmp_path):
+    swept = [
+        read_run(
+            write_run(
+                tmp_path / "sweep",
+                f"fr-l{lam:g}",
+                fundus_predictions(rates, seed=20 + i),
+                method="fr",
+                lam=lam,
+                sweep="fundus-fr-sweep-1",
+            )
+        )
+        for i, (lam, rates) in enumerate(SWEEP_POINTS.items())
+    ]
+    comparison = compare_runs([*five_runs, *swept], "race", bootstrap=0)
+    assert list(comparison.table["sweep"].iloc[-3:]) == ["fundus-fr-sweep-1"] * 3
+    assert comparison.table["sweep"].iloc[:5].isna().all()
+    figure = frontier_figure(comparison)
+    name = SWEEP_NAME.format(sweep="fundus-fr-sweep-1", method="FR")
+    assert [trace.name for trace in figure.data] == [
+        "Vanilla",
+        "FR",
+        "GR",
+        "Hybrid",
+        "CMAC-MMD",
+        name,
+        f"{name}: Pareto front",
+    ]  # the sweep's runs are not among the single FR run's
+    points, front = figure.data[5], figure.data[6]
+    assert len(points.x) == 3 and points.marker.symbol == "diamond" and points.marker.color == METHOD_COLORS["fr"]
+    rows = comparison.table.set_index("run")
+    assert list(front.x) == [rows.loc["fr-l0.1", "max_acc_gap"], rows.loc["fr-l0.5", "max_acc_gap"]]
+    assert list(front.y) == [rows.loc["fr-l0.1", "accuracy"], rows.loc["fr-l0.5", "accuracy"]]
+    assert front.mode == "lines" and front.legendgroup == points.legendgroup == name and not front.showlegend

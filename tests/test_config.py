@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FUNDUS_SPEC, run_cli
-from training import methods
+from training import config, methods, rundir
 from training.config import FIELDS, ConfigError, TrainConfig, cli_flag, from_args, help_of, parse
 from training.rundir import DEMO_RUNS_DIR
-from training.train import build_parser
+from training.train import PROCESSES_NOT_LAUNCHED, build_parser, launch_command, on_processes
 from training.train import main as train_main
 
 DEMO_CONFIGS = sorted(DEMO_RUNS_DIR.glob("*/config.json"))
@@ -171,3 +173,45 @@ def test_validation_reads_and_generates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRDX_DATA_DIR", str(tmp_path))
     parse({"data": "synth:skin:n=99,seed=123", "attribute": "sex+age_group"})
     assert list(Path(tmp_path).iterdir()) == []
+
+
+# ---------------------------------------------------------------------- several processes
+def test_processes_need_one_cuda_device_each_and_the_message_says_what_to_set(monkeypatch):
+    monkeypatch.setattr(config, "cuda_devices", lambda: 0)
+    with pytest.raises(ConfigError) as caught:
+        parse({"processes": 2, "data": FUNDUS_SPEC})
+    assert caught.value.problems == [config.ERR_PROCESSES.format(n=2, found=0, fix="1")]
+    monkeypatch.setattr(config, "cuda_devices", lambda: 2)
+    with pytest.raises(ConfigError) as caught:
+        parse({"processes": 4, "data": FUNDUS_SPEC})
+    assert caught.value.problems == [config.ERR_PROCESSES.format(n=4, found=2, fix="at most 2")]
+    assert parse({"processes": 2, "data": FUNDUS_SPEC}).processes == 2
+    assert parse({"data": FUNDUS_SPEC}).processes == 1  # one plain process needs no GPU
+
+
+def test_the_command_of_several_processes_is_an_accelerate_launch_that_gives_the_config_back(monkeypatch):
+    monkeypatch.setattr(config, "cuda_devices", lambda: 2)
+    cfg = TrainConfig(method="fr", processes=2, data=FUNDUS_SPEC, sweep="s1", run_name="x")
+    command = config.command_line(cfg)
+    launcher = shlex.join(["accelerate", "launch", *config.launch_arguments(2), "-m", "training.train"])
+    assert command.startswith(launcher + " ") and "--processes 2" in command
+    assert "--sweep" not in command and "--run-name" not in command  # bookkeeping, left to the reader
+    flags = shlex.split(command)[len(shlex.split(launcher)) :]
+    assert cli_config(*flags) == cfg.replace(sweep=None, run_name=None)
+    assert config.command_line(cfg.replace(processes=1)).startswith("python -m training.train --method fr")
+
+
+def test_the_trainer_records_the_processes_it_runs_on_and_refuses_fewer_than_asked():
+    assert on_processes(TrainConfig(), 1).processes == 1
+    assert on_processes(TrainConfig(), 2).processes == 2  # a plain `accelerate launch --num_processes 2`
+    assert on_processes(TrainConfig(processes=2), 2).processes == 2
+    with pytest.raises(ConfigError) as caught:
+        on_processes(TrainConfig(processes=2), 1)
+    assert caught.value.problems == [PROCESSES_NOT_LAUNCHED.format(n=2, world=1)]
+
+
+def test_command_txt_holds_what_the_studio_started_else_this_processs_own_command(monkeypatch):
+    monkeypatch.delenv(rundir.COMMAND_ENV, raising=False)
+    assert launch_command(1) == shlex.join(sys.orig_argv)
+    monkeypatch.setenv(rundir.COMMAND_ENV, "python -m training.train --config job.json")
+    assert launch_command(2) == "python -m training.train --config job.json"

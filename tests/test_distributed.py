@@ -111,21 +111,14 @@ def launch_two(runs, name: str, *extra: str, wait: bool = True):
     """
     from tests.conftest import FUNDUS_SPEC, REPO
     from training import data_spec
+    from training.config import launch_arguments
 
     data_spec.materialize(FUNDUS_SPEC, progress=False)  # generated once, not by both ranks
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launch_arguments(2),  # what the Studio launches a job of two processes with
         "--main_process_port",
         str(_free_port()),
         "-m",

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from studio import jobs as jobs_module
+from studio import jobs_view
 from studio.jobs import (
     CANCELLED,
     ERR_BAD_LIMIT,
@@ -59,7 +60,7 @@ from studio.jobs import (
 from studio.progress import TAIL_BLOCK, read_metrics, read_progress, summarize, tail_lines
 from tests.conftest import exactly, run_cli
 from training import methods, rundir
-from training.config import ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig, launch_arguments
 from training.data_spec import materialize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -619,8 +620,13 @@ def test_a_store_of_schema_1_keeps_its_jobs_and_can_resume_them(tmp_path, stores
     runs = tmp_path / "runs"
     runs.mkdir()
     con = sqlite3.connect(runs / jobs_module.DB_NAME)
+    newer = (",\n        resume_of        TEXT", ",\n        command          TEXT")  # columns of schemas 2 and 3
+    schema_1 = jobs_module.SCHEMA[0]
+    for column in newer:
+        assert column in schema_1
+        schema_1 = schema_1.replace(column, "")
     with con:
-        con.execute(jobs_module.SCHEMA[0].replace(",\n        resume_of        TEXT", ""))
+        con.execute(schema_1)
         con.execute(
             "INSERT INTO jobs (id, run_id, owner, state, created, finished, reason) "
             "VALUES ('old1', 'sleep-old', 'local', 'cancelled', 1.0, 2.0, 'cancelled while running')"
@@ -629,9 +635,9 @@ def test_a_store_of_schema_1_keeps_its_jobs_and_can_resume_them(tmp_path, stores
     con.close()
     store = stores()
     [old] = store.list_jobs()
-    assert (old.id, old.state, old.resume_of) == ("old1", CANCELLED, None)
+    assert (old.id, old.state, old.resume_of, old.command) == ("old1", CANCELLED, None, None)
     con = sqlite3.connect(store.db_path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == jobs_module.SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == jobs_module.SCHEMA_VERSION == 3
     con.close()
     old.staging_path.mkdir()
     (old.staging_path / "checkpoint").mkdir()
@@ -724,8 +730,13 @@ def test_a_grid_sweep_queues_every_point_or_none(stores):
     assert len(jobs) == 8 and jobs[0].run_id == "grid-l0.1-w5-s0" and jobs[-1].run_id == "grid-l1-w10-s1"
     points = {(c["lam"], c["w_max"], c["seed"]) for c in (json.loads(j.config_path.read_text()) for j in jobs)}
     assert points == {(lam, w, seed) for lam in (0.1, 1.0) for w in (5.0, 10.0) for seed in (0, 1)}
+    assert {job.sweep for job in jobs} == {"grid"}  # a given run name names the sweep
     generated = store.submit_grid(cfg(method="gr"), w_maxes=[3], seeds=[7])
     assert RUN_ID.match(generated[0].run_id).group("w_max", "seed") == ("3", "7")
+    assert re.fullmatch(r"fundus-gr-sweep-\d{8}-\d{6}-[0-9a-f]{4}", generated[0].sweep)
+    message = jobs_view.grid_message(generated, {"w_max": [3], "seed": [7]})
+    assert message.endswith(jobs_view.SWEEP_FRONTIER.format(sweep=generated[0].sweep))
+    assert store.submit(cfg(method="gr")).sweep is None  # a job of its own
     before = len(store.list_jobs())
     with pytest.raises(ConfigError) as err:
         store.submit_grid(cfg(method="fr"), lambdas=[0.5], w_maxes=[5, 5])  # FR never reads w_max
@@ -734,6 +745,21 @@ def test_a_grid_sweep_queues_every_point_or_none(stores):
         jobs_module.ERR_GRID_DUPLICATES.format(name="w_max", values="5, 5"),
     ]
     assert len(store.list_jobs()) == before  # all or none
+
+
+def test_a_job_of_several_processes_runs_under_accelerate_launch_on_a_free_port(tmp_path):
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps(TrainConfig(processes=2).to_dict()))
+    job = Job("j1", "r1", QUEUED, "local", 0.0, None, None, None, None, None, None, tmp_path, config, tmp_path / "l")
+    command = training_command(job)
+    head = [sys.executable, "-m", "accelerate.commands.launch", *launch_arguments(2), "--main_process_port"]
+    assert command[: len(head)] == head and 1024 <= int(command[len(head)]) < 65536
+    assert command[len(head) + 1 :] == [
+        *("-m", "training.train", "--config", str(config), "--run-name", "r1", "--runs-dir", str(tmp_path)),
+        "--no-progress",
+    ]
+    config.write_text(json.dumps(TrainConfig().to_dict()))
+    assert training_command(job)[:3] == [sys.executable, "-m", "training.train"]  # one process: plain python
 
 
 def test_sweep_queues_one_job_per_lambda_or_none(stores):
@@ -842,6 +868,11 @@ def test_real_training_job_succeeds_and_its_run_is_listed(real_store):
     assert (progress.finished, progress.fraction, progress.step, progress.total_steps) == (True, 1.0, 8, 8)
     assert len(progress.curve) == 8 and all(loss > 0 for _, loss, _, _ in progress.curve)
     assert progress.log_tail[-1] == f"run complete: {run.path}"
+    # the exact command the store started is in the run folder, the job's record and its log
+    assert done.command.startswith(f"{sys.executable} -m training.train --config {job.config_path} ")
+    assert (run.path / rundir.COMMAND).read_text() == done.command + "\n"
+    assert done.log_path.read_text().splitlines()[0] == f"$ {done.command}"
+    assert (run.settings.processes, run.config["training"]["processes"]) == (1, 1)
 
 
 def test_real_cancel_saves_a_checkpoint_lists_no_run_and_frees_the_slot(real_store):
@@ -893,4 +924,6 @@ def test_real_sigkilled_worker_resumes_from_its_periodic_checkpoint_to_a_complet
     assert run.config["training"]["resumed_from_step"] >= 4
     steps = [m["step"] for m in read_metrics(run.path / rundir.METRICS) if "loss" in m]
     assert steps == list(range(1, 25)), "each step logged once across the kill and the resume"
+    started = (run.path / rundir.COMMAND).read_text().splitlines()  # both starts, the resume last
+    assert started == [killed.command, resumed.command] and resumed.command.endswith(" --resume")
     assert real_store.progress(resumed.id).fraction == 1.0

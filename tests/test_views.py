@@ -8,6 +8,7 @@ per-group accuracies); a diagnosis is built from real logits; the jobs table rea
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from PIL import Image
 from inference import catalog, compare_view, diagnose_view
 from inference.compare_engine import NO_RUNS, PICKED_TWICE, wilson_interval
 from inference.diagnosis import Diagnosis
-from studio import form, jobs_view
+from studio import actions, form, jobs_view
 from studio import settings as settings_module
 from studio.jobs import ERR_GRID_W_MAX_METHOD, ERR_SWEEP_METHOD, Job, JobStore
 from studio.progress import Progress
@@ -39,9 +40,10 @@ from studio.settings import (
 )
 from tests.conftest import FUNDUS_SPEC, SKIN_SPEC
 from tests.test_compare import FIVE_METHODS, fundus_predictions, skin_predictions, write_run
+from training import config as training_config
 from training import methods, rundir
 from training.backbones import EMBEDDED_BACKBONES
-from training.config import ConfigError, TrainConfig, parse, validate
+from training.config import ERR_PROCESSES, ConfigError, TrainConfig, parse, validate
 
 TEST_DATASETS = f"{FUNDUS_SPEC}; {SKIN_SPEC}"
 
@@ -211,6 +213,7 @@ def test_form_is_built_from_train_config_fields_and_their_help(tmp_path):
         "balanced_sampling": ("checkbox", False),
         "seed": ("integer", 42),
         "max_samples": ("integer", None),
+        "processes": ("integer", 1),
     }
     assert [value for _, value in by_name["data"].choices] == [FUNDUS_SPEC, SKIN_SPEC]
     assert by_name["max_samples"].optional and by_name["attribute"].custom
@@ -788,3 +791,91 @@ def test_fields_the_default_method_does_not_read_start_disabled(tmp_path):
     assert blocks["studio-lam"].interactive is False and blocks["studio-w-max"].interactive is False
     assert blocks["studio-confirm-large-lambda"].interactive is False and blocks["studio-epochs"].interactive
     demo.fairdx_store.close()
+
+
+# ---------------------------------------------------------------------- several GPUs
+def test_processes_are_offered_only_where_there_are_two_gpus_and_hidden_they_stay_1(tmp_path, monkeypatch):
+    s = local_settings(tmp_path)
+    monkeypatch.setattr(training_config, "cuda_devices", lambda: 0)
+    processes = {spec.name: spec for spec in form.form_fields(s)}["processes"]
+    assert (processes.visible, processes.default) == (False, 1)
+    assert form.config_from_form(form_input(), s).processes == 1  # hidden: the browser's value or none at all
+    with pytest.raises(ConfigError) as caught:  # an API client that asks for 2 anyway
+        form.config_from_form(form_input(processes=2), s)
+    assert caught.value.problems == [ERR_PROCESSES.format(n=2, found=0, fix="1")]
+
+    monkeypatch.setattr(training_config, "cuda_devices", lambda: 4)
+    processes = {spec.name: spec for spec in form.form_fields(s)}["processes"]
+    assert (processes.visible, processes.minimum, processes.maximum) == (True, 1, 4)
+    assert form.config_from_form(form_input(processes=2), s).processes == 2
+    text = actions.command(s, form_input(processes=2))  # training off: the command to run on one's own GPUs
+    assert "accelerate launch --multi_gpu --num_processes 2 " in text and " -m training.train " in text
+
+
+def test_the_studio_form_hides_processes_on_a_cpu_and_shows_it_with_gpus(tmp_path, monkeypatch):
+    import app as fairdx_app
+
+    for gpus, visible in ((0, False), (2, True)):
+        monkeypatch.setattr(training_config, "cuda_devices", lambda gpus=gpus: gpus)
+        demo = fairdx_app.build_app(local_settings(tmp_path / str(gpus)))
+        blocks = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+        assert blocks["studio-processes"].visible is visible and blocks["studio-processes"].value == 1
+        demo.fairdx_store.close()
+
+
+def test_a_job_shows_the_command_it_was_started_with_and_its_sweep(tmp_path):
+    tmp_path.joinpath("c.json").write_text(json.dumps({"sweep": "fundus-fr-sweep-x"}))
+    command = f"{sys.executable} -m training.train --config {tmp_path}/runs/.jobs/abc123.json --run-name r"
+    text = jobs_view.status_markdown(_job(tmp_path, command=command), Progress(), Settings(runs_dir=tmp_path / "runs"))
+    assert jobs_view.IN_SWEEP.format(sweep="fundus-fr-sweep-x") in text
+    started = text.split(jobs_view.STARTED_WITH + "\n\n```bash\n")[1].split("\n```")[0]
+    assert started == Settings(runs_dir=tmp_path / "runs").redact(command) and "runs/.jobs/abc123.json" in started
+    assert jobs_view.STARTED_WITH not in jobs_view.status_markdown(_job(tmp_path), Progress(), Settings())
+
+
+# ---------------------------------------------------------------------- sweeps in Compare
+def test_compare_names_each_runs_sweep_and_ticks_a_whole_sweep_with_its_reference(runs_on_disk):
+    _, user = runs_on_disk
+    for lam, seed in ((0.1, 30), (0.5, 31)):
+        write_run(
+            user, f"sw-l{lam:g}", fundus_predictions(FIVE_METHODS["fr"], seed=seed), method="fr", lam=lam, sweep="sw"
+        )
+    write_run(user, "old-l1", fundus_predictions(FIVE_METHODS["fr"], seed=32), method="fr", lam=1.0, sweep="old")
+    runs = catalog.available_runs(runs_on_disk)
+    titles = {key: title for title, key in compare_view.source_choices(runs, "fundus")}
+    assert titles["sw-l0.1"] == "sw-l0.1 · FR, λ=0.1" + compare_view.SWEEP_TITLE.format(sweep="sw")
+    assert titles["fundus-fr"] == "fundus-fr · FR, λ=1"  # a run of its own keeps its title
+    assert compare_view.sweep_choices(runs, "fundus") == [
+        (compare_view.NO_SWEEP, ""),
+        ("sw (2 runs)", "sw"),
+        ("old (1 run)", "old"),
+    ]
+    assert compare_view.sweep_choices(runs, "skin") == [(compare_view.NO_SWEEP, "")]
+    # the sweep's runs, and the Vanilla run every setting is paired against
+    assert compare_view.sweep_runs(runs, "fundus", "sw") == ["sw-l0.1", "sw-l0.5", "fundus-vanilla (demo)"]
+    view = compare_view.show(
+        compare_view.selected_sources(compare_view.sweep_runs(runs, "fundus", "sw"), runs, "fundus"),
+        "race",
+        bootstrap=0,
+    )
+    assert [trace.name for trace in view.frontier_figure.data][:2] == ["Vanilla", "sweep sw (FR)"]
+    assert "sweep" not in set(view.config_diff[compare_view.DIFF_FIELD_COLUMN])  # a grouping, not a setting
+    with pytest.raises(
+        ValueError, match=re.escape(compare_view.UNKNOWN_SWEEP.format(sweep="sw", task_words=" for task skin"))
+    ):
+        compare_view.sweep_runs(runs, "skin", "sw")
+
+
+def test_show_in_compare_picks_a_jobs_sweep_or_its_own_run_once_it_has_finished(runs_on_disk):
+    _, user = runs_on_disk
+    write_run(user, "sw-l0.1", fundus_predictions(FIVE_METHODS["fr"], seed=30), method="fr", lam=0.1, sweep="sw")
+    runs = catalog.available_runs(runs_on_disk)
+    assert compare_view.job_selection(runs, run_id="sw-l0.5", sweep="sw") == (
+        "fundus",
+        ["sw-l0.1", "fundus-vanilla (demo)"],
+    )
+    assert compare_view.job_selection(runs, run_id="fundus-mine", sweep=None) == ("fundus", ["fundus-mine"])
+    with pytest.raises(ValueError, match=re.escape(compare_view.RUN_NOT_READY.format(run="queued-run"))):
+        compare_view.job_selection(runs, run_id="queued-run", sweep=None)
+    with pytest.raises(ValueError, match=re.escape(compare_view.UNKNOWN_SWEEP.format(sweep="later", task_words=""))):
+        compare_view.job_selection(runs, run_id="x", sweep="later")

@@ -41,7 +41,7 @@ BASE_TAGS = ("fairdx", "fairness", "lora", "medical-imaging")
 MISSING = "–"
 
 # Bookkeeping fields: where and how often to write things, not how the adapter was trained.
-NOT_HYPERPARAMETERS = frozenset({"runs_dir", "run_name", "log_every", "save_every", "trackers"})
+NOT_HYPERPARAMETERS = frozenset({"runs_dir", "run_name", "sweep", "log_every", "save_every", "trackers"})
 
 GAP_COLUMNS = (
     ("max_acc_gap", "MaxAccGap ↓"),
@@ -81,7 +81,7 @@ def render_card(config: dict[str, Any], eval_report: dict[str, Any], *, repo_id:
         _fairness(report, split),
         _data(cfg, record),
         _hyperparameters(cfg, config),
-        _training(record),
+        _training(cfg, record),
         _intended_use(cfg),
         _how_to_load(cfg, record, repo_id),
     ]
@@ -276,16 +276,25 @@ def _hyperparameters(cfg: TrainConfig, written: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _training(record: RunRecord) -> str:
+def _training(cfg: TrainConfig, record: RunRecord) -> str:
+    """Steps, effective batch and on how many processes, time, final loss; the sweep the run was part of."""
     training, versions = record.training, record.versions
     lines = ["## Training run", ""]
     if training:
+        effective = training.get("effective_batch")
+        processes = training.get("processes")  # older runs: what their effective batch says
+        if processes is None and isinstance(effective, int) and effective % (cfg.batch_size * cfg.grad_accum) == 0:
+            processes = effective // (cfg.batch_size * cfg.grad_accum)
+        processes = processes or cfg.processes
         lines.append(
             f"{training.get('steps', MISSING)} optimiser steps "
-            f"(effective batch {training.get('effective_batch', MISSING)}) "
+            f"(effective batch {effective or MISSING} = {cfg.batch_size} per micro-batch × "
+            f"{cfg.grad_accum} accumulated × {processes} process{'es' if processes != 1 else ''}) "
             f"in {_number(training.get('seconds'), 1)} s ({_number(training.get('samples_per_s'), 1)} samples/s); "
             f"final loss {_number(training.get('final_loss'), 4)}."
         )
+    if cfg.sweep:
+        lines.append(f"Part of the sweep `{cfg.sweep}`: Compare draws its runs' accuracy-vs-gap frontier together.")
     if record.created:
         lines.append(f"Created {record.created}.")
     if versions:

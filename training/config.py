@@ -55,8 +55,13 @@ ERR_PIXELS = "min_pixels ({low}) is larger than max_pixels ({high})"
 
 RUN_RECORD_KEYS = frozenset({"task", "family", "run_id", "created", "versions", "dataset", "training"})
 """Keys ``training.train`` adds to a run's config.json beside the settings (see ``training.rundir.RunRecord``)."""
-BOOKKEEPING_KEYS = ("runs_dir", "run_name")
-"""Where a run lived: not part of its recipe, so a run's config.json used as --config starts a new run."""
+BOOKKEEPING_KEYS = ("runs_dir", "run_name", "sweep")
+"""Where a run lived and which sweep it was queued with: not part of its recipe, so a run's config.json
+used as --config starts a new run of its own."""
+ERR_PROCESSES = (
+    "processes = {n} starts one training process per GPU, but this machine has {found} CUDA device(s); "
+    "set processes to {fix}"
+)
 
 
 class ConfigError(ValueError):
@@ -165,7 +170,7 @@ class TrainConfig(BaseModel):
     grad_accum: int = _f(
         1,
         "Micro-batches per optimiser step; effective batch = batch_size × grad_accum × "
-        "devices. Group statistics (" + ", ".join(methods.LAMBDA_METHODS) + ") use the whole effective "
+        "processes. Group statistics (" + ", ".join(methods.LAMBDA_METHODS) + ") use the whole effective "
         "batch.",
         ge=1,
     )
@@ -187,6 +192,12 @@ class TrainConfig(BaseModel):
     )
     max_samples: int | None = _f(None, "Use at most this many training samples (stratified); empty = all.", ge=10)
     seed: int = _f(42, "Random seed (data order, LoRA init, dropout).", ge=0)
+    processes: int = _f(
+        1,
+        "Processes (one per GPU) the run is started on with accelerate launch; 1 = one plain python process. "
+        "The effective batch grows with it (batch_size × grad_accum × processes).",
+        ge=1,
+    )
     num_threads: int | None = _f(
         None,
         "CPU threads torch may use (empty = torch's default, all cores). Small "
@@ -197,6 +208,11 @@ class TrainConfig(BaseModel):
     # bookkeeping
     runs_dir: str = _f("runs", "Folder that holds run directories.", min_length=1)
     run_name: str | None = _f(None, "Run directory name; empty = <task>-<method>-<attribute>-<time>.")
+    sweep: str | None = _f(
+        None,
+        "Name of the sweep the run belongs to (the Studio's grid sweep sets it on each of its runs); "
+        "Compare groups a sweep's runs and draws their accuracy-vs-gap frontier. Empty = no sweep.",
+    )
     eval_bootstrap: int = _f(200, "Bootstrap resamples for the confidence intervals in eval.json.", ge=0)
     eval_gap_min_n: int = _f(
         30,
@@ -244,7 +260,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr must be a positive finite number or 'auto' (got {value!r})")
         return number
 
-    @field_validator("cmac_attribute", "backbone", "run_name", mode="before")
+    @field_validator("cmac_attribute", "backbone", "run_name", "sweep", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -412,17 +428,38 @@ def _bound_words(name: str) -> str:
     return ""
 
 
+def cuda_devices() -> int:
+    """How many CUDA devices this machine offers (0 on a CPU-only machine or torch's CPU build).
+
+    The one place that asks: ``validate`` checks ``processes`` against it and the Studio form shows its
+    Processes field only where it is 2 or more (tests patch it). torch is imported here, not at module
+    level, so reading a config stays light; ``device_count`` does not initialise CUDA.
+    """
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def validate(cfg: TrainConfig, *, check_data: bool = True) -> None:
-    """Raise one ConfigError naming what the data does not offer (the values were checked when `cfg` was built).
+    """Raise one ConfigError naming what the data and this machine do not offer (the values were checked
+    when `cfg` was built).
 
     Only looks whether the data folder exists and, for a synthetic spec, which attributes it has:
     no file is read and nothing is generated, so the Studio can run this before it queues a job.
-    The groups of a folder's attributes are checked when the job starts (``training.train``).
+    The groups of a folder's attributes are checked when the job starts (``training.train``). A run on
+    several processes needs one CUDA device per process: asked before a job is queued, not after it
+    has waited its turn and failed in accelerate's launcher.
     """
+    problems = []
+    if cfg.processes > 1:
+        found = cuda_devices()
+        if found < cfg.processes:
+            fix = "1" if found < 2 else f"at most {found}"
+            problems.append(ERR_PROCESSES.format(n=cfg.processes, found=found, fix=fix))
     if check_data:
-        problems = data_problems(cfg.data, [cfg.attribute, cfg.cmac_attribute, *cfg.eval_attributes])
-        if problems:
-            raise ConfigError(problems)
+        problems += data_problems(cfg.data, [cfg.attribute, cfg.cmac_attribute, *cfg.eval_attributes])
+    if problems:
+        raise ConfigError(problems)
 
 
 def parse(values: dict[str, Any], *, check_data: bool = True) -> TrainConfig:
@@ -497,9 +534,37 @@ def from_args(ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Tra
     return parse(values)
 
 
-def command_line(cfg: TrainConfig, *, program: str = "python -m training.train") -> str:
+TRAIN_MODULE = "training.train"
+
+
+def launch_arguments(processes: int) -> list[str]:
+    """``accelerate launch``'s flags for `processes` processes on one machine (one per GPU), every choice
+    spelled out: accelerate then neither guesses from a config file nor warns about what it filled in.
+    The Studio adds a free ``--main_process_port``, so two jobs never collide on the default port."""
+    return [
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+
+
+def command_line(cfg: TrainConfig, *, program: str | None = None) -> str:
     """The exact command that trains `cfg`: one flag per setting that differs from the defaults (where the
-    run lives is left to the reader's machine). ``from_args`` of its flags gives `cfg` back."""
+    run lives is left to the reader's machine). ``from_args`` of its flags gives `cfg` back.
+
+    The program is ``python -m training.train``, or ``accelerate launch ... -m training.train`` for a
+    config of several processes (``--processes`` alone would only be refused by the trainer).
+    """
+    if program is None:
+        program = f"python -m {TRAIN_MODULE}"
+        if cfg.processes > 1:
+            program = shlex.join(["accelerate", "launch", *launch_arguments(cfg.processes), "-m", TRAIN_MODULE])
     defaults = TrainConfig().to_dict()
     parts = [program]
     for name, value in cfg.to_dict().items():

@@ -8,6 +8,7 @@
       predictions.csv  per val/test sample: id, split, label, prob, margin, every attribute
       eval.json        training.metrics.evaluate_run: threshold, per attribute, intervals, guard
       ood.npz          training.ood: class means, shared precision and the val-set threshold (optional)
+      command.txt      the command that started the run, one line per start (a resume adds one; optional)
       README.md        model card
 
 A run is written into a hidden staging folder ``runs/.staging-<run_id>/`` (which also holds the
@@ -39,6 +40,8 @@ METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions.csv"
 EVAL = "eval.json"
 CARD = "README.md"
+COMMAND = "command.txt"
+COMMAND_ENV = "FAIRDX_LAUNCH_COMMAND"  # the Studio puts the exact command it started here for the trainer
 CHECKPOINT = "checkpoint"
 CHECKPOINT_TMP = f"{CHECKPOINT}.tmp"  # the next checkpoint while it is written
 CHECKPOINT_OLD = f"{CHECKPOINT}.old"  # the previous one while the new one moves into place
@@ -77,7 +80,7 @@ class RunRecord(BaseModel):
     dataset: dict[str, Any] = {}
     """spec, root, samples per split (``n``), attributes, training ``group_counts`` per attribute."""
     training: dict[str, Any] = {}
-    """The training summary: steps, effective batch, devices, seconds, final losses."""
+    """The training summary: steps, effective batch, processes, seconds, final losses."""
 
     @property
     def group_counts(self) -> dict[str, dict[str, int]]:
@@ -299,6 +302,13 @@ def finalize(staging: Path, final: Path) -> Path:
         raise FileExistsError(RUN_EXISTS.format(name=final.name, runs_dir=final.parent))
     os.replace(staging, final)
     return final
+
+
+def record_command(folder: Path, command: str) -> None:
+    """Append the command that started a run to its ``command.txt`` (written in the staging folder, so it
+    moves into the published run with everything else; a resumed run lists every start)."""
+    with (folder / COMMAND).open("a") as file:
+        file.write(command.strip() + "\n")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

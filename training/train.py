@@ -31,7 +31,9 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, parse_flag_from_env
@@ -96,6 +99,10 @@ CHECKPOINT_FORMAT_OLD = (
     "--resume: {path} was written by an older FairDx and cannot be resumed exactly; delete the "
     "run's staging folder and start it again"
 )
+PROCESSES_NOT_LAUNCHED = (
+    "processes = {n}, but this run was started as {world} process(es); start it with "
+    "`accelerate launch --num_processes {n} -m training.train ...`, as the Studio does, or set --processes {world}"
+)
 RNG_NOT_RESTORED = "--resume: the random number generators were not restored from {path} ({detail})"
 GROUP_LOST = "max_samples={n} leaves group '{group}' of '{attribute}' with no training samples; raise max_samples"
 
@@ -111,6 +118,34 @@ def resolve(cfg: TrainConfig, task: str) -> TrainConfig:
     lr = cfg.lr if cfg.lr != "auto" else recommended_lr(backbone)
     run_name = cfg.run_name or f"{task}-{cfg.method}-{cfg.attribute.replace('+', 'x')}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg.replace(backbone=backbone, lr=float(lr), run_name=run_name)
+
+
+def on_processes(cfg: TrainConfig, world: int) -> TrainConfig:
+    """The config with the number of processes it really runs on.
+
+    A config that left ``processes`` at 1 and was started by ``accelerate launch --num_processes N``
+    records N, so the run's config.json, its card and a run of it again know the effective batch
+    (batch_size × grad_accum × processes). One that asked for N processes and got another number is
+    refused: its effective batch, and so every step, would not be the one asked for.
+    """
+    if cfg.processes not in (1, world):
+        raise ConfigError([PROCESSES_NOT_LAUNCHED.format(n=cfg.processes, world=world)])
+    return cfg if cfg.processes == world else cfg.replace(processes=world)
+
+
+def launch_command(world: int) -> str:
+    """What started this run, for its command.txt: the exact command the Studio ran (it passes it in
+    ``rundir.COMMAND_ENV``), else this process's own command line, or, on several processes, the
+    command line of the launcher that started them (``accelerate launch ...``, what a person typed)."""
+    given = os.environ.get(rundir.COMMAND_ENV, "").strip()
+    if given:
+        return given
+    argv = list(sys.orig_argv)
+    if world > 1:
+        with contextlib.suppress(psutil.Error):
+            launcher = psutil.Process().parent()
+            argv = launcher.cmdline() if launcher is not None else argv
+    return shlex.join(argv)
 
 
 # What `resolve` fills in, as the types a resolved config guarantees; ValueError on one it has not seen.
@@ -246,8 +281,9 @@ def _from_main_process(processes: PartialState, value: Any) -> Any:
     return broadcast_object_list([value], from_process=0)[0]
 
 
-def _claim_run(name: str, runs_dir: Path, final: Path, staging: Path, resume: bool) -> rundir.RunLock:
-    """Main process: lock the run name, then check its staging folder and leave it ready to write.
+def _claim_run(name: str, runs_dir: Path, final: Path, staging: Path, resume: bool, command: str) -> rundir.RunLock:
+    """Main process: lock the run name, then check its staging folder and leave it ready to write, with
+    the command that started this run added to its command.txt.
 
     The lock comes first, so these checks and the removal of an unfinished folder never race another
     trainer (a Studio job, a second CLI) writing into the same run; that one holds the lock, and this
@@ -275,6 +311,7 @@ def _claim_run(name: str, runs_dir: Path, final: Path, staging: Path, resume: bo
             print(STAGING_WITHOUT_CHECKPOINT.format(path=staging), file=sys.stderr)
             _rmtree(staging)
         staging.mkdir(parents=True, exist_ok=True)
+        rundir.record_command(staging, command)
     except OSError as err:
         lock.release()
         raise ConfigError([f"cannot prepare the run folder {staging}: {err}"]) from None
@@ -327,7 +364,10 @@ def checkpoint_step(path: Path, cfg: TrainConfig, num_processes: int) -> int:
     state = torch.load(path / CHECKPOINT_STATE, weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError([CHECKPOINT_FORMAT_OLD.format(path=path)])
-    differs = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k != "trackers"]
+    # the number of processes is checked below, with its own message (and older checkpoints lack the field)
+    differs = [
+        k for k, v in cfg.to_dict().items() if state["config"].get(k) != v and k not in ("trackers", "processes")
+    ]
     if differs:
         raise ConfigError([CHECKPOINT_MISMATCH.format(fields=", ".join(differs))])
     if state["num_processes"] != num_processes:
@@ -511,6 +551,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
         raise ConfigError(problems)
     cfg = resolve(cfg, dataset.task)
     processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() makes it
+    cfg = on_processes(cfg, processes.num_processes)
     cfg = _from_main_process(processes, cfg)  # one run name (it may hold the time) on every process
     run_name = resolved_run_name(cfg)
     runs_dir = Path(cfg.runs_dir)
@@ -519,7 +560,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
     problems = []
     if processes.is_main_process:
         try:
-            held.callback(_claim_run(run_name, runs_dir, final, staging, resume).release)
+            command = launch_command(processes.num_processes)
+            held.callback(_claim_run(run_name, runs_dir, final, staging, resume, command).release)
         except ConfigError as err:
             problems = err.problems
     problems = _from_main_process(processes, problems)  # the others wait here until the folder is ready
@@ -696,6 +738,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, stop: _StopFlag, h
                 "seconds_per_step": round(float(np.median(step_times)), 5) if step_times else None,
                 "samples_per_s": round(effective / float(np.median(step_times)), 2) if step_times else None,
                 "effective_batch": effective,
+                "processes": world,
                 "train_samples": len(samples),
                 "final_loss": loss,
                 "resumed_from_step": start_step or None,
