@@ -74,7 +74,8 @@ def _overhead(result: dict) -> str:
 def _serving(result: dict) -> str:
     return "; ".join(
         f"{r['model']}: predict p50 {r['predict_ms']['p50']:.1f} ms, switch {r['switch']['switch_ms_p50']:.2f} ms, "
-        f"reload/switch {r['switch']['full_reload_over_switch']:.0f}×"
+        f"reload/switch {r['switch']['full_reload_over_switch']:.0f}×, "
+        f"explain/predict {r['explain']['explain_over_predict']:.0f}×"
         for r in result["results"]
     )
 

@@ -11,6 +11,8 @@ weights, saved with ``save_adapter``; no training needed) and measures, on this 
   load and first predict, plus the whole process wall time including interpreter start;
 - predict latency: p50 / p95 of ``ModelPool.predict`` on one 224×224 image, ``--n`` predictions with
   the adapter already active;
+- saliency: ``ModelPool.explain`` (Integrated Gradients, ``inference.saliency.DEFAULT_STEPS`` forward and
+  backward passes) p50, and its ratio to predict p50 measured in the same run;
 - adapter switch: ``ModelPool.activate`` alternating between two loaded adapters (``set_adapter``;
   median), predict-after-switch p50, a first adapter load onto a warm base (LRU of size 1, so every
   switch deletes one adapter and loads the other), and a full reload (new pool: base + adapter;
@@ -169,6 +171,7 @@ def timed(fn, repeat: int) -> list[float]:
 
 
 def measure_model(task: str, runs_dir: Path, n: int, reloads: int) -> dict[str, Any]:
+    from inference import saliency
     from inference.serving import ModelPool
 
     images = noise_images(4, seed=1)
@@ -185,6 +188,14 @@ def measure_model(task: str, runs_dir: Path, n: int, reloads: int) -> dict[str, 
         pool.predict(image, run_a)
     latency = timed(lambda: pool.predict(image, run_a), n)
     result["predict_ms"] = {"p50": percentile_ms(latency, 50), "p95": percentile_ms(latency, 95), "n": n}
+    # the saliency overlay (/explain): DEFAULT_STEPS forward+backward passes, timed against predict in this run
+    explain = timed(lambda: pool.explain(image, run_a), max(3, n // 10))
+    explain_ms = percentile_ms(explain, 50)
+    result["explain"] = {
+        "steps": saliency.DEFAULT_STEPS,
+        "explain_ms_p50": explain_ms,
+        "explain_over_predict": explain_ms / result["predict_ms"]["p50"],
+    }
 
     runs = [run_a, run_b]
     switches = [timed(lambda r=runs[i % 2]: pool.activate(r), 1)[0] for i in range(2 * n)]
@@ -210,9 +221,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         (
             "| model | cold start (process) | import | load base+adapter | 1st predict | predict p50 | p95 "
-            "| switch p50 | predict after switch | adapter load (warm base) | full reload | reload / switch |"
+            "| switch p50 | predict after switch | adapter load (warm base) | full reload | reload / switch "
+            "| explain p50 | explain / predict |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c, p, s = r["cold_start"], r["predict_ms"], r["switch"]
@@ -221,7 +233,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"| {c['first_predict_s'] * 1000:.0f} ms | {p['p50']:.1f} ms | {p['p95']:.1f} ms "
             f"| {s['switch_ms_p50']:.2f} ms | {s['predict_after_switch_ms_p50']:.1f} ms "
             f"| {s['adapter_load_on_warm_base_ms_p50']:.1f} ms | {s['full_reload_ms_p50']:.0f} ms "
-            f"| {s['full_reload_over_switch']:.0f}× |"
+            f"| {s['full_reload_over_switch']:.0f}× "
+            f"| {r['explain']['explain_ms_p50']:.0f} ms | {r['explain']['explain_over_predict']:.0f}× |"
         )
     return "\n".join(lines)
 
