@@ -354,7 +354,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 runs,
                 runs_seen,
                 (task, adapter),
-                (c_task, c_runs, cp.sweep),
+                (c_task, c_runs, cp.sweep, uploads),
             )
 
             @guarded
@@ -888,9 +888,9 @@ def _wire_studio(
             gr.Timer(active=active),
         )
 
-    def refresh_run_choices(d_task, d_adapter, c_task, c_keys, c_sweep, seen):
+    def refresh_run_choices(d_task, d_adapter, c_task, c_keys, c_sweep, uploaded, seen):
         """After a job finishes its run is offered in Diagnose and Compare, and its sweep under Sweep (only
-        redrawn when runs changed)."""
+        redrawn when runs changed); the predictions CSVs this session uploaded stay offered and ticked."""
         all_runs = runs()
         keys = tuple(sorted(run.label() for run in all_runs))
         if keys == tuple(seen):
@@ -901,8 +901,8 @@ def _wire_studio(
                 value=diagnose_view.keep_or_default(all_runs, d_task, d_adapter),
             ),
             gr.CheckboxGroup(
-                choices=compare_view.source_choices(all_runs, c_task),
-                value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys),
+                choices=compare_view.source_choices(all_runs, c_task, uploaded),
+                value=compare_view.keep_or_default_runs(all_runs, c_task, c_keys, uploaded),
             ),
             gr.Dropdown(choices=compare_view.sweep_choices(all_runs, c_task), value=c_sweep),
             keys,
@@ -956,7 +956,7 @@ def _wire_studio(
         dataset_changed, parts["fields"]["data"], parts["fields"]["attribute"], api_visibility="private"
     )
     d_task, d_adapter = diagnose_inputs
-    c_task, c_runs, c_sweep = compare_inputs
+    c_task, c_runs, c_sweep, uploads = compare_inputs
     timer.tick(
         poll,
         [job, drawn],
@@ -966,7 +966,7 @@ def _wire_studio(
         show_progress="hidden",
     ).then(
         refresh_run_choices,
-        [d_task, d_adapter, c_task, c_runs, c_sweep, runs_seen],
+        [d_task, d_adapter, c_task, c_runs, c_sweep, uploads, runs_seen],
         [d_adapter, c_runs, c_sweep, runs_seen],
         api_visibility="private",
         show_progress="hidden",
