@@ -317,14 +317,15 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         )
 
         def do_upload(path: str | None, task: str, keys: list[str] | None, uploaded, request: gr.Request):
-            """Check the CSV; on success add it to the session's uploads, tick it and compare."""
+            """Check the CSV; on success add it to the session's uploads and tick it (the last output says
+            whether it was added, so only then does a comparison follow)."""
             if not path:
-                return uploaded, gr.skip(), gr.skip(), ""
+                return uploaded, gr.skip(), gr.skip(), "", False
             try:
                 folder = compare_view.upload_folder(getattr(request, "session_hash", None))
                 uploaded = compare_view.add_upload(path, task, folder, uploaded)
             except ValueError as error:
-                return uploaded, gr.skip(), gr.skip(), f"**Upload refused.** {error}"
+                return uploaded, gr.skip(), gr.skip(), f"**Upload refused.** {error}", False
             added = uploaded[-1]
             chosen = [*(k for k in keys or [] if k != added.label()), added.label()]
             status = compare_view.upload_status(added)
@@ -333,15 +334,28 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 gr.CheckboxGroup(choices=compare_view.source_choices(runs(), task, uploaded), value=chosen),
                 gr.Dropdown(choices=compare_view.reference_choices(chosen)),
                 status,
+                True,
             )
 
+        def compare_after_upload(*values):
+            """Compare once an upload was added; a refused or cleared one changes nothing, at once (it must
+            not wait in line behind other comparisons, nor hold up the next upload)."""
+            *inputs, added = values
+            return do_compare(*inputs) if added else tuple(gr.skip() for _ in compare_outputs)
+
+        upload_added = gr.State(False)
         cp.upload.upload(
             do_upload,
             [cp.upload, c_task, c_runs, uploads],
-            [uploads, c_runs, cp.reference, cp.upload_status],
+            [uploads, c_runs, cp.reference, cp.upload_status, upload_added],
+            api_visibility="private",
+        ).then(
+            compare_after_upload,
+            [*compare_inputs, upload_added],
+            compare_outputs,
             api_visibility="private",
             trigger_mode=LATEST,
-        ).then(do_compare, compare_inputs, compare_outputs, api_visibility="private", trigger_mode=LATEST)
+        )
 
         # ------------------------------------------------------------------ Studio
         if studio_parts is not None:
