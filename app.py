@@ -134,8 +134,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         runs_seen = gr.State(())
 
         # ------------------------------------------------------------------ Diagnose
-        (image, task, adapter, button, label, summary, details) = diagnose_parts[:7]
-        (all_button, agreement, every, examples, overlay, overlay_caption) = diagnose_parts[7:]
+        image, task, adapter, button, label, summary, details = diagnose_parts[:7]
+        all_button, agreement, every, examples, overlay, overlay_caption = diagnose_parts[7:]
 
         @guarded
         def diagnose(image, task: str, adapter: str):

@@ -83,11 +83,9 @@ class Attribution:
         """|attribution| smoothed over about half a model patch and scaled to [0, 1] by its maximum (the
         raw map shows each patch's convolution weights as a grid; smoothing leaves where, not how)."""
         magnitude = np.abs(self.pixels).astype(np.float32)
-        top = float(magnitude.max())
-        if top <= 0:
-            return np.zeros_like(magnitude)
-        blurred = ndimage.gaussian_filter(magnitude / top, sigma=max(1.0, magnitude.shape[0] / 28))
-        return np.clip(blurred / max(float(np.percentile(blurred, 99.5)), 1e-12), 0.0, 1.0)
+        blurred = ndimage.gaussian_filter(magnitude, sigma=max(1.0, magnitude.shape[0] / 28))
+        top = float(np.percentile(blurred, 99.5))
+        return np.clip(blurred / top, 0.0, 1.0) if top > 0 else np.zeros_like(magnitude)
 
     def share_inside(self, region: np.ndarray) -> float:
         """Mean |attribution| per pixel inside `region` over the mean outside it (a bool mask of the original

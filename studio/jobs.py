@@ -239,14 +239,18 @@ class Job:
         """Failed or cancelled, with a checkpoint and no published run: ``JobStore.resume`` continues it."""
         return self.resume_problem() is None
 
-    @property
-    def sweep(self) -> str | None:
-        """The sweep this job was queued with (``TrainConfig.sweep`` in its config file); None for a job of its
-        own, or when the file is gone."""
+    def config_value(self, key: str) -> Any:
+        """One setting of the job's config file; None when the file is gone or unreadable (the trainer,
+        which reads it in full, says why)."""
         try:
-            value = json.loads(self.config_path.read_text()).get("sweep")
+            return json.loads(self.config_path.read_text()).get(key)
         except (OSError, ValueError, AttributeError):
             return None
+
+    @property
+    def sweep(self) -> str | None:
+        """The sweep this job was queued with (``TrainConfig.sweep``); None for a job of its own."""
+        value = self.config_value("sweep")
         return value if isinstance(value, str) and value else None
 
     @property
@@ -293,10 +297,7 @@ def training_command(job: Job) -> list[str]:
 
 def _processes_of(job: Job) -> int:
     """The processes a job's config asks for (1 when its file cannot be read: the trainer will say why)."""
-    try:
-        value = json.loads(job.config_path.read_text()).get("processes", 1)
-    except (OSError, ValueError, AttributeError):
-        return 1
+    value = job.config_value("processes")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
-import socket
 from pathlib import Path
 
+from studio.jobs import free_port  # noqa: F401  (re-exported: the tests' servers pick their port with it)
 from studio.settings import generate_synthetic
 from tests.conftest import FUNDUS_SPEC, SKIN_SPEC, run_cli
 from training import rundir
@@ -71,9 +71,3 @@ def _build(runs: Path) -> None:
         config = json.loads((copy / rundir.CONFIG).read_text())
         config.update(method=method, run_id=copy.name, run_name=copy.name)
         rundir.write_json_atomic(copy / rundir.CONFIG, config)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

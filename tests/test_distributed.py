@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from studio.jobs import free_port
 from training.distributed import gather_with_grad
 from training.losses import compute_loss
 
@@ -55,12 +55,6 @@ def _worker(rank: int, world: int, port: int, method: str, out: dict) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_give_the_single_device_gradient():
     ctx = mp.get_context("spawn")
     for method in ("fr", "cmac", "hybrid"):
@@ -70,7 +64,7 @@ def test_two_ranks_give_the_single_device_gradient():
         loss.backward()
         with ctx.Manager() as manager:
             out = manager.dict()
-            mp.start_processes(_worker, args=(2, _free_port(), method, out), nprocs=2, join=True, start_method="spawn")
+            mp.start_processes(_worker, args=(2, free_port(), method, out), nprocs=2, join=True, start_method="spawn")
             results = dict(out)
         for rank in (0, 1):
             rank_loss, grad = results[rank]
@@ -120,7 +114,7 @@ def launch_two(runs, name: str, *extra: str, wait: bool = True):
         "accelerate.commands.launch",
         *launch_arguments(2),  # what the Studio launches a job of two processes with
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "training.train",
         "--data",

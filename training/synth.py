@@ -346,6 +346,8 @@ ETH_CODES, ETH_NAMES, ETH_SHARES = (0, 1, -1), ("non-hispanic", "hispanic", "unk
 GENDER_CODES, GENDER_NAMES, GENDER_SHARES = (0, 1), ("female", "male"), (57.1, 42.9)
 LANGUAGES = ("english", "spanish", "other", "unknown")
 MARITAL = ("married", "single", "divorced", "widowed", "legally separated", "unknown")
+LANGUAGE_P = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}  # by Hispanic or not
+MARITAL_P = (0.52, 0.24, 0.1, 0.09, 0.01, 0.04)
 FUNDUS_PREVALENCE = 0.48
 FUNDUS_OR_RACE = {0: 1.5, 1: 2.5, 2: 1.0}
 FUNDUS_OR_ETH = {0: 1.0, 1: 2.5, -1: 1.0}
@@ -422,9 +424,8 @@ def plan_fundus(
         enriched = np.concatenate([enriched, np.ones(len(extra["race"]), bool)])
     total = len(race)
 
-    lang_p = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}
-    language = [LANGUAGES[rng.choice(4, p=lang_p[bool(e == 1)])] for e in eth]
-    marital = [MARITAL[i] for i in rng.choice(len(MARITAL), total, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))]
+    language = [LANGUAGES[rng.choice(4, p=LANGUAGE_P[bool(e == 1)])] for e in eth]
+    marital = [MARITAL[i] for i in rng.choice(len(MARITAL), total, p=MARITAL_P)]
     notes = [_fundus_note(rng, a, g) for a, g in zip(age, gender, strict=True)]
 
     df = pd.DataFrame(
@@ -454,7 +455,6 @@ def _append_fundus_val(df: pd.DataFrame, rng: np.random.Generator, val_min: int,
     ones (`_fundus_test_samples`) and numbered after every existing file."""
     extra = _fundus_test_samples(rng, df.loc[df["split"] == 1, "race"].to_numpy(), val_min, b0, P)
     m = len(extra["race"])
-    lang_p = {True: (0.45, 0.50, 0.03, 0.02), False: (0.93, 0.02, 0.03, 0.02)}
     added = pd.DataFrame(
         dict(
             filename=[f"data_{len(df) + i + 1:05d}.npz" for i in range(m)],
@@ -462,8 +462,8 @@ def _append_fundus_val(df: pd.DataFrame, rng: np.random.Generator, val_min: int,
             ethnicity=extra["eth"],
             gender=extra["gender"],
             age=extra["age"],
-            language=[LANGUAGES[rng.choice(4, p=lang_p[bool(e == 1)])] for e in extra["eth"]],
-            maritalstatus=[MARITAL[i] for i in rng.choice(len(MARITAL), m, p=(0.52, 0.24, 0.1, 0.09, 0.01, 0.04))],
+            language=[LANGUAGES[rng.choice(4, p=LANGUAGE_P[bool(e == 1)])] for e in extra["eth"]],
+            maritalstatus=[MARITAL[i] for i in rng.choice(len(MARITAL), m, p=MARITAL_P)],
             note=[_fundus_note(rng, a, g) for a, g in zip(extra["age"], extra["gender"], strict=True)],
             split=1,
             glaucoma=extra["label"],
@@ -851,43 +851,31 @@ def plan_skin(n: int, seed: int, bias: BiasConfig = BiasConfig(), test_min: int 
         extra = _skin_test_lesions(rng, lesions, val_min, b0, P, split=1)
         extra.index = extra.index + L  # lesion_index continues after every existing lesion
         m, images = len(extra), int(extra["images"].sum())
-        df = pd.concat(
-            [
-                df,
-                _skin_rows(
-                    extra,
-                    [_choice(rng, SKIN_MALIGNANT if v else SKIN_BENIGN, SKIN_DX_SHARES) for v in extra["malignant"]],
-                    None,
-                    [_choice(rng, tuple(SKIN_LOCALIZATIONS), SKIN_LOCALIZATIONS) for _ in range(m)],
-                    int(lesion_number.max()) + 1 + rng.permutation(m),
-                    FIRST_IMAGE_NUMBER + n_images + rng.permutation(images),
-                    half,
-                    first_image=n_images,
-                    rng=rng,
-                ),
-            ],
-            ignore_index=True,
+        # drawn in this order (dx_type last), which fixes the validation-only lesions' bytes
+        extra_dx = [_choice(rng, SKIN_MALIGNANT if v else SKIN_BENIGN, SKIN_DX_SHARES) for v in extra["malignant"]]
+        extra_loc = [_choice(rng, tuple(SKIN_LOCALIZATIONS), SKIN_LOCALIZATIONS) for _ in range(m)]
+        extra_lesions = int(lesion_number.max()) + 1 + rng.permutation(m)
+        extra_images = FIRST_IMAGE_NUMBER + n_images + rng.permutation(images)
+        extra_type = [_choice(rng, tuple(SKIN_DX_TYPES[d]), SKIN_DX_TYPES[d]) for d in extra_dx]
+        added = _skin_rows(
+            extra, extra_dx, extra_type, extra_loc, extra_lesions, extra_images, half, first_image=n_images
         )
+        df = pd.concat([df, added], ignore_index=True)
     return df.sort_values(["lesion_id", "image_id"], kind="stable").reset_index(drop=True)
 
 
 def _skin_rows(
     lesions: pd.DataFrame,
     dx: Sequence[str],
-    dx_type: Sequence[str] | None,
+    dx_type: Sequence[str],
     loc: Sequence[str],
     lesion_number: np.ndarray,
     image_number: np.ndarray,
     half: int,
     *,
     first_image: int = 0,
-    rng: np.random.Generator | None = None,
 ) -> pd.DataFrame:
-    """One metadata row per image of `lesions` (indexed by lesion_index); dx_type None: drawn from `rng`
-    after the rest (the validation-only lesions draw theirs in this order)."""
-    if dx_type is None:
-        assert rng is not None
-        dx_type = [_choice(rng, tuple(SKIN_DX_TYPES[d]), SKIN_DX_TYPES[d]) for d in dx]
+    """One metadata row per image of `lesions` (indexed by lesion_index), images numbered from `first_image`."""
     rows, k = [], first_image
     for j, (index, lesion) in enumerate(zip(lesions.index, lesions.to_dict("records"), strict=True)):
         for v in range(lesion["images"]):
