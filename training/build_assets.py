@@ -18,8 +18,13 @@ the same unadapted model; the LoRA stage still has to learn how the findings map
 Why: the tiny models' vision towers are frozen during LoRA training, and with statistics-only
 pretraining their pooled features held little of the evidence (logistic probe on the benchmark's
 fundus test split: AUC 0.73; vanilla LoRA, 3 epochs at lr 1e-3: AUC 0.65, train loss 0.67). With these
-targets the same vanilla run reaches test AUC 0.90 on fundus (Qwen) and 0.74 on skin (CLIP), where the
-generator's own malignancy cue allows at most 0.88.
+targets the demo vanilla runs reach test AUC 0.874 on skin (CLIP; generator ceiling 0.931) and 0.715 on
+the race-enriched fundus test split (Qwen; 0.877 reweighted to the population mix, ceiling 0.895): the Qwen
+is near chance on Asian and Black patients (per-group AUC 0.47 / 0.43, ceilings 0.89 / 0.84) because the
+pretraining images are unbiased (strength 0), so its frozen vision tower never saw their darker, blurrier,
+lower-contrast images. A scratch trial, not adopted yet: pretraining the Qwen on fundus only with the
+appearance mechanism on and prevalence = difficulty = 0 (no label or group information) gave 0.879
+(0.930 reweighted; per-group 0.84 / 0.80 / 0.95) with the race accuracy gap 0.146 instead of 0.386.
 
 Same command, same bytes: seeds are fixed, training runs on one thread (matmul reduction order
 depends on the thread count), and every file is written deterministically; each folder's
