@@ -22,9 +22,7 @@ targets the demo vanilla runs reach test AUC 0.874 on skin (CLIP; generator ceil
 the race-enriched fundus test split (Qwen; 0.877 reweighted to the population mix, ceiling 0.895): the Qwen
 is near chance on Asian and Black patients (per-group AUC 0.47 / 0.43, ceilings 0.89 / 0.84) because the
 pretraining images are unbiased (strength 0), so its frozen vision tower never saw their darker, blurrier,
-lower-contrast images. A scratch trial, not adopted yet: pretraining the Qwen on fundus only with the
-appearance mechanism on and prevalence = difficulty = 0 (no label or group information) gave 0.879
-(0.930 reweighted; per-group 0.84 / 0.80 / 0.95) with the race accuracy gap 0.146 instead of 0.386.
+lower-contrast images. The README's "Known limits" gives the trial that fixes it (not adopted yet).
 
 Same command, same bytes: seeds are fixed, training runs on one thread (matmul reduction order
 depends on the thread count), and every file is written deterministically; each folder's
