@@ -24,7 +24,9 @@ Runs whose setting another section already has are trained once (the names say t
 ``<task>-<method>-l<λ>-s<strength>-seed<k>``). They go to ``bench/runs/fairness/`` (``--quick``:
 ``bench/runs/fairness-quick/``) as complete run directories, so ``python -m inference.report --runs
 bench/runs/fairness`` reads them too. A run already there with the same settings is reused (the bench
-resumes where it stopped; an interrupted run continues from its checkpoint); ``--fresh`` retrains.
+resumes where it stopped; an interrupted run continues from its checkpoint), unless it recorded other
+backbone weights than its backbone holds now (``versions.backbone``, e.g. after ``python -m
+training.build_assets``): that run is stale. ``--fresh`` retrains.
 
 Sizes (2 CPU cores): the full bench uses the n=2000 benchmark with a stratified subset of 960 training
 samples (``FULL.max_samples``) and the demo recipe, 114 runs (``--workers 2`` trains two at a time);
@@ -63,7 +65,8 @@ SECTIONS = ("main", "lambda", "strength")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 STALE_RUNS = (
-    "{n} run(s) in {runs_dir} were trained with other settings than this bench asks for ({names}); "
+    "{n} run(s) in {runs_dir} were trained with other settings or backbone weights than this bench asks for "
+    "({names}); "
     "rerun with --fresh to retrain them, or pass another --runs-dir"
 )
 NOT_SYNTHETIC = "DEMOS['{task}'].data is '{data}'; the fairness bench needs a synthetic spec (synth:{task}...)"
@@ -257,7 +260,7 @@ def run_state(cfg) -> tuple[str, list[str]]:
             recorded = json.loads((final / rundir.CONFIG).read_text())
         except (OSError, json.JSONDecodeError):
             return "stale", ["config.json unreadable"]
-        differs = _differences(cfg, recorded)
+        differs = _differences(cfg, recorded) + _backbone_rebuilt(cfg, recorded)
         return ("stale", differs) if differs else ("done", [])
     if checkpoint.is_dir():
         import torch
@@ -277,6 +280,19 @@ def _differences(cfg, recorded: dict) -> list[str]:
 
     expected = resolve(cfg, cfg.task).to_dict()
     return [k for k, v in expected.items() if k not in ("runs_dir", "trackers") and recorded.get(k) != v]
+
+
+def _backbone_rebuilt(cfg, recorded: dict) -> list[str]:
+    """['backbone weights'] when the run recorded a fingerprint of other weights than its backbone holds now
+    (e.g. after ``python -m training.build_assets``); runs from before fingerprints were recorded pass."""
+    from training.backbones import backbone_fingerprint, resolve_backbone
+    from training.train import resolve
+
+    was = (recorded.get("versions") or {}).get("backbone")
+    if not was:
+        return []
+    now = backbone_fingerprint(resolve_backbone(resolve(cfg, cfg.task).backbone))
+    return ["backbone weights"] if now and now != was else []
 
 
 def remove_run(cfg) -> None:

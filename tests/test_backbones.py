@@ -377,3 +377,38 @@ def test_qwen_loads_the_published_checkpoint_layout_identically(tiny, images, tm
         assert torch.equal(tensor, batch[name]), name
     with torch.no_grad():
         assert torch.equal(legacy(batch), current(batch))
+
+
+# ------------------------------------------------------------------------------ fingerprint
+def test_backbone_fingerprint_follows_the_weights_not_the_name(tmp_path):
+    from training.backbones import backbone_fingerprint
+
+    built = tmp_path / "built"
+    built.mkdir()
+    info = {"files": {"model.safetensors": "a" * 64, "config.json": "b" * 64}}
+    (built / build_assets.BUILD_INFO).write_text(json.dumps(info))
+    first = backbone_fingerprint(str(built))
+    assert first is not None and first.startswith("sha256:")
+    info["files"]["model.safetensors"] = "c" * 64  # rebuilt in place: same path, other weights
+    (built / build_assets.BUILD_INFO).write_text(json.dumps(info))
+    assert backbone_fingerprint(str(built)) not in (None, first)
+
+    plain = tmp_path / "plain"  # a folder without build info: its bytes decide
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(b"weights")
+    before = backbone_fingerprint(str(plain))
+    assert backbone_fingerprint(str(plain)) == before
+    (plain / "model.safetensors").write_bytes(b"other weights")
+    assert backbone_fingerprint(str(plain)) != before
+
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    assert backbone_fingerprint(str(snapshot)) == "commit:0123abcd"
+    assert backbone_fingerprint("org/not-in-the-local-cache") is None  # never downloads
+
+
+def test_embedded_backbones_have_a_fingerprint():
+    from training.backbones import EMBEDDED_BACKBONES, backbone_fingerprint, resolve_backbone
+
+    prints = {backbone_fingerprint(resolve_backbone(path)) for path in EMBEDDED_BACKBONES.values()}
+    assert None not in prints and len(prints) == len(set(EMBEDDED_BACKBONES.values()))

@@ -268,6 +268,7 @@ def test_bench_config_is_the_demo_recipe_with_the_bench_changes(tmp_path):
 
 def test_run_state_reuses_a_matching_run_and_flags_another_setting(tmp_path):
     from training import rundir
+    from training.backbones import backbone_fingerprint, resolve_backbone
     from training.train import resolve
 
     cfg = fairness.bench_config(fairness.BenchRun("fundus", "fr", 0.5, 1.0, 0), fairness.QUICK, tmp_path)
@@ -280,6 +281,11 @@ def test_run_state_reuses_a_matching_run_and_flags_another_setting(tmp_path):
     (path / rundir.CONFIG).write_text(json.dumps(recorded))
     assert fairness.run_state(cfg) == ("done", [])
     assert fairness.run_state(cfg.replace(epochs=3)) == ("stale", ["epochs"])
+    current = backbone_fingerprint(resolve_backbone(recorded["backbone"]))
+    for fingerprint, state in ((current, "done"), ("sha256:0000", "stale")):  # the checkpoint rebuilt in place
+        (path / rundir.CONFIG).write_text(json.dumps({**recorded, "versions": {"backbone": fingerprint}}))
+        assert fairness.run_state(cfg)[0] == state
+    assert fairness.run_state(cfg)[1] == ["backbone weights"]
     fairness.remove_run(cfg)
     assert fairness.run_state(cfg) == ("todo", [])
     checkpoint = rundir.staging_dir(tmp_path, cfg.run_name) / rundir.CHECKPOINT

@@ -56,6 +56,7 @@ from training import data_spec, metrics, ood, rundir
 from training.backbones import (
     Classifier,
     add_lora,
+    backbone_fingerprint,
     certainty_margin,
     default_backbone,
     load_classifier,
@@ -788,6 +789,7 @@ def publish(
     import peft
     import transformers
 
+    fingerprint = backbone_fingerprint(resolve_backbone(resolved_backbone(cfg)))  # which weights the name meant
     config = {
         **cfg.to_dict(),
         "task": dataset.task,
@@ -799,6 +801,7 @@ def publish(
             "transformers": transformers.__version__,
             "peft": peft.__version__,
             "fairdx": FAIRDX_VERSION,
+            **({"backbone": fingerprint} if fingerprint else {}),
         },
         "dataset": {
             "spec": cfg.data,

@@ -27,6 +27,7 @@ from training.backbones.base import (
     trainable_parameters,
 )
 from training.backbones.clip import ClipClassifier
+from training.backbones.fingerprint import backbone_fingerprint
 from training.backbones.lora import add_lora, load_adapter, save_adapter, set_adapter
 from training.backbones.qwen2_5_vl import QwenVLClassifier, pool_last_token
 from training.tasks import Task, get_task
@@ -64,6 +65,7 @@ __all__ = [
     "ParameterCount",
     "QwenVLClassifier",
     "add_lora",
+    "backbone_fingerprint",
     "certainty_margin",
     "default_backbone",
     "detect_family",
