@@ -3,8 +3,10 @@
 One real tiny fundus run is trained (the embedded Qwen2.5-VL, 32 samples, one epoch) and copied under
 the other four method names with config.json saying so, so the Compare tab has the five methods to show
 without five trainings. The copies are real runs (real adapter, real predictions.csv); only their
-method label differs, which is all the app reads. Built once per test session under the session's base
-temp folder, whichever module asks first.
+method label differs, which is all the app reads -- except fundus-gr, whose predictions are squeezed to
+0.5 +- 0.001 (ranking kept) and re-evaluated by training.evaluate, so the degenerate-model guard has a
+near-constant run to flag (the embedded Qwen learns enough from 32 images that the trained run is not).
+Built once per test session under the session's base temp folder, whichever module asks first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import fcntl
 import json
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from studio.jobs import free_port  # noqa: F401  (re-exported: the tests' servers pick their port with it)
 from studio.settings import generate_synthetic
@@ -71,3 +75,18 @@ def _build(runs: Path) -> None:
         config = json.loads((copy / rundir.CONFIG).read_text())
         config.update(method=method, run_id=copy.name, run_name=copy.name)
         rundir.write_json_atomic(copy / rundir.CONFIG, config)
+    squeeze_to_constant(runs / "fundus-gr")
+
+
+def squeeze_to_constant(run_dir: Path) -> None:
+    """Make a run near-constant (probabilities 0.5 +- 0.001, margins to match) and re-evaluate it."""
+    import pandas as pd
+
+    from training.evaluate import reevaluate
+
+    frame = pd.read_csv(run_dir / rundir.PREDICTIONS)
+    frame["prob"] = 0.5 + (frame["prob"] - 0.5) * 0.002
+    true_prob = frame["prob"].where(frame["label"] == 1, 1 - frame["prob"])
+    frame["margin"] = np.log(true_prob / (1 - true_prob))
+    frame.to_csv(run_dir / rundir.PREDICTIONS, index=False)
+    reevaluate(rundir.read_run(run_dir), bootstrap=0)

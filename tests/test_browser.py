@@ -180,7 +180,7 @@ def test_compare_shows_the_five_methods(page, shots):
 
 
 def test_compare_flags_a_degenerate_run_in_the_tables_and_the_frontier(page, shots):
-    # The user's tiny fundus-gr run (one epoch on 32 images) is near-constant: the guard flags it.
+    # The app tests' fundus-gr run is near-constant (tests/app_runs.py squeezes it): the guard flags it.
     open_tab(page, "Compare")
     page.locator("#compare-runs label").filter(has_text="fundus-gr · GR").click()
     page.locator("#compare-btn").click()

@@ -169,9 +169,13 @@ def test_demo_claims_quote_the_paired_test_over_seeds(demo_evidence):
         assert found.change == pytest.approx(change)
         reproduced = row["verdict"] == compare_stats.SMALLER_GAP and change <= -claimed
         assert found.verdict == (REPRODUCED if reproduced else NOT_REPRODUCED)
-    gr = find(claims, GR_CLAIM)  # GR halves the race gap significantly, but not by the paper's 69 %
-    assert gr.verdict == NOT_REPRODUCED and gr.p_value < 0.05 and gr.change > -0.69
-    assert "Reproduced in direction, not in size" in gr.text
+    # On the demos' learnt fundus model no objective narrows the race gap (README, "Demo runs"): measured
+    # GR +19 % (p 0.56), Hybrid +14 % (p 0.37), both "no detectable change"
+    for claim in (GR_CLAIM, HYBRID_CLAIM):
+        found = find(claims, claim)
+        assert found.verdict == NOT_REPRODUCED and found.p_value >= 0.05 and found.change > -0.60
+        assert "Reproduced in direction" not in found.text
+    gr = find(claims, GR_CLAIM)
     assert "bootstrap intervals" not in gr.text and "overlap" not in gr.text
 
 

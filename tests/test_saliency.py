@@ -53,7 +53,7 @@ def test_attribution_concentrates_on_the_generators_evidence_region(classifier):
             for image, mask in images_with_evidence(task, N_IMAGES)
         ]
     )
-    # measured: median 32 (fundus, disc) and 12 (skin, lesion); lowest 3.9 and 1.1
+    # measured: median 90 (fundus, disc) and 11.5 (skin, lesion); lowest 24 and 1.4
     assert np.median(ratios) >= 4.0, ratios.round(2)
     assert (ratios > 1.0).mean() >= 0.9, ratios.round(2)
 
