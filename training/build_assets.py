@@ -63,7 +63,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from training.backbones import load_classifier
+from training.backbones import BUILD_INFO, load_classifier
 from training.synth import BiasConfig, deficit_schedule
 from training.tasks import TASKS
 
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("assets/backbones")
 QWEN_DIR = "tiny-qwen2.5-vl"
 CLIP_DIR = "tiny-clip"
-BUILD_INFO = "fairdx_build.json"
 
 ARCHITECTURE_SEED = 0
 PRETRAIN_SEED = 0
@@ -742,13 +741,12 @@ def build(
         torch.set_num_threads(threads)
 
 
-def _pretrain_family(model_dir: Path, plan: Mapping, data=None) -> dict:
-    """One checkpoint's pretraining by its plan (steps, task shares, bias); draws the images if not given."""
+def _pretrain_family(model_dir: Path, plan: Mapping) -> dict:
+    """One checkpoint's pretraining by its plan (steps, task shares, bias), on images drawn at its bias."""
     torch.set_num_threads(1)
     if not logging.getLogger().handlers:  # a spawned worker: log its progress like the parent does
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if data is None:
-        data = synthetic_pretraining_data(bias=plan["bias"])
+    data = synthetic_pretraining_data(bias=plan["bias"])
     started = time.perf_counter()
     summary = pretrain(
         model_dir, data, steps=plan["steps"], shares=plan["shares"], weights={t: target_weights(t) for t in data}

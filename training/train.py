@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from training import data_spec, metrics, ood, rundir
 from training.backbones import (
+    BUILD_INFO,
     Classifier,
     add_lora,
     backbone_fingerprint,
@@ -173,7 +174,7 @@ def resolved_lr(cfg: TrainConfig) -> float:
 
 def recommended_lr(backbone: str) -> float:
     """The lr a checkpoint recommends in its fairdx_build.json (our embedded ones do), else Gu et al.'s 1e-5."""
-    info = Path(resolve_backbone(backbone)) / "fairdx_build.json"
+    info = Path(resolve_backbone(backbone)) / BUILD_INFO
     if info.is_file():
         return float(json.loads(info.read_text()).get("recommended_lr", PAPER_LR))
     return PAPER_LR

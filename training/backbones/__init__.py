@@ -27,7 +27,7 @@ from training.backbones.base import (
     trainable_parameters,
 )
 from training.backbones.clip import ClipClassifier
-from training.backbones.fingerprint import backbone_fingerprint
+from training.backbones.fingerprint import BUILD_INFO, backbone_fingerprint
 from training.backbones.lora import add_lora, load_adapter, save_adapter, set_adapter
 from training.backbones.qwen2_5_vl import QwenVLClassifier, pool_last_token
 from training.tasks import Task, get_task
@@ -58,6 +58,7 @@ def resolve_backbone(name_or_path: str) -> str:
 
 
 __all__ = [
+    "BUILD_INFO",
     "EMBEDDED_BACKBONES",
     "FAMILIES",
     "Classifier",

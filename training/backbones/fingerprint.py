@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-BUILD_INFO = "fairdx_build.json"  # written by training.build_assets, with a sha256 per file
+BUILD_INFO = "fairdx_build.json"  # written by training.build_assets (seeds, pretraining, a sha256 per file)
 _CHUNK = 1 << 20
 
 
